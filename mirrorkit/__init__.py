@@ -1,0 +1,3 @@
+"""mirrorkit: declarative high-availability data mirroring."""
+
+__version__ = "0.1.0"
