@@ -1,0 +1,50 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both install what they need (system packages, the virtualenv) first.
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMPS  := .stamps
+PYTHON  ?= python3
+
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab
+
+deps: $(STAMPS)/system $(STAMPS)/venv
+
+$(STAMPS)/system: scripts/bootstrap-system.sh
+	@mkdir -p $(STAMPS)
+	bash scripts/bootstrap-system.sh
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml constraints.txt
+	@mkdir -p $(STAMPS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+demo: deps
+	$(BIN)/mirrorkit lab up inventories/lab.yml
+	$(BIN)/mirrorkit apply inventories/lab.yml
+	$(BIN)/mirrorkit status inventories/lab.yml
+
+# The whole suite: static checks, unit, loopback integration, lab, molecule.
+test: deps lint unit integration lab-tests molecule
+
+lint:
+	$(BIN)/ruff check mirrorkit tests
+	$(BIN)/mypy
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint --offline -q roles playbooks
+
+unit:
+	$(BIN)/pytest -q tests/unit
+
+integration:
+	$(BIN)/pytest -q tests/integration
+
+lab-tests:
+	$(BIN)/pytest -q tests/lab
+
+molecule:
+	cd molecule/.. && PATH=$(abspath $(BIN)):$$PATH $(BIN)/molecule test --all
+
+clean-lab:
+	$(BIN)/mirrorkit lab down inventories/lab.yml
