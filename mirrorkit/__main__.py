@@ -1,0 +1,5 @@
+import sys
+
+from mirrorkit.cli import main
+
+sys.exit(main())

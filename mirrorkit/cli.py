@@ -1,0 +1,49 @@
+"""The `mirrorkit` command: argument parsing and dispatch.
+
+Each subcommand lives in `mirrorkit/commands/<name>.py` and exposes
+`register(subparsers)` (adds its parser and sets `func`) and is run as
+`args.func(args) -> int`. Exit status: 0 success, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mirrorkit import __version__
+from mirrorkit.errors import MirrorkitError
+
+COMMANDS = ("validate", "apply", "status", "lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirrorkit",
+        description="Declarative high-availability data mirroring, provisioned with Ansible.",
+    )
+    parser.add_argument("--version", action="version", version=f"mirrorkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"mirrorkit.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except MirrorkitError as exc:
+        print(f"mirrorkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mirrorkit: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
