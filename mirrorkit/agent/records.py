@@ -88,9 +88,10 @@ class Record:
     @property
     def size(self) -> int:
         """Encoded size in bytes (what lag in bytes counts)."""
-        return HEADER.size + _FIXED.size + len(_enc(self.op.path)) + len(
-            _enc(self.op.target)
-        ) + _DATA_LEN.size + len(self.op.data)
+        op = self.op
+        return (
+            _OVERHEAD + len(_enc(op.path)) + len(_enc(op.target)) + len(op.data)
+        )
 
 
 class RecordCorrupt(ValueError):
@@ -102,6 +103,7 @@ _FIXED = struct.Struct(">QQBH")  # lsn, term, op, tree
 _LEN16 = struct.Struct(">H")
 _VALUE = struct.Struct(">q")
 _DATA_LEN = struct.Struct(">I")
+_OVERHEAD = HEADER.size + _FIXED.size + 2 * _LEN16.size + _VALUE.size + _DATA_LEN.size
 # A record carries at most one block of file data plus two paths; anything
 # larger in a header is corruption, not a record.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
