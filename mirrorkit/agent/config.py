@@ -1,0 +1,390 @@
+"""Agent configuration: load and validate ``/etc/mirrorkit/agent.yml``.
+
+The shape is the one in docs/architecture.md ("Agent config"). Validation
+collects every problem before reporting, because the file is checked as the
+``validate:`` step of an Ansible template task and an operator should fix all
+errors in one round. Each :class:`ConfigIssue` names the field path, what is
+wrong and what would be right.
+
+Optional fields beyond the documented shape (all default to production
+behaviour; tests use them to run several agents on one loopback address):
+
+* ``mirrors.M.listen``: address to bind instead of this host's member address;
+* ``mirrors.M.members.H.port``: port of that member instead of the mirror's
+  ``port``;
+* ``mirrors.M.log_max_bytes`` / ``log_segment_bytes``: mirror log retention
+  limit (default 1 GiB) and segment size (default 64 MiB).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ROLES",
+    "AgentConfig",
+    "ConfigError",
+    "ConfigIssue",
+    "MemberConfig",
+    "MirrorConfig",
+    "Timeouts",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+]
+
+ROLES = ("primary", "backup", "arbiter", "async")
+KINDS = ("dr", "reporting")
+MODES = ("sync", "async")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+DEFAULT_LOG_MAX_BYTES = 1 << 30
+DEFAULT_SEGMENT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    path: str
+    problem: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem} (expected {self.expected})"
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; ``issues`` lists every problem."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        lines = [f"{source}: {len(issues)} error(s)"] + [f"  {i}" for i in issues]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    heartbeat: float = 1.0
+    qos: float = 8.0
+    arbiter: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    name: str
+    address: str
+    role: str
+    port: int
+    kind: str | None = None
+
+    @property
+    def member_class(self) -> str:
+        """Certificate OU this member must carry (docs/architecture.md, PKI)."""
+        return "failover" if self.role in ("primary", "backup") else self.role
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    name: str
+    role: str
+    kind: str | None
+    mode: str
+    port: int
+    paths: list[Path]
+    exclude: list[str]
+    targets: list[Path]
+    timeouts: Timeouts
+    tls: TlsConfig
+    members: dict[str, MemberConfig]
+    hooks: dict[str, str] = field(default_factory=dict)
+    listen: str | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_segment_bytes: int = DEFAULT_SEGMENT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    host: str
+    api_listen: str
+    api_port: int
+    state_dir: Path
+    mirrors: dict[str, MirrorConfig]
+
+    def mirror_dir(self, mirror: str) -> Path:
+        return self.state_dir / mirror
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate ``path``; raise :class:`ConfigError` with all problems."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [ConfigIssue("(file)", str(exc), "a readable file")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            source, [ConfigIssue("(file)", f"not valid YAML: {exc}", "a YAML mapping")]
+        ) from None
+    return parse_config(data, source)
+
+
+def parse_config(data: Any, source: str = "agent.yml") -> AgentConfig:
+    v = _Validator()
+    cfg = v.agent(data)
+    if v.issues or cfg is None:
+        raise ConfigError(source, v.issues)
+    return cfg
+
+
+class _Validator:
+    """Collects issues while building the dataclasses; ``None`` means invalid."""
+
+    def __init__(self) -> None:
+        self.issues: list[ConfigIssue] = []
+
+    def err(self, path: str, problem: str, expected: str) -> None:
+        self.issues.append(ConfigIssue(path, problem, expected))
+
+    def mapping(self, value: Any, path: str) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.err(path, f"is {_kind(value)}", "a mapping")
+            return None
+        return value
+
+    def unknown(self, value: dict[str, Any], allowed: set[str], path: str) -> None:
+        for key in value:
+            if key not in allowed:
+                self.err(f"{path}.{key}", "unknown field", "one of " + ", ".join(sorted(allowed)))
+
+    def string(self, m: dict[str, Any], key: str, path: str, *, required: bool = True,
+               choices: tuple[str, ...] | None = None) -> str | None:
+        if key not in m or m[key] is None:
+            if required:
+                self.err(f"{path}.{key}", "is missing", _choices(choices) or "a string")
+            return None
+        value = m[key]
+        if not isinstance(value, str) or not value:
+            expected = _choices(choices) or "a non-empty string"
+            self.err(f"{path}.{key}", f"is {_kind(value)}", expected)
+            return None
+        if choices is not None and value not in choices:
+            self.err(f"{path}.{key}", f"is {value!r}", "one of " + ", ".join(choices))
+            return None
+        return value
+
+    def port(self, value: Any, path: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            self.err(path, f"is {value!r}", "a TCP port 1-65535")
+            return None
+        return value
+
+    def address(self, value: Any, path: str) -> str | None:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            self.err(path, f"is {value!r}", "an IP address such as 198.18.7.11")
+            return None
+
+    def abspath(self, value: Any, path: str) -> Path | None:
+        if not isinstance(value, str) or not value.startswith("/"):
+            self.err(path, f"is {value!r}", "an absolute path")
+            return None
+        if ".." in PurePosixPath(value).parts:
+            self.err(path, f"{value!r} contains '..'", "a normalised absolute path")
+            return None
+        return Path(value)
+
+    def pathlist(self, m: dict[str, Any], key: str, path: str) -> list[Path] | None:
+        value = m.get(key)
+        if not isinstance(value, list) or not value:
+            self.err(f"{path}.{key}", f"is {_kind(value)}", "a non-empty list of absolute paths")
+            return None
+        out = [self.abspath(p, f"{path}.{key}[{i}]") for i, p in enumerate(value)]
+        return None if any(p is None for p in out) else [p for p in out if p is not None]
+
+    def agent(self, data: Any) -> AgentConfig | None:
+        top = self.mapping(data, "(top)")
+        if top is None:
+            return None
+        self.unknown(top, {"host", "api", "state_dir", "mirrors"}, "(top)")
+        host = self.string(top, "host", "(top)")
+        api_listen, api_port = "127.0.0.1", 7480
+        if "api" in top:
+            api = self.mapping(top["api"], "api")
+            if api is not None:
+                self.unknown(api, {"listen", "port"}, "api")
+                api_listen = self.address(api.get("listen", api_listen), "api.listen") or api_listen
+                api_port = self.port(api.get("port", api_port), "api.port") or api_port
+        state_dir = self.abspath(top.get("state_dir", "/var/lib/mirrorkit"), "state_dir")
+        mirrors: dict[str, MirrorConfig] = {}
+        raw = self.mapping(top.get("mirrors"), "mirrors")
+        if raw is not None:
+            if not raw:
+                self.err("mirrors", "is empty", "at least one mirror")
+            for name, body in raw.items():
+                if not isinstance(name, str) or not _NAME.match(name):
+                    self.err(f"mirrors.{name}", "bad mirror name", "[a-z][a-z0-9_-]{0,30}")
+                    continue
+                mirror = self.mirror(name, body, host)
+                if mirror is not None:
+                    mirrors[name] = mirror
+        self.cross_mirror(mirrors, host)
+        if host is None or state_dir is None or self.issues:
+            return None
+        return AgentConfig(host, api_listen, api_port, state_dir, mirrors)
+
+    def mirror(self, name: str, body: Any, host: str | None) -> MirrorConfig | None:
+        p = f"mirrors.{name}"
+        m = self.mapping(body, p)
+        if m is None:
+            return None
+        self.unknown(m, {"role", "kind", "mode", "port", "paths", "exclude", "targets",
+                         "timeouts", "tls", "members", "hooks", "listen", "log_max_bytes",
+                         "log_segment_bytes"}, p)
+        before = len(self.issues)
+        role = self.string(m, "role", p, choices=ROLES)
+        kind = self.string(m, "kind", p, required=role == "async", choices=KINDS)
+        mode = self.string(m, "mode", p, required=False, choices=MODES) or "async"
+        port = self.port(m.get("port", 7410), f"{p}.port")
+        paths = self.pathlist(m, "paths", p) if role != "arbiter" else []
+        targets = self.pathlist(m, "targets", p) if role != "arbiter" else []
+        if paths is not None and targets is not None and len(paths) != len(targets):
+            self.err(f"{p}.targets", f"has {len(targets)} entries for {len(paths)} paths",
+                     "one target per path")
+        exclude = m.get("exclude") or []
+        if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
+            self.err(f"{p}.exclude", f"is {_kind(exclude)}", "a list of fnmatch patterns")
+            exclude = []
+        timeouts = self.timeouts(m.get("timeouts", {}), f"{p}.timeouts")
+        tls = self.tls(m.get("tls"), f"{p}.tls")
+        members = self.members(m.get("members"), f"{p}.members", port or 7410)
+        hooks = m.get("hooks") or {}
+        if not isinstance(hooks, dict) or not all(isinstance(x, str) for x in hooks.values()):
+            self.err(f"{p}.hooks", f"is {_kind(hooks)}", "a mapping of hook name to command")
+            hooks = {}
+        listen = m.get("listen")
+        if listen is not None:
+            listen = self.address(listen, f"{p}.listen")
+        log_max = self.positive_int(m.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
+                                    f"{p}.log_max_bytes")
+        seg = self.positive_int(m.get("log_segment_bytes", DEFAULT_SEGMENT_BYTES),
+                                f"{p}.log_segment_bytes")
+        if members is not None and host is not None:
+            me = members.get(host)
+            if me is None:
+                self.err(f"{p}.members", f"does not list this host {host!r}",
+                         "every member of the mirror, this host included")
+            elif role is not None and me.role != role:
+                self.err(f"{p}.members.{host}.role", f"is {me.role!r} but {p}.role is {role!r}",
+                         "the same role in both places")
+            primaries = [n for n, mc in members.items() if mc.role == "primary"]
+            if len(primaries) != 1:
+                self.err(f"{p}.members", f"has {len(primaries)} primaries", "exactly one primary")
+        if len(self.issues) != before:
+            return None
+        assert role is not None and port is not None and tls is not None
+        assert members is not None and timeouts is not None and paths is not None
+        assert targets is not None and log_max is not None and seg is not None
+        return MirrorConfig(name, role, kind, mode, port, paths, list(exclude), targets,
+                            timeouts, tls, members, dict(hooks), listen, log_max, seg)
+
+    def positive_int(self, value: Any, path: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.err(path, f"is {value!r}", "a positive integer (bytes)")
+            return None
+        return value
+
+    def timeouts(self, value: Any, path: str) -> Timeouts | None:
+        m = self.mapping(value, path)
+        if m is None:
+            return None
+        self.unknown(m, {"heartbeat", "qos", "arbiter"}, path)
+        d = Timeouts()
+        got: dict[str, float] = {}
+        for key, default in (("heartbeat", d.heartbeat), ("qos", d.qos), ("arbiter", d.arbiter)):
+            raw = m.get(key, default)
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+                self.err(f"{path}.{key}", f"is {raw!r}", "a positive number of seconds")
+                return None
+            got[key] = float(raw)
+        t = Timeouts(**got)
+        if t.heartbeat * 3 > t.qos:
+            self.err(f"{path}.qos", f"{t.qos} is less than 3 x heartbeat ({t.heartbeat})",
+                     "qos >= 3 * heartbeat")
+        if t.qos > t.arbiter:
+            self.err(f"{path}.arbiter", f"{t.arbiter} is less than qos ({t.qos})",
+                     "arbiter >= qos")
+        return t
+
+    def tls(self, value: Any, path: str) -> TlsConfig | None:
+        m = self.mapping(value, path)
+        if m is None:
+            return None
+        self.unknown(m, {"ca", "cert", "key"}, path)
+        files = [self.abspath(m.get(k), f"{path}.{k}") for k in ("ca", "cert", "key")]
+        if any(f is None for f in files):
+            return None
+        ca, cert, key = (f for f in files if f is not None)
+        return TlsConfig(ca, cert, key)
+
+    def members(self, value: Any, path: str, port: int) -> dict[str, MemberConfig] | None:
+        m = self.mapping(value, path)
+        if m is None:
+            return None
+        out: dict[str, MemberConfig] = {}
+        ok = True
+        for name, body in m.items():
+            p = f"{path}.{name}"
+            mb = self.mapping(body, p)
+            if mb is None:
+                ok = False
+                continue
+            self.unknown(mb, {"address", "role", "kind", "port"}, p)
+            address = self.address(mb.get("address"), f"{p}.address")
+            role = self.string(mb, "role", p, choices=ROLES)
+            kind = self.string(mb, "kind", p, required=False, choices=KINDS)
+            mport = self.port(mb.get("port", port), f"{p}.port")
+            if address is None or role is None or mport is None:
+                ok = False
+                continue
+            out[str(name)] = MemberConfig(str(name), address, role, mport, kind)
+        return out if ok else None
+
+    def cross_mirror(self, mirrors: dict[str, MirrorConfig], host: str | None) -> None:
+        # Two mirrors bound to the same port on this host cannot both listen.
+        seen: dict[tuple[str, int], str] = {}
+        for name, mc in mirrors.items():
+            if host is None or host not in mc.members:
+                continue
+            me = mc.members[host]
+            key = (mc.listen or me.address, me.port)
+            if key in seen:
+                self.err(f"mirrors.{name}.port", f"port {me.port} already used by mirror "
+                         f"{seen[key]!r}", "a distinct port per mirror on this host")
+            seen[key] = name
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"a {type(value).__name__} ({value!r})"[:120]
+
+
+def _choices(choices: tuple[str, ...] | None) -> str | None:
+    return None if choices is None else "one of " + ", ".join(choices)

@@ -1,0 +1,159 @@
+"""`mirrorkit status INVENTORY`: every member's live view in one table.
+
+Each member's agent is asked over SSH (fabric, with the inventory's own
+connection variables) for its loopback ``/status``; failover members are also
+asked which addresses they hold, to name the VIP holder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
+from mirrorkit.remote import HostProbe, probe_host
+
+AGENT = "/opt/mirrorkit/venv/bin/mirrorkit-agent"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show every member's live role, term, connectivity, lag and the VIP holder",
+        description=(
+            "Ask every member's agent for its live state and print one table. Exit status "
+            "0 when every member answered, 1 when any could not be reached."
+        ),
+    )
+    add_inventory_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON (see README)")
+    parser.set_defaults(func=run)
+
+
+def _fmt_lag(member: dict[str, Any]) -> str:
+    if member.get("lag_bytes") is None:
+        return "-"
+    return f"{member['lag_bytes']} B / {member['lag_seconds']:.1f} s"
+
+
+def _connected(member: dict[str, Any]) -> str:
+    value = member.get("connected")
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return "yes" if value else "NO"
+
+
+def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]:
+    """The JSON document `status --json` prints (documented in the README)."""
+    mirrors: dict[str, Any] = {}
+    for mirror in inventory.mirrors.values():
+        members = []
+        vip_holders: list[str] = []
+        for host, inv_role in mirror.members().items():
+            probe = probes[host]
+            live = (probe.status or {}).get("mirrors", {}).get(mirror.name) if probe.status else None
+            entry: dict[str, Any] = {
+                "host": host,
+                "inventory_role": inv_role,
+                "reachable": probe.error is None,
+                "error": probe.error,
+                "role": None,
+                "term": None,
+                "connected": None,
+                "lsn": None,
+                "applied_lsn": None,
+                "lag_bytes": None,
+                "lag_seconds": None,
+                "vip": False,
+            }
+            if live is not None:
+                entry.update(
+                    role=live.get("role"),
+                    term=live.get("term"),
+                    lsn=live.get("lsn"),
+                    applied_lsn=live.get("applied_lsn"),
+                    lag_bytes=live.get("lag_bytes"),
+                    lag_seconds=live.get("lag_seconds"),
+                )
+                peers = live.get("peers") or {}
+                if live.get("role") in ("primary", "arbiter"):
+                    up = sum(1 for p in peers.values() if p.get("connected"))
+                    entry["connected"] = f"{up}/{len(peers)} peers"
+                else:
+                    entry["connected"] = bool(live.get("connected"))
+            elif probe.error is None:
+                entry["error"] = f"agent does not serve mirror {mirror.name}"
+            if mirror.vip is not None and mirror.vip.address in probe.addresses:
+                entry["vip"] = True
+                vip_holders.append(host)
+            members.append(entry)
+        live_primaries = [m["host"] for m in members if m["role"] == "primary"]
+        mirrors[mirror.name] = {
+            "mode": mirror.mode,
+            "primary": live_primaries[0] if len(live_primaries) == 1 else None,
+            "primaries": live_primaries,
+            "term": max((m["term"] or 0) for m in members) if members else 0,
+            "vip": None
+            if mirror.vip is None
+            else {"address": mirror.vip.cidr, "holders": vip_holders},
+            "members": members,
+        }
+    return {"inventory": str(inventory.path), "mirrors": mirrors}
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"mirrorkit status: {report['inventory']}")
+    for column in ("mirror", "host", "role", "term", "connected", "lag", "LSN", "VIP"):
+        table.add_column(column)
+    for name, mirror in report["mirrors"].items():
+        for member in mirror["members"]:
+            role = member["role"] or f"? ({member['inventory_role']})"
+            if member["role"] == "async" or member["inventory_role"] == "async":
+                role = f"{role}"
+            lsn = "-" if member["lsn"] is None else str(member["lsn"])
+            vip = mirror["vip"]["address"].split("/")[0] if member["vip"] else ""
+            if not member["reachable"]:
+                table.add_row(name, member["host"], f"[red]{role}[/red]", "-", "[red]unreachable[/red]",
+                              "-", "-", "", style=None)
+                continue
+            table.add_row(
+                name, member["host"], role, str(member["term"] if member["term"] is not None else "-"),
+                _connected(member), _fmt_lag(member), lsn, vip,
+            )
+    console.print(table)
+    for name, mirror in report["mirrors"].items():
+        holders = mirror["vip"]["holders"] if mirror["vip"] else []
+        vip_text = "no VIP" if mirror["vip"] is None else (
+            f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}"
+        )
+        console.print(
+            f"{name}: primary {mirror['primary'] or 'UNKNOWN'}, term {mirror['term']}, "
+            f"mode {mirror['mode']}, {vip_text}"
+        )
+    for name, mirror in report["mirrors"].items():
+        for member in mirror["members"]:
+            if member["error"]:
+                console.print(f"[yellow]{name}/{member['host']}: {member['error']}[/yellow]")
+
+
+def run(args: argparse.Namespace) -> int:
+    inventory = load_valid_inventory(args.inventory)
+    member_hosts = sorted({h for m in inventory.mirrors.values() for h in m.members()})
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(member_hosts)))) as pool:
+        results = pool.map(lambda h: probe_host(inventory.hosts[h], AGENT), member_hosts)
+        probes = dict(zip(member_hosts, results, strict=True))
+    report = build_report(inventory, probes)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print_table(report, Console())
+    return 0 if all(p.error is None for p in probes.values()) else 1

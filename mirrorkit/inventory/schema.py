@@ -1,0 +1,204 @@
+"""The structural rules of the inventory as JSON Schema, and their translation
+into mirrorkit's error form (file, mirror, host, field, problem, fix).
+
+Semantic rules that span fields and hosts live in `validate.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+
+from mirrorkit.inventory.model import ASYNC_KINDS, HOOKS, MODES
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
+
+_HOST = {"type": "string", "minLength": 1, "description": "an inventory host name"}
+_SECONDS = {"type": "number", "exclusiveMinimum": 0, "description": "seconds, > 0"}
+_PORT = {"type": "integer", "minimum": 1024, "maximum": 65535, "description": "a TCP port"}
+
+MIRROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["paths", "primary"],
+    "additionalProperties": False,
+    "properties": {
+        "paths": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "minLength": 1},
+            "description": "a list of absolute paths, e.g. [/srv/records]",
+        },
+        "exclude": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "description": "a list of patterns, e.g. ['*.tmp']",
+        },
+        "mode": {"enum": list(MODES)},
+        "port": _PORT,
+        "primary": _HOST,
+        "backup": {**_HOST, "type": ["string", "null"]},
+        "arbiter": {**_HOST, "type": ["string", "null"]},
+        "async": {
+            "type": ["array", "null"],
+            "description": "a list like [{host: dr1, kind: dr}]",
+            "items": {
+                "type": "object",
+                "required": ["host", "kind"],
+                "additionalProperties": False,
+                "description": "{host: HOST, kind: dr|reporting, root: /abs/dir (optional)}",
+                "properties": {
+                    "host": _HOST,
+                    "kind": {"enum": list(ASYNC_KINDS)},
+                    "root": {"type": "string", "minLength": 1},
+                },
+            },
+        },
+        "vip": {
+            "type": ["object", "null"],
+            "required": ["address", "interface"],
+            "additionalProperties": False,
+            "description": "{address: a.b.c.d/len, interface: eth0, router_id: 1..255}",
+            "properties": {
+                "address": {"type": "string", "description": "a.b.c.d/len"},
+                "interface": {"type": "string", "minLength": 1},
+                "router_id": {"type": "integer", "minimum": 1, "maximum": 255},
+            },
+        },
+        "timeouts": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"heartbeat": _SECONDS, "qos": _SECONDS, "arbiter": _SECONDS},
+        },
+        "hooks": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {h: {"type": "string"} for h in HOOKS},
+        },
+    },
+}
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["mirrorkit_mirrors"],
+    "properties": {
+        "mirrorkit_mirrors": {
+            "type": "object",
+            "description": "a mapping of mirror name -> mirror settings",
+            "additionalProperties": MIRROR_SCHEMA,
+        },
+        "mirrorkit_api_port": _PORT,
+        "mirrorkit_pki_dir": {"type": "string", "minLength": 1},
+        "mirrorkit_lab": {"type": "object"},
+    },
+}
+
+# Keys people write when they try to give the VIP to someone other than the
+# failover pair; the VIP always follows the primary (and the backup after a failover).
+_VIP_HOLDER_KEYS = {"holders", "holder", "hosts", "host", "members", "nodes", "priority"}
+_VIP_FIX = (
+    "remove it: the VIP always follows the primary and backup; "
+    "arbiter and async members never hold it"
+)
+
+_JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "null": "empty",
+    "boolean": "true/false",
+}
+
+
+def describe(value: object) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """('mirrorkit_mirrors', 'm', 'async', 0, 'kind') -> 'mirrorkit_mirrors.m.async[0].kind'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def structural_errors(settings: Mapping[str, Any]) -> Iterator[tuple[list[str | int], str, str]]:
+    """(path, problem, fix) for every JSON Schema violation, in document order."""
+    validator = jsonschema.Draft202012Validator(SETTINGS_SCHEMA)
+    errors = sorted(validator.iter_errors(settings), key=lambda e: [str(p) for p in e.path])
+    for error in errors:
+        yield from _translate(error)
+
+
+def _expected(schema: Mapping[str, Any]) -> str:
+    if "description" in schema:
+        return str(schema["description"])
+    types = schema.get("type")
+    names = types if isinstance(types, list) else [types]
+    return " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in names if t)
+
+
+def _translate(error: Any) -> Iterator[tuple[list[str | int], str, str]]:
+    path: list[str | int] = list(error.absolute_path)
+    kind = error.validator
+    schema = error.schema
+    value = error.instance
+    if kind == "additionalProperties" and isinstance(value, Mapping):
+        allowed = sorted(schema.get("properties", {}))
+        for key in sorted(set(value) - set(allowed), key=str):
+            fix = _unknown_key_fix(path, str(key), allowed)
+            yield [*path, str(key)], f"unknown key {key!r}", fix
+    elif kind == "required":
+        missing = next(
+            (k for k in schema["required"] if k not in value and repr(k) in error.message), "?"
+        )
+        sub = schema.get("properties", {}).get(missing, {})
+        yield [*path, missing], "is missing", f"add {missing}: ({_expected(sub)})"
+    elif kind == "type":
+        want = _expected(schema)
+        yield path, f"is {describe(value)}", f"it must be {want}"
+    elif kind == "enum":
+        choices = " or ".join(str(c) for c in schema["enum"])
+        yield path, f"{describe(value)} is not allowed", f"use {choices}"
+    elif kind in ("minimum", "maximum", "exclusiveMinimum"):
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if "exclusiveMinimum" in schema:
+            rule = f"greater than {schema['exclusiveMinimum']}"
+        else:
+            rule = f"between {lo} and {hi}"
+        yield path, f"{value!r} is out of range", f"use a value {rule}"
+    elif kind in ("minItems", "minLength"):
+        yield path, f"is {describe(value) if value else 'empty'}", f"give {_expected(schema)}"
+    else:  # pragma: no cover - every keyword we use is handled above
+        yield path, error.message, "see docs/inventory.md"
+
+
+def _unknown_key_fix(path: list[str | int], key: str, allowed: list[str]) -> str:
+    parent = path[-1] if path else ""
+    in_async = len(path) >= 2 and path[-2] == "async"
+    if parent == "vip" and key in _VIP_HOLDER_KEYS:
+        return _VIP_FIX
+    if in_async and key in ("vip", "priority"):
+        return "remove it: async members never hold the VIP (it follows the primary and backup)"
+    if key == "vip" and parent not in ("", "mirrorkit_mirrors"):
+        return _VIP_FIX
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}allowed keys: {', '.join(allowed)}"

@@ -1,0 +1,520 @@
+"""Validate an inventory as a whole and report every problem at once.
+
+Structure (types, required keys, unknown keys, enums, ranges) is checked with
+JSON Schema (`schema.py`); the rules that span fields, mirrors and hosts are
+checked here. Every error names the file, the mirror, the host and the field,
+says what is wrong and what would be right. The rules are listed, with their
+reasons, in docs/inventory.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirrorkit.inventory.model import (
+    DEFAULT_API_PORT,
+    DEFAULT_PORT,
+    Timeouts,
+    default_router_id,
+    join_root,
+)
+from mirrorkit.inventory.schema import NAME_PATTERN, describe, dotted, structural_errors
+
+MIRRORS_KEY = "mirrorkit_mirrors"
+_VIP_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}/\d{1,2}$")
+
+
+@dataclass(frozen=True)
+class InventoryVars:
+    """What validation and the model are built from.
+
+    all_vars: the `all` group's variables (mirrorkit_mirrors, mirrorkit_api_port, ...);
+    hostvars: every host's resolved variables (only ansible_host and
+    mirrorkit_mirrors are read). Ansible's `hostvars` object works as is.
+    """
+
+    file: str
+    all_vars: Mapping[str, Any]
+    hostvars: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ValidationError:
+    file: str
+    mirror: str | None
+    host: str | None
+    field: str  # dotted, from the top of the variables: mirrorkit_mirrors.records.vip.address
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = [self.file + ":"]
+        if self.mirror is not None:
+            where.append(f"mirror {self.mirror!r},")
+        if self.host is not None:
+            where.append(f"host {self.host!r},")
+        where.append(f"field {self.short_field}: {self.problem}; {self.fix}")
+        return " ".join(where)
+
+    @property
+    def short_field(self) -> str:
+        """The field relative to its mirror (`vip.address`) when it is in one."""
+        prefix = f"{MIRRORS_KEY}.{self.mirror}"
+        if self.mirror is not None and self.field.startswith(prefix + "."):
+            return self.field[len(prefix) + 1 :]
+        if self.mirror is not None and self.field.startswith(prefix + "["):
+            return self.field[len(prefix) :]
+        return self.field
+
+
+@dataclass
+class _Ctx:
+    file: str
+    hostvars: Mapping[str, Mapping[str, Any]]
+    api_port: int
+    errors: list[ValidationError] = field(default_factory=list)
+    reported_hosts: set[str] = field(default_factory=set)
+
+    def add(
+        self, mirror: str | None, host: str | None, path: str, problem: str, fix: str
+    ) -> None:
+        err = ValidationError(self.file, mirror, host, path, problem, fix)
+        if err not in self.errors:
+            self.errors.append(err)
+
+
+def validate(inv: InventoryVars) -> list[ValidationError]:
+    """Every problem of the inventory, in a stable order; [] when it is valid."""
+    api_port = inv.all_vars.get("mirrorkit_api_port", DEFAULT_API_PORT)
+    ctx = _Ctx(inv.file, inv.hostvars, api_port if _is_int(api_port) else DEFAULT_API_PORT)
+    for path, problem, fix in structural_errors(inv.all_vars):
+        mirror = str(path[1]) if len(path) > 1 and path[0] == MIRRORS_KEY else None
+        ctx.add(mirror, None, dotted(path), problem, fix)
+    mirrors = inv.all_vars.get(MIRRORS_KEY)
+    if not isinstance(mirrors, Mapping):
+        return ctx.errors
+    _check_redefined(ctx, mirrors)
+    addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+    for name in sorted(mirrors, key=str):
+        spec = mirrors[name]
+        if not isinstance(spec, Mapping):
+            continue
+        _check_mirror(ctx, str(name), spec, addresses)
+    _check_across_mirrors(ctx, {str(k): v for k, v in mirrors.items() if isinstance(v, Mapping)})
+    return ctx.errors
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _f(mirror: str, *parts: str | int) -> str:
+    return dotted([MIRRORS_KEY, mirror, *parts])
+
+
+def _members(spec: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(host, role, field) of every member named in the spec, in declaration order."""
+    out: list[tuple[str, str, str]] = []
+    for role in ("primary", "backup", "arbiter"):
+        host = _str(spec.get(role))
+        if host:
+            out.append((host, role, role))
+    entries = spec.get("async")
+    if isinstance(entries, list):
+        for i, entry in enumerate(entries):
+            if isinstance(entry, Mapping) and _str(entry.get("host")):
+                out.append((entry["host"], "async", f"async[{i}].host"))
+    return out
+
+
+def _paths(spec: Mapping[str, Any]) -> list[str]:
+    raw = spec.get("paths")
+    return [p for p in raw if isinstance(p, str)] if isinstance(raw, list) else []
+
+
+def _overlap(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _address(ctx: _Ctx, host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The host's ansible_host as an IP, or None (and one error per host) if unusable."""
+    hv = ctx.hostvars[host]
+    raw = hv.get("ansible_host") if isinstance(hv, Mapping) else None
+    if raw is None:
+        if host not in ctx.reported_hosts:
+            ctx.add(
+                None, host, "ansible_host", "is missing",
+                f"set ansible_host: <IP address> for {host} (mirror members are addressed by IP "
+                "in certificates and for the VIP)",
+            )
+        ctx.reported_hosts.add(host)
+        return None
+    try:
+        return ipaddress.ip_address(str(raw))
+    except ValueError:
+        if host not in ctx.reported_hosts:
+            ctx.add(
+                None, host, "ansible_host", f"{describe(raw)} is not an IP address",
+                "set ansible_host to the member's IP address, e.g. 198.18.7.11 "
+                "(DNS names are not accepted: certificates and the VIP need the address)",
+            )
+        ctx.reported_hosts.add(host)
+        return None
+
+
+def _check_redefined(ctx: _Ctx, mirrors: Mapping[str, Any]) -> None:
+    for host in sorted(ctx.hostvars):
+        hv = ctx.hostvars[host]
+        if isinstance(hv, Mapping) and MIRRORS_KEY in hv and hv[MIRRORS_KEY] != mirrors:
+            ctx.add(
+                None, host, MIRRORS_KEY, "is redefined for this host (in group or host vars)",
+                "define mirrorkit_mirrors once, in all.vars (or group_vars/all); "
+                "remove the other definition",
+            )
+
+
+# -- one mirror --------------------------------------------------------------------
+
+
+def _check_mirror(
+    ctx: _Ctx,
+    name: str,
+    spec: Mapping[str, Any],
+    addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    if not re.match(NAME_PATTERN, name):
+        ctx.add(
+            name, None, _f(name), "invalid mirror name",
+            "use a lowercase letter then up to 30 of a-z, 0-9, '_' or '-' (e.g. records)",
+        )
+    known = [str(h) for h in ctx.hostvars]
+    seen: dict[str, str] = {}
+    for host, role, path in _members(spec):
+        if host not in ctx.hostvars:
+            close = difflib.get_close_matches(host, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            ctx.add(
+                name, host, _f(name, *_split(path)), f"host {host!r} is not in the inventory",
+                f"{hint}name a host of the inventory ({', '.join(sorted(known)) or 'none'}) "
+                "or add it under all.hosts",
+            )
+            continue
+        if host in seen:
+            what = "listed twice as an async member" if role == seen[host] == "async" else (
+                f"already the {seen[host]} of this mirror"
+            )
+            ctx.add(
+                name, host, _f(name, *_split(path)), f"host {host!r} is {what}",
+                "a host holds one role per mirror; pick another host or remove this entry",
+            )
+            continue
+        seen[host] = role
+        address = _address(ctx, host)
+        if address is not None:
+            addresses[host] = address
+    _check_addresses_distinct(ctx, name, seen, addresses)
+    _check_paths(ctx, name, spec)
+    _check_timeouts(ctx, name, spec.get("timeouts"))
+    _check_port(ctx, name, spec)
+    _check_vip(ctx, name, spec, seen, addresses)
+
+
+def _split(path: str) -> list[str | int]:
+    out: list[str | int] = []
+    for part in re.split(r"\.|(?=\[)", path):
+        if part.startswith("["):
+            out.append(int(part[1:-1]))
+        elif part:
+            out.append(part)
+    return out
+
+
+def _check_addresses_distinct(
+    ctx: _Ctx, name: str, seen: Mapping[str, str], addresses: Mapping[str, Any]
+) -> None:
+    by_address: dict[Any, str] = {}
+    for host in seen:
+        addr = addresses.get(host)
+        if addr is None:
+            continue
+        if addr in by_address:
+            ctx.add(
+                name, host, "ansible_host", f"{addr} is also the address of {by_address[addr]!r}",
+                "each member of a mirror needs its own address",
+            )
+        else:
+            by_address[addr] = host
+
+
+def _check_paths(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
+    raw = spec.get("paths")
+    good: list[tuple[int, str]] = []
+    for i, path in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(path, str) or not path:
+            continue
+        where = _f(name, "paths", i)
+        if not path.startswith("/"):
+            ctx.add(name, None, where, f"{path!r} is a relative path",
+                    f"use an absolute path, e.g. /{path.lstrip('./')}")
+            continue
+        norm = posixpath.normpath(path)
+        if norm.startswith("//"):
+            norm = "/" + norm.lstrip("/")
+        if norm == "/":
+            ctx.add(name, None, where, "mirroring the whole filesystem '/' is not supported",
+                    "name the data directories, e.g. /srv/records")
+            continue
+        if norm != path:
+            ctx.add(name, None, where, f"{path!r} is not normalised", f"write it as {norm!r}")
+            continue
+        for j, other in good:
+            if _overlap(path, other):
+                ctx.add(
+                    name, None, where, f"{path!r} overlaps paths[{j}] {other!r}",
+                    "list each directory once and never one inside another "
+                    "(use exclude: to leave parts out)",
+                )
+                break
+        else:
+            good.append((i, path))
+    root_fields = spec.get("async")
+    for i, entry in enumerate(root_fields if isinstance(root_fields, list) else []):
+        root = entry.get("root") if isinstance(entry, Mapping) else None
+        if isinstance(root, str) and root:
+            norm = posixpath.normpath(root)
+            if not root.startswith("/") or norm != root or norm == "/":
+                ctx.add(
+                    name, _str(entry.get("host")), _f(name, "async", i, "root"),
+                    f"{root!r} is not a normalised absolute directory other than '/'",
+                    "use e.g. root: /srv/replicas/" + name,
+                )
+    excludes = spec.get("exclude")
+    for i, pattern in enumerate(excludes if isinstance(excludes, list) else []):
+        if isinstance(pattern, str) and pattern.startswith("/"):
+            ctx.add(
+                name, None, _f(name, "exclude", i), f"{pattern!r} starts with '/'",
+                "exclude patterns match the path relative to each mirror path; "
+                f"write {pattern.lstrip('/')!r} or '*/{posixpath.basename(pattern)}'",
+            )
+
+
+def _check_timeouts(ctx: _Ctx, name: str, raw: object) -> None:
+    if not isinstance(raw, Mapping):
+        return
+    d = Timeouts()
+    hb = raw.get("heartbeat", d.heartbeat)
+    qos = raw.get("qos", d.qos)
+    arb = raw.get("arbiter", d.arbiter)
+    if not all(_is_num(v) and v > 0 for v in (hb, qos, arb)):
+        return  # reported by the schema
+    if hb * 3 > qos:
+        ctx.add(
+            name, None, _f(name, "timeouts", "qos"),
+            f"qos {qos} is less than 3 heartbeats ({hb} s each)",
+            f"set qos >= {hb * 3:g} (or a shorter heartbeat): one lost heartbeat must not "
+            "drop the backup",
+        )
+    if hb * 3 > arb:
+        ctx.add(
+            name, None, _f(name, "timeouts", "arbiter"),
+            f"arbiter {arb} is less than 3 heartbeats ({hb} s each)",
+            f"set arbiter >= {hb * 3:g} (or a shorter heartbeat): one lost heartbeat must not "
+            "cause a failover",
+        )
+    if qos > arb:
+        ctx.add(
+            name, None, _f(name, "timeouts", "arbiter"),
+            f"arbiter {arb} is shorter than qos {qos}",
+            f"set arbiter >= {qos:g} (or a shorter qos): an isolated primary must fence "
+            "itself before the arbiter lets the backup take over",
+        )
+
+
+def _check_port(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
+    port = spec.get("port", DEFAULT_PORT)
+    if _is_int(port) and port == ctx.api_port:
+        ctx.add(
+            name, None, _f(name, "port"), f"port {port} is the agent API port",
+            "choose another port (mirrorkit_api_port is used by the status API)",
+        )
+
+
+def _check_vip(
+    ctx: _Ctx,
+    name: str,
+    spec: Mapping[str, Any],
+    roles: Mapping[str, str],
+    addresses: Mapping[str, Any],
+) -> None:
+    vip = spec.get("vip")
+    if not isinstance(vip, Mapping):
+        return
+    raw = vip.get("address")
+    if not isinstance(raw, str):
+        return
+    where = _f(name, "vip", "address")
+    try:
+        if not _VIP_RE.match(raw):
+            raise ValueError(raw)
+        iface = ipaddress.IPv4Interface(raw)
+    except ValueError:
+        ctx.add(name, None, where, f"{raw!r} is not an IPv4 address with prefix length",
+                "write it as a.b.c.d/len, e.g. 198.18.7.100/24")
+        return
+    net = iface.network
+    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
+        ctx.add(name, None, where, f"{iface.ip} is the network or broadcast address of {net}",
+                f"choose a host address inside {net}")
+    for host, address in addresses.items():
+        if host in roles and address == iface.ip:
+            ctx.add(name, host, where, f"{iface.ip} is the address of member {host!r}",
+                    "choose an unused address: the VIP moves between hosts")
+    failover = [h for h in (_str(spec.get("primary")), _str(spec.get("backup"))) if h]
+    inside_others = [h for h, r in roles.items() if r in ("arbiter", "async")
+                     and h in addresses and addresses[h] in net]
+    for host in failover:
+        address = addresses.get(host)
+        if host not in roles or roles[host] not in ("primary", "backup") or address is None:
+            continue
+        if address not in net:
+            hint = ""
+            if inside_others:
+                hint = (f" (only {', '.join(inside_others)} is in {net}, but arbiter and async "
+                        "members never hold the VIP)")
+            ctx.add(
+                name, host, where,
+                f"{raw} is outside the subnet of {roles[host]} {host!r} ({address}){hint}",
+                "choose a VIP in the subnet shared by the primary and the backup, "
+                "which are the only members that may hold it",
+            )
+
+
+# -- across mirrors ----------------------------------------------------------------
+
+
+def _check_across_mirrors(ctx: _Ctx, mirrors: Mapping[str, Mapping[str, Any]]) -> None:
+    ports: dict[tuple[str, int], str] = {}
+    routers: dict[tuple[str, int], str] = {}
+    vips: dict[str, str] = {}
+    targets: dict[str, list[tuple[str, str, str | None, str]]] = {}
+    for name in sorted(mirrors):
+        spec = mirrors[name]
+        port = spec.get("port", DEFAULT_PORT)
+        members = [(h, r, p) for h, r, p in _members(spec) if h in ctx.hostvars]
+        seen: set[str] = set()
+        for host, role, _ in members:
+            if host in seen:
+                continue
+            seen.add(host)
+            if _is_int(port):
+                if (host, port) in ports:
+                    ctx.add(
+                        name, host, _f(name, "port"),
+                        f"port {port} is also used on this host by mirror {ports[host, port]!r}",
+                        f"give each mirror its own port (e.g. port: {_free_port(ports, host)})",
+                    )
+                else:
+                    ports[host, port] = name
+            _collect_targets(targets, name, spec, host, role)
+        vip = spec.get("vip")
+        if isinstance(vip, Mapping) and isinstance(vip.get("interface"), str):
+            rid = vip.get("router_id", default_router_id(name))
+            if _is_int(rid):
+                key = (vip["interface"], rid)
+                if key in routers:
+                    ctx.add(
+                        name, None, _f(name, "vip", "router_id"),
+                        f"VRRP router_id {rid} on {vip['interface']} is also used by mirror "
+                        f"{routers[key]!r}" + ("" if "router_id" in vip else " (derived default)"),
+                        "set vip.router_id to a value 1..255 that no other mirror uses "
+                        "on that interface",
+                    )
+                else:
+                    routers[key] = name
+            address = vip.get("address")
+            if isinstance(address, str) and address.split("/")[0] in vips:
+                ctx.add(
+                    name, None, _f(name, "vip", "address"),
+                    f"{address} is also the VIP of mirror {vips[address.split('/')[0]]!r}",
+                    "give each mirror its own VIP",
+                )
+            elif isinstance(address, str):
+                vips[address.split("/")[0]] = name
+    _check_targets(ctx, targets)
+
+
+def _free_port(ports: Mapping[tuple[str, int], str], host: str) -> int:
+    port = DEFAULT_PORT + 1
+    while (host, port) in ports:
+        port += 1
+    return port
+
+
+def _collect_targets(
+    targets: dict[str, list[tuple[str, str, str | None, str]]],
+    name: str,
+    spec: Mapping[str, Any],
+    host: str,
+    role: str,
+) -> None:
+    """Remember where this mirror's data lands on `host`: (mirror, target, root, field)."""
+    if role == "arbiter":
+        return
+    root: str | None = None
+    where = role
+    if role == "async":
+        for i, entry in enumerate(spec.get("async") or []):
+            if isinstance(entry, Mapping) and entry.get("host") == host:
+                root = _str(entry.get("root"))
+                where = f"async[{i}]"
+                break
+    for path in _paths(spec):
+        if not path.startswith("/"):
+            continue
+        target = join_root(root, path) if root and root.startswith("/") else path
+        targets.setdefault(host, []).append((name, target, root, where))
+
+
+def _check_targets(
+    ctx: _Ctx, targets: Mapping[str, list[tuple[str, str, str | None, str]]]
+) -> None:
+    for host in sorted(targets):
+        entries = targets[host]
+        for i, (mirror, target, root, where) in enumerate(entries):
+            for other, other_target, _, _ in entries[:i]:
+                if other == mirror or not _overlap(target, other_target):
+                    continue
+                if where.startswith("async"):
+                    fix = (
+                        f"set root: on this async entry (e.g. root: /srv/replicas/{mirror}) so "
+                        "each mirror lands in its own directory"
+                        if root is None else "choose a root: that no other mirror's data uses"
+                    )
+                else:
+                    fix = ("a host's data directories may belong to one mirror only; "
+                           "change the paths or the members")
+                ctx.add(
+                    mirror, host, _f(mirror, *_split(where)),
+                    f"data lands at {target} on {host}, overlapping {other_target} of "
+                    f"mirror {other!r}",
+                    fix,
+                )
+                break
