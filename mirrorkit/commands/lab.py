@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.table import Table
 from mirrorkit.errors import MirrorkitError
 from mirrorkit.lab import hosts as lh
 from mirrorkit.lab import image as li
+from mirrorkit.lab.podman import CONTAINERS_CONF
 from mirrorkit.lab.progress import say, step
 from mirrorkit.lab.spec import DEFAULT_INVENTORY, LabSpec, load_spec
 from mirrorkit.lab.sshkey import ensure_lab_key, lab_key_path, ssh_command
@@ -55,11 +57,19 @@ def register(subparsers: Any) -> None:
     ssh.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
                      help="command to run instead of a shell")
     add("stop", "pull the plug on a host (SIGKILL to the container)", host=True)
+    env = sub.add_parser("env", help="print the shell exports podman needs (eval it)",
+                         description="Print `export CONTAINERS_CONF=...` so that podman, "
+                                     "molecule and ansible run from this shell use the "
+                                     "project's podman settings: eval \"$(mirrorkit lab env)\"")
+    env.set_defaults(func=run, inventory_opt=None)
     start = add("start", "start a stopped host and wait for SSH", host=True)
     start.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lab_command == "env":
+        print(f"export CONTAINERS_CONF={shlex.quote(str(CONTAINERS_CONF))}")
+        return 0
     if args.lab_command == "ssh":
         args.inventory_opt, args.command = _split_ssh_args(args.inventory_opt, args.command)
     if args.inventory_opt and getattr(args, "inventory", None):

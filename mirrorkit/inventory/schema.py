@@ -18,7 +18,10 @@ NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
 
 _HOST = {"type": "string", "minLength": 1, "description": "an inventory host name"}
 _SECONDS = {"type": "number", "exclusiveMinimum": 0, "description": "seconds, > 0"}
-_PORT = {"type": "integer", "minimum": 1024, "maximum": 65535, "description": "a TCP port"}
+_PORT = {
+    "type": "integer", "minimum": 1024, "maximum": 65535,
+    "description": "an integer TCP port from 1024 to 65535",
+}
 
 MIRROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -150,6 +153,8 @@ def structural_errors(settings: Mapping[str, Any]) -> Iterator[tuple[list[str | 
 def _expected(schema: Mapping[str, Any]) -> str:
     if "description" in schema:
         return str(schema["description"])
+    if "enum" in schema:
+        return " or ".join(str(c) for c in schema["enum"])
     types = schema.get("type")
     names = types if isinstance(types, list) else [types]
     return " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in names if t)
@@ -170,7 +175,7 @@ def _translate(error: Any) -> Iterator[tuple[list[str | int], str, str]]:
             (k for k in schema["required"] if k not in value and repr(k) in error.message), "?"
         )
         sub = schema.get("properties", {}).get(missing, {})
-        yield [*path, missing], "is missing", f"add {missing}: ({_expected(sub)})"
+        yield [*path, missing], "is missing", f"add {missing}: {_expected(sub)}"
     elif kind == "type":
         want = _expected(schema)
         yield path, f"is {describe(value)}", f"it must be {want}"

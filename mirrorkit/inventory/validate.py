@@ -42,6 +42,7 @@ class InventoryVars:
     file: str
     all_vars: Mapping[str, Any]
     hostvars: Mapping[str, Mapping[str, Any]]
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def validate(inv: InventoryVars) -> list[ValidationError]:
             continue
         _check_mirror(ctx, str(name), spec, addresses)
     _check_across_mirrors(ctx, {str(k): v for k, v in mirrors.items() if isinstance(v, Mapping)})
-    return ctx.errors
+    return sorted(ctx.errors, key=lambda e: (e.mirror or "", e.field))
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -390,15 +391,17 @@ def _check_vip(
     failover = [h for h in (_str(spec.get("primary")), _str(spec.get("backup"))) if h]
     inside_others = [h for h, r in roles.items() if r in ("arbiter", "async")
                      and h in addresses and addresses[h] in net]
+    failover_inside = [h for h in failover if h in addresses and addresses[h] in net]
+    hint = ""
+    if inside_others and not failover_inside:
+        verb = "is" if len(inside_others) == 1 else "are"
+        hint = (f" (only {', '.join(inside_others)} {verb} in {net}, but arbiter and async "
+                "members never hold the VIP)")
     for host in failover:
         address = addresses.get(host)
         if host not in roles or roles[host] not in ("primary", "backup") or address is None:
             continue
         if address not in net:
-            hint = ""
-            if inside_others:
-                hint = (f" (only {', '.join(inside_others)} is in {net}, but arbiter and async "
-                        "members never hold the VIP)")
             ctx.add(
                 name, host, where,
                 f"{raw} is outside the subnet of {roles[host]} {host!r} ({address}){hint}",

@@ -17,6 +17,7 @@ SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no",
     "-o", "UserKnownHostsFile=/dev/null",
     "-o", "LogLevel=ERROR",
+    "-o", "IdentitiesOnly=yes",
 )
 
 

@@ -1,0 +1,337 @@
+"""Apply log records to a replica, safely and durably.
+
+Confinement: each op's ``path`` (and a RENAME's ``target``) is resolved
+component by component from an open descriptor of the replica root
+(``targets[tree]``), openat-style, with ``O_NOFOLLOW`` on every directory
+component. A record is **refused** if its path is absolute, contains ``..``
+or NUL, names a tree the mirror does not have, or passes through *any*
+symlink (inside or outside the root: capture never follows symlinks, so a
+legitimate record never goes through one, and refusing them all closes
+rename races that a realpath-then-open check would leave open). The final
+component is never followed either: ops act on the symlink itself or replace
+it. Symlink *targets* are stored verbatim and never followed by apply.
+
+A refused record is logged, counted (``refused``) and skipped; replication
+continues, because the rest of the stream is still the primary's truth and
+stopping would leave the replica ever further behind for one bad record. A
+record that is legal but conflicts with the replica's state (e.g. renaming a
+directory into itself) is logged, counted (``skipped``) and skipped too: online
+verification reports the difference. Resource errors (disk full, I/O error,
+read-only file system) raise :class:`ApplyError`: nothing is acknowledged and
+the batch is retried after reconnecting.
+
+Durability: :meth:`Applier.apply_batch` returns only after every file and
+directory it touched has been fsynced. Replaying a batch after a crash is
+harmless because every op sets state absolutely, except RENAME; so after a
+RENAME the applier flushes and calls ``checkpoint(lsn)`` (the receiver
+persists its applied LSN), and a RENAME is never replayed.
+
+The agent runs as root; CHMOD/UTIME open the file with ``O_NOFOLLOW`` and act
+on the descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mirrorkit.agent.records import Op, OpKind, Record
+
+__all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
+          errno.ENFILE}
+
+
+class PathRefused(Exception):
+    """The record's path would leave the replica root."""
+
+
+class ApplyError(Exception):
+    """A resource error: the batch is not durable and must not be acknowledged."""
+
+
+def split_relpath(path: str) -> tuple[str, ...]:
+    """Components of a relative record path; raise :class:`PathRefused`."""
+    if path.startswith("/"):
+        raise PathRefused(f"absolute path {path!r}")
+    if "\0" in path:
+        raise PathRefused(f"NUL byte in path {path!r}")
+    parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise PathRefused(f"'..' in path {path!r}")
+    return parts
+
+
+class Applier:
+    """Applies records into ``roots`` (one per mirror tree)."""
+
+    def __init__(self, roots: Sequence[Path], checkpoint: Callable[[int], None] | None = None,
+                 label: str = "apply") -> None:
+        self.roots = list(roots)
+        self.checkpoint = checkpoint
+        self.label = label
+        self.refused = 0
+        self.skipped = 0
+        self._root_fds: list[int] = []
+        for root in self.roots:
+            root.mkdir(parents=True, exist_ok=True)
+            self._root_fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        self._dirs: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._dirty_dirs: set[int] = set()
+        self._files: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._pending: list[int] = []  # metadata-only fds to fsync and close
+
+    def close(self) -> None:
+        self.flush()
+        for fd in self._root_fds:
+            os.close(fd)
+        self._root_fds = []
+
+    # -- batch --------------------------------------------------------------
+
+    def apply_batch(self, records: Sequence[Record]) -> None:
+        """Apply in order; durable on return. Raises :class:`ApplyError`."""
+        try:
+            for record in records:
+                self._apply_one(record)
+        finally:
+            self.flush()
+
+    def _apply_one(self, record: Record) -> None:
+        op = record.op
+        try:
+            self._dispatch(op)
+        except PathRefused as exc:
+            self.refused += 1
+            log.error("%s: REFUSED record LSN %d (%s %r): %s", self.label, record.lsn,
+                      op.kind.name, op.path, exc)
+            return
+        except OSError as exc:
+            if exc.errno in _FATAL:
+                raise ApplyError(f"LSN {record.lsn} {op.kind.name} {op.path!r}: {exc}") from exc
+            self.skipped += 1
+            log.error("%s: skipped record LSN %d (%s %r): %s", self.label, record.lsn,
+                      op.kind.name, op.path, exc)
+            return
+        if op.kind is OpKind.RENAME and self.checkpoint is not None:
+            # RENAME is the one op that is not idempotent: never replay it.
+            self.flush()
+            self.checkpoint(record.lsn)
+
+    def flush(self) -> None:
+        """fsync everything touched so far, then drop the descriptor caches."""
+        for fd in [*self._files.values(), *self._pending]:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._files.clear()
+        self._pending.clear()
+        for fd in self._dirty_dirs:
+            os.fsync(fd)
+        self._dirty_dirs.clear()
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    # -- resolution ---------------------------------------------------------
+
+    def _root(self, tree: int) -> int:
+        if not 0 <= tree < len(self._root_fds):
+            raise PathRefused(f"tree {tree} does not exist (mirror has {len(self.roots)})")
+        return self._root_fds[tree]
+
+    def _dir(self, tree: int, parts: tuple[str, ...], create: bool) -> int | None:
+        """Descriptor of directory ``parts`` under the root (cached; never a
+        symlink); ``None`` if absent and not ``create``."""
+        if not parts:
+            return self._root(tree)
+        key = (tree, parts)
+        if key in self._dirs:
+            return self._dirs[key]
+        parent = self._dir(tree, parts[:-1], create)
+        if parent is None:
+            return None
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(name, 0o755, dir_fd=parent)
+            self._dirty_dirs.add(parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise PathRefused(f"path passes through symlink {'/'.join(parts)!r}") from exc
+            if not create:
+                return None
+            # The primary has a directory where we have a file: follow it.
+            log.warning("%s: replacing non-directory %r by a directory", self.label,
+                        "/".join(parts))
+            self._forget(tree, parts)
+            os.unlink(name, dir_fd=parent)
+            os.mkdir(name, 0o755, dir_fd=parent)
+            self._dirty_dirs.add(parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        self._dirs[key] = fd
+        return fd
+
+    def _entry(self, tree: int, path: str, create: bool) -> tuple[int | None, str,
+                                                                  tuple[str, ...]]:
+        parts = split_relpath(path)
+        if not parts:
+            return self._root(tree), ".", parts
+        return self._dir(tree, parts[:-1], create), parts[-1], parts
+
+    @staticmethod
+    def _lstat(d: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, tree: int, parts: tuple[str, ...], d: int, name: str,
+                st: os.stat_result | None) -> None:
+        """Remove entry ``name`` (= ``parts``) of directory ``d``, any type."""
+        self._forget(tree, parts)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=d)  # fd-based: never follows symlinks
+        else:
+            os.unlink(name, dir_fd=d)
+        self._dirty_dirs.add(d)
+
+    def _forget(self, tree: int, parts: tuple[str, ...]) -> None:
+        """Close cached descriptors of ``parts`` and everything below it."""
+        n = len(parts)
+        for cache in (self._files, self._dirs):
+            for key in [k for k in cache if k[0] == tree and k[1][:n] == parts]:
+                fd = cache.pop(key)
+                self._dirty_dirs.discard(fd)
+                os.close(fd)
+
+    # -- ops ----------------------------------------------------------------
+
+    def _dispatch(self, op: Op) -> None:
+        kind = op.kind
+        if kind is OpKind.MARK:
+            return
+        if kind is OpKind.RENAME:
+            self._rename(op)
+            return
+        d, name, parts = self._entry(op.tree, op.path,
+                                     create=kind not in (OpKind.UNLINK, OpKind.RMDIR,
+                                                         OpKind.CHMOD, OpKind.UTIME))
+        if name == "." and kind not in (OpKind.MKDIR, OpKind.CHMOD, OpKind.UTIME):
+            raise PathRefused(f"{kind.name} on the replica root itself")
+        if d is None:
+            return  # parent absent: nothing to remove or change
+        if kind is OpKind.MKDIR:
+            self._mkdir(op.tree, parts, d, name, op.value)
+        elif kind is OpKind.CREATE:
+            fd = self._file(op.tree, parts, d, name)
+            os.ftruncate(fd, 0)
+            os.fchmod(fd, op.value & 0o7777)
+        elif kind is OpKind.WRITE:
+            fd = self._file(op.tree, parts, d, name)
+            view = memoryview(op.data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], op.value + done)
+        elif kind is OpKind.TRUNCATE:
+            os.ftruncate(self._file(op.tree, parts, d, name), op.value)
+        elif kind in (OpKind.UNLINK, OpKind.RMDIR):
+            self._remove(op.tree, parts, d, name, self._lstat(d, name))
+        elif kind is OpKind.SYMLINK:
+            self._remove(op.tree, parts, d, name, self._lstat(d, name))
+            os.symlink(op.target, name, dir_fd=d)
+            self._dirty_dirs.add(d)
+        elif kind in (OpKind.CHMOD, OpKind.UTIME):
+            self._metadata(d, name, op)
+
+    def _file(self, tree: int, parts: tuple[str, ...], d: int, name: str) -> int:
+        key = (tree, parts)
+        fd = self._files.get(key)
+        if fd is not None:
+            return fd
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=d)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            # A symlink or directory where the primary has a file: replace it.
+            self._remove(tree, parts, d, name, self._lstat(d, name))
+            fd = os.open(name, flags, 0o600, dir_fd=d)
+        self._dirty_dirs.add(d)
+        self._files[key] = fd
+        return fd
+
+    def _mkdir(self, tree: int, parts: tuple[str, ...], d: int, name: str,
+               mode: int) -> None:
+        if name != ".":
+            st = self._lstat(d, name)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self._remove(tree, parts, d, name, st)
+                st = None
+            if st is None:
+                os.mkdir(name, 0o700, dir_fd=d)
+                self._dirty_dirs.add(d)
+        self._metadata(d, name, Op(OpKind.CHMOD, 0, name, value=mode))
+
+    def _metadata(self, d: int, name: str, op: Op) -> None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=d)
+        except FileNotFoundError:
+            return  # removed later on the primary; a later record says so
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            if op.kind is OpKind.UTIME:  # symlink: set its own time, never the target's
+                st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                os.utime(name, ns=(st.st_atime_ns, op.value), dir_fd=d, follow_symlinks=False)
+                self._dirty_dirs.add(d)
+            return
+        self._pending.append(fd)
+        if op.kind is OpKind.CHMOD:
+            os.fchmod(fd, op.value & 0o7777)
+        else:
+            os.utime(fd, ns=(os.fstat(fd).st_atime_ns, op.value))
+
+    def _rename(self, op: Op) -> None:
+        self.flush()  # paths change: cached descriptors would point elsewhere
+        src_parts, dst_parts = split_relpath(op.path), split_relpath(op.target)
+        if not src_parts or not dst_parts:
+            raise PathRefused("RENAME of or onto the replica root")
+        sd = self._dir(op.tree, src_parts[:-1], create=False)
+        src_st = self._lstat(sd, src_parts[-1]) if sd is not None else None
+        if sd is None or src_st is None:
+            log.debug("%s: RENAME source %r absent; nothing to do", self.label, op.path)
+            return
+        dd = self._dir(op.tree, dst_parts[:-1], create=True)
+        assert dd is not None
+        dst_st = self._lstat(dd, dst_parts[-1])
+        if dst_st is not None and (stat.S_ISDIR(dst_st.st_mode) or
+                                   stat.S_ISDIR(src_st.st_mode)):
+            if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+                return
+            self._remove(op.tree, dst_parts, dd, dst_parts[-1], dst_st)
+            # The removal may have closed cached descriptors: resolve again.
+            sd = self._dir(op.tree, src_parts[:-1], create=False)
+            dd = self._dir(op.tree, dst_parts[:-1], create=True)
+            assert sd is not None and dd is not None
+        os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=sd, dst_dir_fd=dd)
+        self._dirty_dirs.update((sd, dd))

@@ -1,0 +1,319 @@
+"""The primary: capture -> mirror log -> every connected receiver.
+
+Flow: capture emits op batches; each batch is stamped with the current term
+and the next LSNs and appended to the log with one fsync (group commit); only
+then are the records visible to the per-peer senders, so nothing that is not
+durable on the primary is ever shipped.
+
+Per receiver (one TLS connection, receiver dials us): after HELLO the sender
+streams from the receiver's last durable LSN + 1. Back-pressure: at most
+``WINDOW_BYTES`` may be unacknowledged; beyond that the sender waits for ACKs
+(and the socket's own ``drain``).
+
+Full resync: when the receiver's next LSN is no longer in the log (it fell off
+the retained log, or is new and the log was trimmed), the sender takes
+``S = last_lsn``, sends ``RESYNC_BEGIN(S)``, then every op of ``scan_full``
+(the whole tree as it is now) as records with LSN 0, then ``RESYNC_END(S)``,
+then streams the log from ``S+1``. The snapshot is fuzzy (files change while
+being read) but every op sets state absolutely and the log tail from ``S+1``
+replays every change made since ``S``, so the replica converges to the
+primary. The receiver logs none of the LSN-0 records; at ``RESYNC_END`` it
+restarts its own log at ``S+1``. A receiver that crashes during a resync asks
+again from its old LSN and gets a new resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirrorkit.agent.arbiter import ArbiterLink
+from mirrorkit.agent.log import MirrorLog
+from mirrorkit.agent.protocol import (
+    Ack,
+    Error,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Records,
+    ResyncBegin,
+    ResyncEnd,
+)
+from mirrorkit.agent.records import Op, Record
+from mirrorkit.agent.replication import Backoff, MirrorWorker, race
+from mirrorkit.agent.transport import (
+    Connection,
+    PeerRefused,
+    serve,
+    server_context,
+    server_handshake,
+)
+
+__all__ = ["PrimaryMirror"]
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 1 << 20
+WINDOW_BYTES = 8 << 20
+
+
+@dataclass
+class PeerState:
+    role: str
+    connected: bool = False
+    acked_lsn: int = 0
+    received_lsn: int = 0
+    last_seen: float = 0.0
+    resyncing: bool = False
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (last lsn, bytes)
+    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[Any] | None = None
+
+    @property
+    def inflight_bytes(self) -> int:
+        return sum(b for _, b in self.inflight)
+
+
+class PrimaryMirror(MirrorWorker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mdir = self.agent.mirror_dir(self.cfg.name)
+        self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
+                             max_bytes=self.cfg.log_max_bytes)
+        self.index_path = mdir / "blockindex.db"
+        self.peers: dict[str, PeerState] = {
+            n: PeerState(m.role) for n, m in self.cfg.members.items()
+            if m.role in ("backup", "async") and n != self.host
+        }
+        # (first LSN of a batch, wall time appended): ages of unacked records.
+        self._times: deque[tuple[int, float]] = deque()
+        self._new_data = asyncio.Event()
+        self._capture: Any = None
+        self.arbiter: ArbiterLink | None = None
+
+    async def start(self) -> None:
+        if self.state.primary != self.host:
+            self.set_term(self.state.term, self.host)
+        log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
+                 self.state.term, self.log.first_lsn, self.log.last_lsn)
+        self.servers.append(await serve(self.listen_address, self.me.port,
+                                        server_context(self.cfg.tls), self._session, self.name,
+                                        self.sessions))
+        log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
+        self.spawn(self._capture_loop(), "capture")
+        self.spawn(self._retention_loop(), "retention")
+        arb = self.arbiter_member()
+        if arb is not None:
+            self.arbiter = ArbiterLink(self, arb)
+            self.spawn(self.arbiter.run(), "arbiter-link")
+
+    async def stop(self) -> None:
+        if self._capture is not None:
+            try:
+                await asyncio.wait_for(self._capture.stop(), 5.0)
+            except Exception as exc:
+                log.warning("%s: capture stop: %r", self.name, exc)
+        for peer in self.peers.values():
+            if peer.task is not None:
+                peer.task.cancel()
+        await super().stop()
+        self.log.close()
+
+    # -- capture -> log -----------------------------------------------------
+
+    async def _capture_loop(self) -> None:
+        from mirrorkit.agent.capture import WatchCapture
+
+        backoff = Backoff(1.0, 30.0)
+        while True:
+            self._capture = WatchCapture(list(self.cfg.targets), list(self.cfg.exclude),
+                                         self.index_path)
+            try:
+                await self._capture.run(self.emit)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                log.error("%s: capture failed: %r; restarting in %.1fs", self.name, exc, delay,
+                          exc_info=exc)
+                await asyncio.sleep(delay)
+
+    async def emit(self, ops: list[Op]) -> None:
+        """Durably log ``ops`` (group commit) and wake the senders."""
+        if not ops:
+            return
+        now = time.time()
+        records = await asyncio.to_thread(self.log.append_ops, ops, self.state.term)
+        self._times.append((records[0].lsn, now))
+        self._new_data.set()
+        self._new_data = asyncio.Event()
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            acked = [p.acked_lsn for p in self.peers.values()]
+            await asyncio.to_thread(self.log.trim, min(acked, default=self.log.last_lsn))
+            floor = min(acked, default=self.log.last_lsn)
+            while len(self._times) > 1 and self._times[1][0] <= floor + 1:
+                self._times.popleft()
+
+    # -- lag ----------------------------------------------------------------
+
+    def lag(self, acked: int) -> tuple[int, int, float]:
+        """(bytes, records, seconds) between ``acked`` and the log end."""
+        last = self.log.last_lsn
+        if acked >= last:
+            return 0, 0, 0.0
+        oldest = next((t for lsn, t in reversed(self._times) if lsn <= acked + 1), None)
+        if oldest is None:
+            oldest = self._times[0][1] if self._times else time.time()
+        return (self.log.bytes_between(acked + 1, last), last - acked,
+                max(0.0, time.time() - oldest))
+
+    # -- per-peer session ---------------------------------------------------
+
+    async def _session(self, conn: Connection) -> None:
+        me = Hello(self.cfg.name, self.host, "primary", self.state.term, self.log.last_lsn)
+        hello = await server_handshake(conn, self.cfg, me, ("backup", "async"))
+        if hello.term > self.state.term:
+            raise PeerRefused(f"{hello.member} knows term {hello.term} > ours "
+                              f"({self.state.term}): not acting as its primary")
+        if hello.last_lsn > self.log.last_lsn:
+            raise PeerRefused(f"{hello.member} is ahead of the primary (LSN {hello.last_lsn}"
+                              f" > {self.log.last_lsn}): diverged history needs a rejoin")
+        peer = self.peers.setdefault(hello.member, PeerState(hello.role))
+        if peer.task is not None and not peer.task.done():
+            log.warning("%s: %s reconnected; dropping its previous connection", self.name,
+                        hello.member)
+            peer.task.cancel()
+        peer.task = asyncio.current_task()
+        peer.role, peer.connected = hello.role, True
+        peer.acked_lsn = peer.received_lsn = hello.last_lsn
+        peer.last_seen = time.monotonic()
+        peer.inflight.clear()
+        log.info("%s: %s (%s) connected at LSN %d; log holds %d..%d", self.name,
+                 hello.member, hello.role, hello.last_lsn, self.log.first_lsn,
+                 self.log.last_lsn)
+        try:
+            await race(self._send_loop(conn, peer, hello.last_lsn + 1),
+                       self._recv_loop(conn, peer, hello.member))
+        finally:
+            if peer.task is asyncio.current_task():
+                peer.connected = False
+                peer.task = None
+
+    async def _recv_loop(self, conn: Connection, peer: PeerState, member: str) -> None:
+        while True:
+            msg = await conn.recv(self.cfg.timeouts.qos)
+            peer.last_seen = time.monotonic()
+            if isinstance(msg, Ack):
+                if msg.lsn > self.log.last_lsn or msg.received > self.log.last_lsn:
+                    raise ProtocolError(f"ACK of LSN {msg.lsn} beyond our log end")
+                peer.acked_lsn = max(peer.acked_lsn, msg.lsn)
+                peer.received_lsn = max(peer.received_lsn, msg.received)
+                while peer.inflight and peer.inflight[0][0] <= peer.acked_lsn:
+                    peer.inflight.popleft()
+                peer.acked_event.set()
+            elif isinstance(msg, Heartbeat):
+                if msg.term > self.state.term:
+                    raise PeerRefused(f"{member} reports term {msg.term} > ours")
+            elif isinstance(msg, Error):
+                log.warning("%s: %s reports error: %s", self.name, member, msg.reason)
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} from a receiver")
+
+    async def _send_loop(self, conn: Connection, peer: PeerState, next_lsn: int) -> None:
+        hb = self.cfg.timeouts.heartbeat
+        last_hb = 0.0
+        while True:
+            if next_lsn < self.log.first_lsn:
+                next_lsn = await self._full_resync(conn, peer)
+            if time.monotonic() - last_hb >= hb:
+                await conn.send(self._heartbeat(peer))
+                last_hb = time.monotonic()
+            if peer.inflight_bytes >= WINDOW_BYTES:
+                peer.acked_event.clear()
+                await _wait(peer.acked_event, hb)
+                continue
+            if next_lsn > self.log.last_lsn:
+                await _wait(self._new_data, hb)
+                continue
+            data, count = self.log.read_raw(next_lsn, BATCH_BYTES)
+            await conn.send(Records(raw=data))
+            next_lsn += count
+            peer.inflight.append((next_lsn - 1, len(data)))
+
+    def _heartbeat(self, peer: PeerState) -> Heartbeat:
+        lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)
+        return Heartbeat(self.state.term, self.log.last_lsn, "primary", lag_bytes, lag_records,
+                         round(lag_seconds, 3))
+
+    async def _full_resync(self, conn: Connection, peer: PeerState) -> int:
+        start = self.log.last_lsn
+        log.warning("%s: peer needs LSN %d but the log starts at %d: full resync from a "
+                    "scan, then the log from %d", self.name, peer.acked_lsn + 1,
+                    self.log.first_lsn, start + 1)
+        from mirrorkit.agent.capture import scan_full
+
+        peer.resyncing = True
+        # Hold retention at S for this peer: the tail from S+1 must survive.
+        peer.acked_lsn = start
+        ops = scan_full(list(self.cfg.targets), list(self.cfg.exclude))
+        await conn.send(ResyncBegin(start))
+        count = 0
+        while True:
+            batch = await asyncio.to_thread(_take, ops, BATCH_BYTES)
+            if not batch:
+                break
+            count += len(batch)
+            await conn.send(Records(records=[Record(0, self.state.term, op) for op in batch]))
+        await conn.send(ResyncEnd(start))
+        peer.resyncing = False
+        log.info("%s: resync snapshot sent (%d ops); streaming from LSN %d", self.name,
+                 count, start + 1)
+        return start + 1
+
+    # -- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        peers: dict[str, Any] = {}
+        for name, p in self.peers.items():
+            lag_bytes, lag_records, lag_seconds = self.lag(p.acked_lsn)
+            peers[name] = {"role": p.role, "connected": p.connected, "acked_lsn": p.acked_lsn,
+                           "received_lsn": p.received_lsn, "lag_bytes": lag_bytes,
+                           "lag_records": lag_records, "lag_seconds": round(lag_seconds, 3),
+                           "resyncing": p.resyncing}
+        if self.arbiter is not None:
+            peers.update(self.arbiter.status())
+        out.update({
+            "lsn": self.log.last_lsn, "applied_lsn": self.log.last_lsn,
+            "log_first_lsn": self.log.first_lsn, "log_bytes": self.log.size,
+            "lag_bytes": 0, "lag_records": 0, "lag_seconds": 0.0, "connected": True,
+            "peers": peers,
+        })
+        return out
+
+
+def _take(ops: Iterator[Op], max_bytes: int) -> list[Op]:
+    batch: list[Op] = []
+    size = 0
+    for op in ops:
+        batch.append(op)
+        size += len(op.data) + len(op.path) + 64
+        if size >= max_bytes:
+            break
+    return batch
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

@@ -1,0 +1,161 @@
+"""Mirror log: append, read, recovery of torn and corrupt tails, segments, retention."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mirrorkit.agent.log import LogError, MirrorLog
+from mirrorkit.agent.records import Op, OpKind, Record
+
+
+def ops(n: int, size: int = 10) -> list[Op]:
+    return [Op(OpKind.WRITE, 0, f"f{i}", value=i, data=bytes([i % 256]) * size)
+            for i in range(n)]
+
+
+def segments(d: Path) -> list[Path]:
+    return sorted(d.glob("*.log"))
+
+
+def test_empty_log_starts_at_one(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    assert (lg.first_lsn, lg.last_lsn) == (1, 0)
+    assert lg.read_raw(1) == (b"", 0)
+
+
+def test_append_read_reopen(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    recs = lg.append_ops(ops(5), term=3)
+    assert [r.lsn for r in recs] == [1, 2, 3, 4, 5]
+    assert lg.read(3) == recs[2:]
+    lg.close()
+    lg = MirrorLog(tmp_path)
+    assert lg.last_lsn == 5
+    assert lg.read(1) == recs
+    assert all(r.term == 3 for r in lg.read(1))
+
+
+def test_append_rejects_lsn_gap(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    lg.append_ops(ops(2), 1)
+    with pytest.raises(LogError):
+        lg.append([Record(4, 1, ops(1)[0])])
+
+
+def test_torn_tail_is_truncated(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    lg.append_ops(ops(3), 1)
+    lg.close()
+    seg = segments(tmp_path)[-1]
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:  # a crash in the middle of writing record 4
+        f.write(b"\x00\x00\x01\x00\x12\x34")
+    lg = MirrorLog(tmp_path)
+    assert lg.last_lsn == 3
+    assert seg.stat().st_size == size
+    assert not (tmp_path / "quarantine").exists()
+    # and appending continues right after the last good record
+    lg.append_ops(ops(1), 1)
+    assert lg.last_lsn == 4
+    assert lg.read(4)[0].op.path == "f0"
+
+
+def test_corrupt_middle_truncates_and_quarantines(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    recs = lg.append_ops(ops(5, size=100), 1)
+    lg.close()
+    seg = segments(tmp_path)[-1]
+    data = bytearray(seg.read_bytes())
+    # flip a byte inside record 3's data
+    offset = sum(r.size for r in recs[:2]) + recs[2].size - 5
+    data[offset] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    lg = MirrorLog(tmp_path)
+    assert lg.last_lsn == 2
+    assert lg.read(1) == recs[:2]
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1
+    assert quarantined[0].stat().st_size == sum(r.size for r in recs[2:])
+
+
+def test_segment_roll_and_read_across(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path, segment_bytes=500)
+    recs: list[Record] = []
+    for _ in range(10):
+        recs += lg.append_ops(ops(2, size=100), 1)
+    assert len(segments(tmp_path)) > 3
+    lg.close()
+    lg = MirrorLog(tmp_path, segment_bytes=500)
+    assert lg.last_lsn == 20
+    got: list[Record] = []
+    lsn = 7
+    while lsn <= lg.last_lsn:
+        batch = lg.read(lsn, max_bytes=250)
+        assert batch
+        got += batch
+        lsn = batch[-1].lsn + 1
+    assert got == recs[6:]
+    assert lg.bytes_between(1, 20) == sum(r.size for r in recs)
+    assert lg.bytes_between(5, 5) == recs[4].size
+
+
+def test_corrupt_segment_quarantines_later_segments(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path, segment_bytes=300)
+    for _ in range(6):
+        lg.append_ops(ops(2, size=100), 1)
+    lg.close()
+    segs = segments(tmp_path)
+    assert len(segs) >= 3
+    data = bytearray(segs[1].read_bytes())
+    data[10] ^= 0xFF
+    segs[1].write_bytes(bytes(data))
+    lg = MirrorLog(tmp_path, segment_bytes=300)
+    first_of_second = int(segs[1].name[:-4])
+    assert lg.last_lsn == first_of_second - 1
+    assert len(list((tmp_path / "quarantine").iterdir())) == 1 + len(segs) - 2
+    lg.append_ops(ops(1), 1)
+    assert lg.last_lsn == first_of_second
+
+
+def test_read_before_start_raises(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path, segment_bytes=300, max_bytes=600)
+    for _ in range(10):
+        lg.append_ops(ops(2, size=100), 1)
+    lg.trim(min_acked_lsn=20)
+    assert lg.first_lsn > 1
+    with pytest.raises(LogError):
+        lg.read(1)
+
+
+def test_retention_respects_acks_until_over_limit(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path, segment_bytes=300, max_bytes=10_000)
+    for _ in range(10):
+        lg.append_ops(ops(2, size=100), 1)
+    assert lg.trim(min_acked_lsn=20) == 0  # under the limit: keep history
+    lg.max_bytes = 1000
+    assert lg.trim(min_acked_lsn=0, drop_unacked=False) == 0
+    dropped = lg.trim(min_acked_lsn=10)
+    assert dropped > 0
+    assert lg.size <= 1000 or len(segments(tmp_path)) == 1
+    assert lg.read(lg.first_lsn)[0].lsn == lg.first_lsn
+    assert lg.last_lsn == 20
+
+
+def test_reset_restarts_at_lsn(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    lg.append_ops(ops(3), 1)
+    lg.reset(100)
+    assert (lg.first_lsn, lg.last_lsn) == (100, 99)
+    lg.append_ops(ops(1), 2)
+    lg.close()
+    lg = MirrorLog(tmp_path)
+    assert (lg.first_lsn, lg.last_lsn) == (100, 100)
+
+
+def test_segment_files_are_private(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    lg.append_ops(ops(1), 1)
+    assert os.stat(segments(tmp_path)[0]).st_mode & 0o077 == 0

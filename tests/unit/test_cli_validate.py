@@ -1,0 +1,71 @@
+"""`mirrorkit validate INVENTORY`: OK line, every error on stderr, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirrorkit.cli import main
+
+ROOT = Path(__file__).parents[2]
+HERE = Path(__file__).parent / "inventories"
+LAB = ROOT / "inventories" / "lab.yml"
+
+
+def test_valid_inventory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(LAB)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "inventory OK: 1 mirror, 4 hosts"
+    assert err == ""
+
+
+def test_multi_mirror_inventory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(HERE / "multi.yml")]) == 0
+    assert capsys.readouterr().out.strip() == "inventory OK: 2 mirrors, 7 hosts"
+
+
+def test_every_error_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    path = HERE / "invalid.yml"
+    assert main(["validate", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert lines[-1] == "inventory invalid: 5 errors"
+    assert all(line.startswith(f"{path}: ") for line in lines[:-1])
+    assert f"{path}: mirror 'records', field mode: the string 'fast' is not allowed; " \
+           "use sync or async" in lines
+    assert any("host 'dr1', field ansible_host" in line for line in lines)
+    assert any("field vip.holders" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("missing.yml", "inventory file not found"), ("syntax_error.yml", "YAML"),
+     ("not_inventory.yml", "not an Ansible inventory")],
+)
+def test_unreadable_inventories(capsys: pytest.CaptureFixture[str], name: str, text: str) -> None:
+    assert main(["validate", str(HERE / name)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mirrorkit: error: {HERE / name}: ")
+    assert text in err
+
+
+def test_missing_argument_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["validate"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("name", ["invalid.yml", "syntax_error.yml", "bad_hosts.yml",
+                                  "missing.yml", "multi.yml"])
+def test_installed_command_never_prints_a_traceback(name: str) -> None:
+    command = Path(sys.executable).parent / "mirrorkit"
+    proc = subprocess.run([str(command), "validate", str(HERE / name)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == (0 if name == "multi.yml" else 1)
+    if proc.returncode:
+        assert str(HERE / name) in proc.stderr

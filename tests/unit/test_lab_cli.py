@@ -1,0 +1,63 @@
+"""`mirrorkit lab` argument handling (no podman needed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from mirrorkit.commands import lab
+from mirrorkit.errors import MirrorkitError
+from mirrorkit.lab.sshkey import ensure_lab_key, ssh_command
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mirrorkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lab.register(sub)
+    return parser.parse_args(["lab", *argv])
+
+
+def test_up_positional_and_option() -> None:
+    assert _parse("up", "inv.yml").inventory == "inv.yml"
+    args = _parse("up", "--inventory", "x.yml", "--timeout", "5")
+    assert (args.inventory_opt, args.timeout) == ("x.yml", 5.0)
+    assert _parse("down", "--purge-image").purge_image is True
+
+
+@pytest.mark.parametrize(
+    ("rest", "inventory", "command"),
+    [
+        (["--", "uname", "-a"], None, ["uname", "-a"]),
+        (["-i", "inv.yml", "--", "exit", "7"], "inv.yml", ["exit", "7"]),
+        (["--inventory=inv.yml"], "inv.yml", []),
+        (["hostname"], None, ["hostname"]),
+    ],
+)
+def test_ssh_split(rest: list[str], inventory: str | None, command: list[str]) -> None:
+    args = _parse("ssh", "node1", *rest)
+    assert lab._split_ssh_args(args.inventory_opt, args.command) == (inventory, command)
+
+
+def test_inventory_given_twice_is_an_error() -> None:
+    args = _parse("status", "a.yml", "-i", "b.yml")
+    with pytest.raises(MirrorkitError, match="give the inventory once"):
+        lab.run(args)
+
+
+def test_default_inventory_found_from_anywhere(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert lab._inventory_path(None).name == "lab.yml"
+    assert lab._inventory_path(None).exists()
+
+
+def test_ssh_key_generated_once(tmp_path: Path) -> None:
+    key = ensure_lab_key(tmp_path / "lab" / "id_ed25519")
+    assert key.stat().st_mode & 0o777 == 0o600
+    first = key.read_bytes()
+    assert ensure_lab_key(key).read_bytes() == first
+    argv = ssh_command("198.18.9.11", ["true"], key=key)
+    assert argv[:3] == ["ssh", "-i", str(key)]
+    assert "StrictHostKeyChecking=no" in argv and argv[-2:] == ["root@198.18.9.11", "true"]
