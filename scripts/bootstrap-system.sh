@@ -3,7 +3,8 @@
 # host. Idempotent and quick when everything is already there.
 set -euo pipefail
 packages=(podman runc debootstrap uidmap keepalived rsync fuse3 openssh-client
-          iproute2 iptables python3-venv make lsyncd)
+          iproute2 iptables python3-venv make lsyncd
+          netavark aardvark-dns)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

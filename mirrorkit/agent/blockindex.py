@@ -10,6 +10,10 @@ ops it corresponds to were handed to ``emit()`` (which makes them durable in
 the mirror log). A crash therefore leaves the index behind the log, never
 ahead: a restart re-sends a few idempotent ops instead of losing changes.
 
+:class:`Reconciler` is the diff itself (disk vs index, one path or a whole
+subtree), shared by the watch capture and :func:`capture.scan_full` (which
+runs it against the always-empty :class:`NullIndex`).
+
 Paths are stored as bytes (UTF-8 with ``surrogateescape``) so every Linux file
 name round-trips and prefix ranges sort bytewise.
 """
@@ -282,10 +286,15 @@ def diff_file(
         if exc.errno in (errno.ELOOP, errno.ENXIO):
             return None
         raise
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
         hashed_ns = time.time_ns()
         mode = stat.S_IMODE(st.st_mode)
         fresh = old is None or old.kind != FILE

@@ -99,6 +99,10 @@ _MASK = (
 )
 
 
+class _Stopping(Exception):
+    """stop() was called in the middle of a scan."""
+
+
 @dataclass
 class CaptureStats:
     events: int = 0
@@ -151,6 +155,8 @@ class WatchCapture:
         batch_bytes: int = 4 * 1024 * 1024,
         max_pending_events: int = 100_000,
     ) -> None:
+        if block_size <= 0 or not trees:
+            raise ValueError("WatchCapture needs at least one tree and a positive block size")
         self.roots = [os.path.normpath(os.path.abspath(os.fspath(t))) for t in trees]
         self.exclude = list(exclude)
         self.index_path = index_path
@@ -197,6 +203,8 @@ class WatchCapture:
                 await self._expire_moves()
                 await self._process_due()
                 await self._flush()
+        except _Stopping:
+            pass  # stop() during a long scan: the next start's scan resumes the work
         finally:
             if self._ino is not None:
                 self._ino.close()
@@ -237,6 +245,8 @@ class WatchCapture:
         the API and transport stay responsive during a long scan."""
         last = self._loop.time()
         for op in ops:
+            if self._stopping:
+                raise _Stopping
             if op is not None:
                 self._append(op)
                 if len(self._batch) >= self.batch_ops or self._batch_size >= self.batch_bytes:

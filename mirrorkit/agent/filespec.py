@@ -13,8 +13,8 @@ Pattern rules (paths are relative to the tree root, ``/``-separated):
   ``logs/old/a.log`` — ``*`` and ``?`` never cross a ``/``, ``**`` does
   (``**/x`` is ``x`` in any directory, ``a/**/b`` has zero or more directories
   between).
-* ``dir/**`` (and a trailing ``/``) match the directory itself and everything
-  below it.
+* ``dir/**`` matches the directory ``dir`` at the root and everything below
+  it; a trailing ``/`` alone (``tmp/``) is ignored (``tmp`` at any depth).
 * Excluding a directory excludes everything below it: a path is excluded when
   it or any of its ancestors matches. This keeps the mirrored set closed
   under "parent exists", which apply relies on.
@@ -83,7 +83,8 @@ def _translate_anchored(pattern: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _compile(pattern: str) -> Callable[[list[str]], bool] | None:
     p = pattern
-    anchored = p.startswith("/")
+    # Any '/' other than a trailing one anchors the pattern at the tree root.
+    anchored = "/" in p.rstrip("/")
     p = p.strip("/")
     while p.endswith("/**"):
         p = p[:-3].rstrip("/")

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.apply import Applier
@@ -45,6 +48,9 @@ from mirrorkit.agent.transport import (
     client_handshake,
     connect,
     run_guarded,
+    serve,
+    server_context,
+    server_handshake,
 )
 
 __all__ = ["ReceiverMirror"]
@@ -69,6 +75,7 @@ class ReceiverMirror(MirrorWorker):
         self.received_records = 0  # since this process started
         self.resyncing = False
         self.resyncs = 0
+        self._seen: list[set[str]] = []  # per tree: paths the resync snapshot holds
         self.arbiter: ArbiterLink | None = None
 
     def _checkpoint(self, lsn: int) -> None:
@@ -86,6 +93,11 @@ class ReceiverMirror(MirrorWorker):
         log.info("%s: %s of %s, term %d, log LSN %d, applied %d", self.name,
                  self.state.role, self.cfg.name, self.state.term, self.log.last_lsn,
                  self.applied)
+        # Listening too: a member that dials us while looking for the primary
+        # gets our HELLO (role backup/async) and moves on at once.
+        self.servers.append(await serve(self.listen_address, self.me.port,
+                                        server_context(self.cfg.tls), self._not_primary,
+                                        self.name, self.sessions))
         self.spawn(self._connect_loop(), "receive")
         if self.state.role == "backup":
             arb = self.arbiter_member()
@@ -97,6 +109,13 @@ class ReceiverMirror(MirrorWorker):
         await super().stop()
         self.applier.close()
         self.log.close()
+
+    async def _not_primary(self, conn: Connection) -> None:
+        me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
+                   self.log.last_lsn)
+        hello = await server_handshake(conn, self.cfg, me, ("primary", "backup", "async"))
+        log.info("%s: %s dialled us, but we are %s (primary: %s)", self.name, hello.member,
+                 self.state.role, self.state.primary)
 
     def _apply_backlog(self) -> None:
         while self.applied < self.log.last_lsn:
@@ -134,9 +153,15 @@ class ReceiverMirror(MirrorWorker):
             await asyncio.sleep(delay)
 
     async def _session(self, conn: Connection) -> None:
+        # Records logged but not applied (an apply error last time) go first.
+        await asyncio.to_thread(self._apply_backlog)
         me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
                    self.log.last_lsn)
-        hello = await client_handshake(conn, self.cfg, me, ("primary",))
+        hello = await client_handshake(conn, self.cfg, me, ("primary", "backup"))
+        if hello.role != "primary":
+            log.info("%s: %s is %s, not the primary; trying the next member", self.name,
+                     hello.member, hello.role)
+            return
         if hello.term < self.state.term:
             raise PeerRefused(f"{hello.member} is primary of term {hello.term}, older than "
                               f"our term {self.state.term}")
@@ -171,6 +196,7 @@ class ReceiverMirror(MirrorWorker):
                     raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
                 resync_at = msg.lsn
                 self.resyncing = True
+                self._seen = [set() for _ in self.cfg.targets]
                 log.warning("%s: full resync from the primary (snapshot at LSN %d; we had %d)",
                             self.name, msg.lsn, self.applied)
             elif isinstance(msg, ResyncEnd):
@@ -186,6 +212,9 @@ class ReceiverMirror(MirrorWorker):
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
     def _finish_resync(self, lsn: int) -> None:
+        quarantine_orphans(self.cfg.targets, self._seen,
+                           self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name)
+        self._seen = []
         self.store.save_applied(lsn)
         self.applied = lsn
         self.log.reset(lsn + 1)
@@ -204,6 +233,9 @@ class ReceiverMirror(MirrorWorker):
                 raise ProtocolError(f"record LSN {r.lsn} {'during' if resync else 'outside'} "
                                     f"a resync")
         if resync:
+            for r in records:
+                if 0 <= r.op.tree < len(self._seen):
+                    self._seen[r.op.tree].add(r.op.path.strip("/"))
             await asyncio.to_thread(self.applier.apply_batch, records)
             self.received_records += len(records)
             return
@@ -242,3 +274,33 @@ class ReceiverMirror(MirrorWorker):
             "skipped": self.applier.skipped, "kind": self.cfg.kind,
         })
         return out
+
+
+def quarantine_orphans(roots: list[Path], seen: list[set[str]], quarantine: Path,
+                       label: str) -> int:
+    """Move what a full resync did not send (files the primary no longer has)
+    from the replica into ``quarantine/resync-<time>/<tree>/``; return the count.
+
+    Nothing is deleted: an operator can inspect and restore. Symlinks are moved
+    as links, never followed."""
+    dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}"
+    moved = 0
+    for tree, (root, names) in enumerate(zip(roots, seen, strict=False)):
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = os.path.relpath(dirpath, root)
+            rel_dir = "" if rel_dir == "." else rel_dir
+            for name in [*dirnames, *filenames]:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if rel in names:
+                    continue
+                target = dest / str(tree) / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(os.path.join(dirpath, name), target)
+                if name in dirnames:
+                    dirnames.remove(name)
+                moved += 1
+                log.warning("%s: orphan %r (tree %d) is not on the primary: moved to %s",
+                            label, rel, tree, target)
+    if moved:
+        log.warning("%s: resync quarantined %d orphan(s) under %s", label, moved, dest)
+    return moved

@@ -47,6 +47,7 @@ from mirrorkit.agent.protocol import (
 )
 from mirrorkit.agent.records import Op, Record
 from mirrorkit.agent.replication import Backoff, MirrorWorker, race
+from mirrorkit.agent.state import MirrorState
 from mirrorkit.agent.transport import (
     Connection,
     PeerRefused,
@@ -94,12 +95,14 @@ class PrimaryMirror(MirrorWorker):
         # (first LSN of a batch, wall time appended): ages of unacked records.
         self._times: deque[tuple[int, float]] = deque()
         self._new_data = asyncio.Event()
+        self._started = time.time()  # age floor for records logged before a restart
         self._capture: Any = None
         self.arbiter: ArbiterLink | None = None
 
     async def start(self) -> None:
         if self.state.primary != self.host:
-            self.set_term(self.state.term, self.host)
+            self.state = MirrorState(self.state.term, "primary", self.host)
+            self.store.save(self.state)
         log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
         self.servers.append(await serve(self.listen_address, self.me.port,
@@ -146,21 +149,29 @@ class PrimaryMirror(MirrorWorker):
                 await asyncio.sleep(delay)
 
     async def emit(self, ops: list[Op]) -> None:
-        """Durably log ``ops`` (group commit) and wake the senders."""
+        """Durably log ``ops`` (group commit), enforce retention, wake the senders."""
         if not ops:
             return
         now = time.time()
-        records = await asyncio.to_thread(self.log.append_ops, ops, self.state.term)
+        floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
+        records = await asyncio.to_thread(self._append, ops, floor)
         self._times.append((records[0].lsn, now))
         self._new_data.set()
         self._new_data = asyncio.Event()
 
+    def _append(self, ops: list[Op], floor: int) -> list[Record]:
+        # One worker thread at a time (capture awaits emit), so append and
+        # trim never race each other; readers in the loop are safe (see log).
+        records = self.log.append_ops(ops, self.state.term)
+        if self.log.size > self.log.max_bytes:
+            self.log.trim(floor)
+        return records
+
     async def _retention_loop(self) -> None:
+        # Forget append times of records every peer has acknowledged.
         while True:
             await asyncio.sleep(10.0)
-            acked = [p.acked_lsn for p in self.peers.values()]
-            await asyncio.to_thread(self.log.trim, min(acked, default=self.log.last_lsn))
-            floor = min(acked, default=self.log.last_lsn)
+            floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
             while len(self._times) > 1 and self._times[1][0] <= floor + 1:
                 self._times.popleft()
 
@@ -173,7 +184,7 @@ class PrimaryMirror(MirrorWorker):
             return 0, 0, 0.0
         oldest = next((t for lsn, t in reversed(self._times) if lsn <= acked + 1), None)
         if oldest is None:
-            oldest = self._times[0][1] if self._times else time.time()
+            oldest = self._times[0][1] if self._times else self._started
         return (self.log.bytes_between(acked + 1, last), last - acked,
                 max(0.0, time.time() - oldest))
 

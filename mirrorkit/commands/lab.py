@@ -86,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
         return _ssh(spec, args.host, args.command)
     if action == "stop":
         host = spec.host(args.host)
-        lh.kill_host(host)
+        lh.kill_host(spec, host)
         say(f"{host.name}: killed (SIGKILL); `mirrorkit lab start {host.name}` brings it back")
         return 0
     if action == "start":
         host = spec.host(args.host)
         with step(f"start {host.name}"):
-            lh.start_host(host)
+            lh.start_host(spec, host)
             state = lh.wait_ready(host, args.timeout)
         say(f"{host.name}: {state}, SSH on {host.address}")
         return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,13 +52,31 @@ def container_state(name: str) -> ContainerState:
     labels: dict[str, str] = (info.get("Config") or {}).get("Labels") or {}
     status = str(state.get("Status", "unknown"))
     pid = int(state.get("Pid") or 0)
-    if status == "running" and (pid <= 0 or not os.path.exists(f"/proc/{pid}")):
+    conmon = int(state.get("ConmonPid") or 0)
+    if status == "running" and not (_alive(pid) and _alive(conmon)):
         status = "stale"
     return ContainerState(
         exists=True, id=str(info.get("Id", "")), status=status,
         network=labels.get(LABEL_NETWORK), spec=labels.get(LABEL_SPEC, ""),
         image_id=str(info.get("Image", "")),
     )
+
+
+def _alive(pid: int) -> bool:
+    """True if PID is a live process (not gone, not a zombie)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _answers(name: str) -> bool:
+    """The container really runs: podman can exec in it."""
+    proc = pm.podman("exec", name, "true", check=False, timeout=15)
+    return proc.returncode == 0
 
 
 # --- network -------------------------------------------------------------
@@ -106,6 +123,7 @@ def run_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
     """`podman run` options for HOST (labels excluded)."""
     args = [
         "--hostname", host.name, "--network", spec.network, "--ip", host.address,
+        "--mac-address", mac_address(host.address),
         "--systemd=always",
         "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",   # keepalived VRRP, faults
         "--cap-add", "SYS_ADMIN", "--device", "/dev/fuse",   # FUSE capture
@@ -115,6 +133,15 @@ def run_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
         if other.name != host.name:
             args += ["--add-host", f"{other.name}:{other.address}"]
     return [*args, image]
+
+
+def mac_address(address: str) -> str:
+    """A fixed, locally administered MAC per address (02:00 + the IPv4 bytes).
+
+    A recreated host keeps its MAC, so neighbours' ARP caches (the controller's
+    included) stay right and SSH answers at once instead of after ARP times out.
+    """
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
 
 
 def spec_hash(spec: LabSpec, host: LabHost, image_id: str) -> str:
@@ -139,7 +166,7 @@ def ensure_container(spec: LabSpec, host: LabHost, image: str) -> str:
     _check_ours(spec, host, state)
     image_id = pm.image_id(image) or image
     wanted = spec_hash(spec, host, image_id)
-    if state.running and state.spec == wanted:
+    if state.running and state.spec == wanted and _answers(host.container):
         return "unchanged"
     if state.exists:
         remove_container(host.container)
@@ -175,15 +202,22 @@ def remove_hosts(spec: LabSpec) -> list[str]:
     return removed
 
 
-def kill_host(host: LabHost) -> None:
+def kill_host(spec: LabSpec, host: LabHost) -> None:
     """Pull the plug: SIGKILL the container's init; nothing shuts down cleanly."""
-    if not container_state(host.container).running:
+    state = container_state(host.container)
+    _check_ours(spec, host, state)
+    if not state.running:
         raise MirrorkitError(f"{host.container} is not running")
     pm.podman("kill", "--signal", "KILL", host.container)
 
 
-def start_host(host: LabHost) -> None:
+def start_host(spec: LabSpec, host: LabHost) -> None:
     state = container_state(host.container)
+    _check_ours(spec, host, state)
+    if state.status == "stale":
+        remove_container(host.container)
+        raise MirrorkitError(f"{host.container} was a stale leftover (removed); "
+                             "run `mirrorkit lab up` to recreate it")
     if not state.exists:
         raise MirrorkitError(f"{host.container} does not exist; run `mirrorkit lab up` first")
     if state.running:
@@ -226,6 +260,11 @@ def wait_ready(host: LabHost, timeout: float) -> str:
     state = "unknown"
     while time.monotonic() < deadline:
         left = deadline - time.monotonic()
+        if not container_state(host.container).running:
+            raise MirrorkitError(
+                f"{host.name}: container {host.container} is not running; "
+                f"see: podman logs {host.container}"
+            )
         state = systemd_state(host, wait=min(left, 30))
         if state in ("running", "degraded"):
             break

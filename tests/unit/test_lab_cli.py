@@ -61,3 +61,10 @@ def test_ssh_key_generated_once(tmp_path: Path) -> None:
     argv = ssh_command("198.18.9.11", ["true"], key=key)
     assert argv[:3] == ["ssh", "-i", str(key)]
     assert "StrictHostKeyChecking=no" in argv and argv[-2:] == ["root@198.18.9.11", "true"]
+
+
+def test_mac_address_is_fixed_per_address() -> None:
+    from mirrorkit.lab.hosts import mac_address
+
+    assert mac_address("198.18.7.11") == "02:00:c6:12:07:0b"
+    assert mac_address("198.18.7.11") != mac_address("198.18.7.12")

@@ -1,0 +1,118 @@
+"""Agent config: the documented shape loads; every error is reported at once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mirrorkit.agent.config import ConfigError, load_config, parse_config
+from mirrorkit.agent.main import main
+
+GOOD: dict[str, Any] = {
+    "host": "node1",
+    "api": {"listen": "127.0.0.1", "port": 7480},
+    "state_dir": "/var/lib/mirrorkit",
+    "mirrors": {
+        "records": {
+            "role": "primary", "kind": None, "mode": "async", "port": 7410,
+            "paths": ["/srv/records"], "exclude": [], "targets": ["/srv/records"],
+            "timeouts": {"heartbeat": 1.0, "qos": 8.0, "arbiter": 10.0},
+            "tls": {"ca": "/etc/mirrorkit/pki/records/ca.crt",
+                    "cert": "/etc/mirrorkit/pki/records/member.crt",
+                    "key": "/etc/mirrorkit/pki/records/member.key"},
+            "members": {
+                "node1": {"address": "198.18.7.11", "role": "primary"},
+                "node2": {"address": "198.18.7.12", "role": "backup"},
+                "arb1": {"address": "198.18.7.13", "role": "arbiter"},
+                "dr1": {"address": "198.18.7.14", "role": "async", "kind": "dr"},
+            },
+            "hooks": {},
+        }
+    },
+}
+
+
+def issues(data: Any) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    return [str(i) for i in exc.value.issues]
+
+
+def test_documented_shape_loads() -> None:
+    cfg = parse_config(GOOD)
+    m = cfg.mirrors["records"]
+    assert cfg.host == "node1" and cfg.api_port == 7480
+    assert m.members["dr1"].member_class == "async"
+    assert m.members["node2"].member_class == "failover"
+    assert m.members["node2"].port == 7410
+    assert m.targets == [Path("/srv/records")]
+    assert m.log_max_bytes == 1 << 30
+
+
+def test_all_errors_reported_together() -> None:
+    bad = copy.deepcopy(GOOD)
+    r = bad["mirrors"]["records"]
+    r["role"] = "boss"
+    r["port"] = 70000
+    r["paths"] = ["relative/path"]
+    r["timeouts"] = {"heartbeat": 5.0, "qos": 8.0, "arbiter": 2.0}
+    r["members"]["node2"]["address"] = "not-an-ip"
+    r["surprise"] = 1
+    found = issues(bad)
+    text = "\n".join(found)
+    for expected in ("mirrors.records.role: is 'boss' (expected one of primary",
+                     "mirrors.records.port: is 70000 (expected a TCP port 1-65535)",
+                     "mirrors.records.paths[0]: is 'relative/path' (expected an absolute path)",
+                     "mirrors.records.timeouts.qos",
+                     "mirrors.records.timeouts.arbiter",
+                     "mirrors.records.members.node2.address",
+                     "mirrors.records.surprise: unknown field"):
+        assert expected in text, text
+    assert len(found) >= 7
+
+
+def test_host_must_be_a_member_and_roles_agree() -> None:
+    bad = copy.deepcopy(GOOD)
+    bad["host"] = "stranger"
+    assert any("does not list this host 'stranger'" in i for i in issues(bad))
+    bad = copy.deepcopy(GOOD)
+    bad["mirrors"]["records"]["role"] = "backup"
+    assert any("members.node1.role" in i for i in issues(bad))
+
+
+def test_async_needs_kind_and_targets_match_paths() -> None:
+    bad = copy.deepcopy(GOOD)
+    r = bad["mirrors"]["records"]
+    bad["host"] = "dr1"
+    r["role"] = "async"
+    r["targets"] = ["/a", "/b"]
+    found = issues(bad)
+    assert any("mirrors.records.kind: is missing" in i for i in found)
+    assert any("one target per path" in i for i in found)
+
+
+def test_not_a_mapping() -> None:
+    assert issues(["x"]) == ["(top): is a list (['x']) (expected a mapping)"]
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(yaml.safe_dump(GOOD))
+    assert main(["--check-config", str(good)]) == 0
+    bad = tmp_path / "bad.yml"
+    bad.write_text("host: [unclosed\n")
+    assert main(["--check-config", str(bad)]) == 1
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["--check-config", str(tmp_path / "missing.yml")]) == 1
+    broken = copy.deepcopy(GOOD)
+    broken["mirrors"]["records"]["mode"] = "eventually"
+    bad.write_text(yaml.safe_dump(broken))
+    assert main(["--check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "mirrors.records.mode: is 'eventually' (expected one of sync, async)" in err
+    assert "Traceback" not in err
+    assert load_config(good).host == "node1"

@@ -1,0 +1,283 @@
+"""The status API over real HTTP on 127.0.0.1 (ephemeral port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mirrorkit.agent.api import start_api
+from mirrorkit.agent.metrics import render_metrics
+
+
+def primary_status() -> dict[str, Any]:
+    return {
+        "host": "node1",
+        "version": "0.1.0",
+        "mirrors": {
+            "records": {
+                "role": "primary", "term": 3, "mode": "async", "primary": "node1",
+                "fenced": False, "lsn": 120, "applied_lsn": 120, "lag_bytes": 0,
+                "lag_records": 0, "lag_seconds": 0.0, "connected": True,
+                "peers": {
+                    "node2": {"role": "backup", "connected": True, "acked_lsn": 118,
+                              "lag_bytes": 512, "lag_records": 2, "lag_seconds": 0.25},
+                    "dr1": {"role": "async", "connected": False, "acked_lsn": 90,
+                            "lag_bytes": 9000, "lag_records": 30, "lag_seconds": 12.5},
+                },
+            },
+            "orders": {
+                "role": "backup", "term": 7, "mode": "sync", "primary": "node2",
+                "fenced": False, "lsn": 50, "applied_lsn": 49, "lag_bytes": 100,
+                "lag_records": 1, "lag_seconds": 1.5, "connected": True,
+                "peers": {"node2": {"role": "primary", "connected": True}},
+            },
+        },
+    }
+
+
+async def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    code = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    assert headers["connection"] == "close"
+    return code, headers, body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\r\n".encode()
+
+
+def with_api(
+    status: Callable[[], dict[str, Any]], requests: list[bytes]
+) -> list[tuple[int, dict[str, str], bytes]]:
+    async def main() -> list[tuple[int, dict[str, str], bytes]]:
+        server = await start_api("127.0.0.1", 0, status)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return [await request(port, raw) for raw in requests]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(main())
+
+
+def codes(status: Callable[[], dict[str, Any]], *paths: str) -> list[int]:
+    return [code for code, _, _ in with_api(status, [get(p) for p in paths])]
+
+
+def test_health() -> None:
+    assert codes(primary_status, "/health") == [200]
+
+    def dead() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["orders"].update(alive=False, error="worker crashed: disk full")
+        return st
+
+    [(code, _, body)] = with_api(dead, [get("/health")])
+    assert code == 503
+    assert json.loads(body)["failing"] == {"orders": "worker crashed: disk full"}
+
+
+def test_primary() -> None:
+    assert codes(
+        primary_status, "/primary?mirror=records", "/primary?mirror=orders", "/primary",
+        "/primary?mirror=nope",
+    ) == [200, 503, 503, 404]
+
+    def fenced() -> dict[str, Any]:
+        st = primary_status()
+        del st["mirrors"]["orders"]
+        st["mirrors"]["records"]["fenced"] = True
+        return st
+
+    def only_primary() -> dict[str, Any]:
+        st = primary_status()
+        del st["mirrors"]["orders"]
+        return st
+
+    assert codes(fenced, "/primary?mirror=records", "/primary") == [503, 503]
+    assert codes(only_primary, "/primary") == [200]
+    assert codes(lambda: {"host": "arb", "mirrors": {}}, "/primary") == [503]
+    [(_, headers, body)] = with_api(primary_status, [get("/primary?mirror=orders")])
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["mirrors"]["orders"]["reason"] == "role is backup"
+
+
+def test_replica() -> None:
+    assert codes(
+        primary_status,
+        "/replica?mirror=orders", "/replica?mirror=orders&lag=2", "/replica?mirror=orders&lag=1",
+        "/replica?mirror=orders&lag=1.5", "/replica?mirror=records", "/replica",
+        "/replica?mirror=nope&lag=3",
+    ) == [200, 200, 503, 200, 503, 503, 404]
+
+    def disconnected() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["orders"]["connected"] = False
+        del st["mirrors"]["records"]
+        return st
+
+    assert codes(disconnected, "/replica?mirror=orders", "/replica") == [503, 503]
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/replica?mirror=orders&lag=abc", "lag must be a number of seconds >= 0, got 'abc'"),
+        ("/replica?lag=-1", "lag must be a number"),
+        ("/replica?lag=nan", "lag must be a number"),
+        ("/replica?lagg=5", "unknown parameter 'lagg'"),
+        ("/replica?mirror=a&mirror=b", "given more than once"),
+        ("/primary?mirror=", "must not be empty"),
+        ("/primary?mirror", "malformed query string"),
+        ("/replica?lag=", "got ''"),
+    ],
+)
+def test_bad_query_values_are_400_with_a_message(path: str, message: str) -> None:
+    [(code, _, body)] = with_api(primary_status, [get(path)])
+    assert code == 400
+    assert message in json.loads(body)["error"]
+
+
+def test_status_json() -> None:
+    [(code, headers, body)] = with_api(primary_status, [get("/status")])
+    assert code == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body) == primary_status()
+
+
+def test_unknown_path_and_methods() -> None:
+    results = with_api(
+        primary_status,
+        [get("/nope"), b"POST /status HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+         b"HEAD /health HTTP/1.1\r\n\r\n"],
+    )
+    assert [r[0] for r in results] == [404, 405, 405]
+    assert results[1][1]["allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"garbage\r\n\r\n",
+        b"\x00\xff\xfe\r\n\r\n",
+        b"GET /health\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET health HTTP/1.1\r\n\r\n",
+        b"GET /health HTTP/9\r\n\r\n",
+        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+        b"GET /health HTTP/1.1\r\n",  # client gives up before the blank line
+        b"",
+    ],
+)
+def test_garbage_gets_400_and_the_server_survives(raw: bytes) -> None:
+    async def main() -> None:
+        server = await start_api("127.0.0.1", 0, primary_status)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            writer.write_eof()
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 400 "), data[:100]
+            assert b"Traceback" not in data
+            code, _, _ = await request(port, get("/health"))
+            assert code == 200
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_failing_status_function_is_500_not_a_crash() -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("state file unreadable")
+
+    [(code, _, body)] = with_api(broken, [get("/status")])
+    assert code == 500
+    assert "state file unreadable" in json.loads(body)["error"]
+
+
+# -- metrics -----------------------------------------------------------------
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\} (\S+)$'
+)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A strict reader of the text format: every sample belongs to a family
+    announced by HELP then TYPE; no duplicate series; values are floats."""
+    assert text.endswith("\n")
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    helped: set[str] = set()
+    typed: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split(" ")[2]
+            assert name not in helped
+            helped.add(name)
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name in helped and name not in typed and kind == "gauge"
+            typed[name] = kind
+        else:
+            m = _SAMPLE.match(line)
+            assert m, f"bad sample line {line!r}"
+            name, labels, value = m.groups()
+            assert name in typed, f"{name} has no TYPE line"
+            key = (name, frozenset(_LABEL.findall(labels)))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = float(value)
+    return samples
+
+
+def test_metrics_endpoint_parses_and_has_the_families() -> None:
+    [(code, headers, body)] = with_api(primary_status, [get("/metrics")])
+    assert code == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    s = parse_exposition(body.decode())
+
+    def val(name: str, **labels: str) -> float:
+        return s[(name, frozenset(labels.items()))]
+
+    assert val("mirrorkit_term", mirror="records", member="node1") == 3
+    assert val("mirrorkit_lsn", mirror="records", member="node1") == 120
+    assert val("mirrorkit_applied_lsn", mirror="orders", member="node1") == 49
+    assert val("mirrorkit_lag_bytes", mirror="records", member="node2") == 512
+    assert val("mirrorkit_lag_records", mirror="records", member="dr1") == 30
+    assert val("mirrorkit_lag_seconds", mirror="orders", member="node1") == 1.5
+    assert val("mirrorkit_peer_connected", mirror="records", member="dr1") == 0
+    assert val("mirrorkit_peer_connected", mirror="records", member="node2") == 1
+    assert val("mirrorkit_role", mirror="records", member="node1", role="primary") == 1
+    assert val("mirrorkit_role", mirror="records", member="node1", role="backup") == 0
+    assert val("mirrorkit_role", mirror="orders", member="node1", role="backup") == 1
+    assert val("mirrorkit_fenced", mirror="records", member="node1") == 0
+
+
+def test_metrics_escape_labels_and_skip_missing_values() -> None:
+    text = render_metrics({
+        "host": 'we"ird\\host\nname',
+        "mirrors": {"m": {"role": "arbiter", "term": None, "lsn": "n/a",
+                          "lag_seconds": float("nan"), "peers": "broken"}, "x": 5},
+    })
+    s = parse_exposition(text)
+    names = {name for name, _ in s}
+    assert "mirrorkit_term" not in names and "mirrorkit_lsn" not in names
+    assert any(dict(labels).get("member") == 'we\\"ird\\\\host\\nname' for _, labels in s)
+    assert render_metrics({}).startswith("# HELP mirrorkit_up")
