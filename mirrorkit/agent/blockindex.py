@@ -62,6 +62,8 @@ FILE, DIR, LINK = "f", "d", "l"
 # An entry hashed less than this after the file's last change may hide a write
 # made in the same timestamp tick (the "racy clean" problem): rehash it.
 _RACY_NS = 2_000_000_000
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def block_digest(block: bytes) -> bytes:
@@ -267,18 +269,22 @@ def removal_op(tree: int, path: str, old: Entry) -> Op:
 
 
 def diff_file(
-    tree: int, path: str, abspath: str, old: Entry | None, block_size: int
+    tree: int, path: str, abspath: str, old: Entry | None, block_size: int,
+    *, dir_fd: int | None = None,
 ) -> Generator[Op | None, None, Entry | None]:
     """Yield the ops that turn the replica's ``old`` into the file at
     ``abspath``; return its new entry (``None`` if it is no longer a regular
     file — the caller re-examines the path). ``None`` items are progress ticks
     (a block that did not change), so a caller can yield to its event loop.
+    With ``dir_fd``, ``abspath`` is a name relative to that directory.
 
     The stat recorded is the one taken *before* reading, so a write racing
     with the read leaves a stat that no longer matches and gets rehashed.
     """
     try:
-        fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -363,12 +369,14 @@ class Reconciler:
         roots: list[str],
         exclude: list[str],
         index: IndexStore,
-        on_dir: Callable[[int, str], None],
+        on_dir: Callable[[int, str, int], None],
     ) -> None:
         self.roots = roots
         self.exclude = exclude
         self.index = index
-        self.on_dir = on_dir  # called before a directory is listed (watch first)
+        # on_dir(tree, rel, fd) is called with the directory open, before it
+        # is listed: watch first, so whatever is created after is an event.
+        self.on_dir = on_dir
 
     def abspath(self, tree: int, rel: str) -> str:
         return os.path.join(self.roots[tree], rel) if rel else self.roots[tree]
@@ -378,38 +386,72 @@ class Reconciler:
         while stack:
             yield from self._one(tree, stack.pop(), how, stack)
 
-    def _one(self, tree: int, rel: str, how: How, stack: list[str]) -> Iterator[Op | None]:
-        full = self.abspath(tree, rel)
-        st: os.stat_result | None = None
-        if not (rel and is_excluded(rel, self.exclude)):
+    def _open_dir(self, tree: int, rel: str) -> int | None:
+        """An O_PATH fd of directory ``rel``, reached one component at a time
+        without following any symlink; ``None`` if that path is not (or no
+        longer) a directory of the tree. A stale path through a directory
+        since replaced by a symlink must never lead outside the tree."""
+        try:
+            fd = os.open(self.roots[tree], _PATH_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        for part in rel.split("/") if rel else ():
             try:
-                st = os.lstat(full)
-            except (FileNotFoundError, NotADirectoryError):
-                st = None
-        if not rel:
-            if st is None or not stat.S_ISDIR(st.st_mode):
-                raise CaptureError(f"mirror tree {full} is missing or not a directory")
-            yield from self._dir(tree, rel, full, st, None, how, stack)
-            return
-        old = self.index.get(tree, rel)
-        if st is None or not (
-            stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
-        ):
-            # Gone, excluded, or a kind we do not mirror (fifo, socket, device).
-            if old is not None:
-                yield removal_op(tree, rel, old)
-                self.index.delete_subtree(tree, rel)
-            return
-        if stat.S_ISDIR(st.st_mode):
-            yield from self._dir(tree, rel, full, st, old, how, stack)
-        elif stat.S_ISLNK(st.st_mode):
-            yield from self._link(tree, rel, full, old)
-        else:
-            yield from self._file(tree, rel, full, st, old, how)
+                nfd = os.open(part, _PATH_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+
+    def _one(self, tree: int, rel: str, how: How, stack: list[str]) -> Iterator[Op | None]:
+        parent, _, name = rel.rpartition("/")
+        pfd = None
+        if rel and not is_excluded(rel, self.exclude):
+            pfd = self._open_dir(tree, parent)
+        try:
+            st: os.stat_result | None = None
+            if not rel:
+                try:
+                    st = os.stat(self.roots[tree])
+                except OSError:
+                    st = None
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    raise CaptureError(
+                        f"mirror tree {self.roots[tree]} is missing or not a directory"
+                    )
+                yield from self._dir(tree, rel, None, self.roots[tree], st, None, how, stack)
+                return
+            if pfd is not None:
+                try:
+                    st = os.lstat(name, dir_fd=pfd)
+                except (FileNotFoundError, NotADirectoryError):
+                    st = None
+            old = self.index.get(tree, rel)
+            if pfd is None or st is None or not (
+                stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
+            ):
+                # Gone, excluded, or a kind we do not mirror (fifo, socket, device).
+                if old is not None:
+                    yield removal_op(tree, rel, old)
+                    self.index.delete_subtree(tree, rel)
+                return
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._dir(tree, rel, pfd, name, st, old, how, stack)
+            elif stat.S_ISLNK(st.st_mode):
+                yield from self._link(tree, rel, pfd, name, old)
+            else:
+                yield from self._file(tree, rel, pfd, name, st, old, how)
+        finally:
+            if pfd is not None:
+                os.close(pfd)
 
     def _dir(
-        self, tree: int, rel: str, full: str, st: os.stat_result, old: Entry | None,
-        how: How, stack: list[str],
+        self, tree: int, rel: str, pfd: int | None, name: str, st: os.stat_result,
+        old: Entry | None, how: How, stack: list[str],
     ) -> Iterator[Op | None]:
         mode = stat.S_IMODE(st.st_mode)
         fresh = bool(rel) and (old is None or old.kind != DIR)
@@ -425,20 +467,28 @@ class Reconciler:
                 self.index.put(tree, rel, Entry(DIR, mode))
         if not (fresh or how == How.SCAN):
             return
-        self.on_dir(tree, rel)  # before listing: anything created after is an event
         try:
-            names = set(os.listdir(full))
-        except (FileNotFoundError, NotADirectoryError):
-            return  # removed meanwhile; its parent's watch reports that
+            dfd = os.open(name, _LIST_FLAGS, dir_fd=pfd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return  # replaced meanwhile; its parent's watch reports that
+            raise
+        try:
+            self.on_dir(tree, rel, dfd)  # before listing: anything created after is an event
+            names = set(os.listdir(dfd))
+        finally:
+            os.close(dfd)
         known = self.index.children(tree, rel)
         prefix = f"{rel}/" if rel else ""
         stack.extend(prefix + name for name in sorted(known.keys() - names, reverse=True))
         stack.extend(prefix + name for name in sorted(names, reverse=True))
         yield None
 
-    def _link(self, tree: int, rel: str, full: str, old: Entry | None) -> Iterator[Op | None]:
+    def _link(
+        self, tree: int, rel: str, pfd: int, name: str, old: Entry | None
+    ) -> Iterator[Op | None]:
         try:
-            target = os.readlink(full)
+            target = os.readlink(name, dir_fd=pfd)
         except OSError:
             return  # replaced meanwhile; an event follows
         if old is not None and old.kind == LINK and old.target == target:
@@ -451,7 +501,8 @@ class Reconciler:
         self.index.put(tree, rel, Entry(LINK, target=target))
 
     def _file(
-        self, tree: int, rel: str, full: str, st: os.stat_result, old: Entry | None, how: How
+        self, tree: int, rel: str, pfd: int, name: str, st: os.stat_result, old: Entry | None,
+        how: How,
     ) -> Iterator[Op | None]:
         if old is not None and old.kind == FILE:
             if how == How.SCAN and old.same_stat(st):
@@ -468,8 +519,9 @@ class Reconciler:
                 self.index.put(tree, rel, touch_entry(old, st))
                 return
         try:
-            new = yield from diff_file(tree, rel, full, old, self.index.block_size)
+            new = yield from diff_file(tree, rel, name, old, self.index.block_size, dir_fd=pfd)
         except OSError as exc:
+            full = self.abspath(tree, rel)
             # Unreadable (EACCES, EIO): loud, and the index keeps the old entry
             # so the next scan retries; verify reports the difference.
             log.error("capture: cannot read %s: %s; not mirrored until readable", full, exc)

@@ -75,7 +75,7 @@ class Capture(Protocol):
     async def stop(self) -> None: ...
 
 
-def _no_watch(tree: int, rel: str) -> None:
+def _no_watch(tree: int, rel: str, fd: int) -> None:
     pass
 
 
@@ -84,7 +84,7 @@ def scan_full(
 ) -> Iterator[Op]:
     """The ops that recreate every tree on an empty replica: per directory,
     MKDIR before its contents; per file CREATE, WRITE blocks, UTIME; SYMLINK."""
-    roots = [os.path.normpath(os.fspath(t)) for t in trees]
+    roots = [os.path.realpath(t) for t in trees]
     rec = Reconciler(roots, exclude, NullIndex(block_size), _no_watch)
     for tree in range(len(roots)):
         for op in rec.reconcile(tree, "", How.SCAN):
@@ -95,7 +95,7 @@ def scan_full(
 _MASK = (
     ino.IN_MODIFY | ino.IN_ATTRIB | ino.IN_CLOSE_WRITE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO
     | ino.IN_CREATE | ino.IN_DELETE | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
-    | ino.IN_ONLYDIR | ino.IN_DONT_FOLLOW | ino.IN_EXCL_UNLINK
+    | ino.IN_ONLYDIR | ino.IN_EXCL_UNLINK
 )
 
 
@@ -120,6 +120,16 @@ class _Dirty:
 
 
 _Key = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class _Move:
+    """An IN_MOVED_FROM waiting for its IN_MOVED_TO."""
+
+    tree: int
+    rel: str
+    wds: frozenset[int]  # watches under the moved directory at IN_MOVED_FROM time
+    deadline: float
 
 
 def _parent(rel: str) -> str:
@@ -157,7 +167,8 @@ class WatchCapture:
     ) -> None:
         if block_size <= 0 or not trees:
             raise ValueError("WatchCapture needs at least one tree and a positive block size")
-        self.roots = [os.path.normpath(os.path.abspath(os.fspath(t))) for t in trees]
+        # Resolved once: below the roots, capture never follows a symlink.
+        self.roots = [os.path.realpath(t) for t in trees]
         self.exclude = list(exclude)
         self.index_path = index_path
         self.block_size = block_size
@@ -175,7 +186,7 @@ class WatchCapture:
         self._paths: dict[_Key, int] = {}
         self._seen_wds: set[int] | None = None
         self._dirty: dict[_Key, _Dirty] = {}
-        self._moves: dict[int, tuple[int, str, bool, float]] = {}
+        self._moves: dict[int, _Move] = {}
         self._batch: list[Op] = []
         self._batch_size = 0
 
@@ -257,10 +268,12 @@ class WatchCapture:
                 last = self._loop.time()
 
     # -- watches -------------------------------------------------------------
-    def _watch(self, tree: int, rel: str) -> None:
+    def _watch(self, tree: int, rel: str, fd: int) -> None:
         assert self._ino is not None
         try:
-            wd = self._ino.add_watch(self._rec.abspath(tree, rel), _MASK)
+            # Through the open fd: the watch lands on exactly the directory
+            # about to be listed, even if its path changes meanwhile.
+            wd = self._ino.add_watch(f"/proc/self/fd/{fd}", _MASK)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # gone (or replaced by a file) meanwhile: an event says so
@@ -269,7 +282,8 @@ class WatchCapture:
                     "inotify watch limit reached (sysctl fs.inotify.max_user_watches); "
                     "raise it so every directory of the mirror can be watched"
                 ) from exc
-            raise CaptureError(f"cannot watch {exc.filename}: {exc.strerror}") from exc
+            where = self._rec.abspath(tree, rel)
+            raise CaptureError(f"cannot watch {where}: {exc.strerror}") from exc
         old = self._wds.get(wd)
         if old is not None and old != (tree, rel) and self._paths.get(old) == wd:
             del self._paths[old]  # the same inode, known under a stale path
@@ -285,18 +299,31 @@ class WatchCapture:
             del self._paths[key]
         self.stats.watches = len(self._wds)
 
-    def _unwatch_subtree(self, tree: int, rel: str) -> None:
-        assert self._ino is not None
-        for key in [k for k in self._paths if k[0] == tree and _under(k[1], rel)]:
-            wd = self._paths[key]
-            self._ino.rm_watch(wd)
-            self._forget_wd(wd)
+    def _wds_under(self, tree: int, rel: str) -> frozenset[int]:
+        return frozenset(wd for (t, p), wd in self._paths.items() if t == tree and _under(p, rel))
 
-    def _remap(self, tree: int, src: str, dst: str) -> None:
-        """After a rename, watches and pending work under ``src`` are ``dst``'s."""
-        for key in [k for k in self._paths if k[0] == tree and _under(k[1], src)]:
-            wd = self._paths.pop(key)
-            new = (tree, dst + key[1][len(src) :])
+    def _unwatch(self, move: _Move) -> None:
+        """Drop the watches of a directory moved out of the trees. By watch
+        descriptor, not by path: a new directory may already have the old
+        name, and a scan may already have re-mapped a watch to the place the
+        directory went (then it is still ours)."""
+        assert self._ino is not None
+        for wd in move.wds:
+            where = self._wds.get(wd)
+            if where is not None and where[0] == move.tree and _under(where[1], move.rel):
+                self._ino.rm_watch(wd)
+                self._forget_wd(wd)
+
+    def _remap(self, move: _Move, dst: str) -> None:
+        """After a rename, watches and pending work under the source are ``dst``'s."""
+        tree, src = move.tree, move.rel
+        for wd in move.wds:
+            where = self._wds.get(wd)
+            if where is None or where[0] != tree or not _under(where[1], src):
+                continue
+            if self._paths.get(where) == wd:
+                del self._paths[where]
+            new = (tree, dst + where[1][len(src) :])
             self._wds[wd] = new
             self._paths[new] = wd
         for key in [k for k in self._dirty if k[0] == tree and _under(k[1], src)]:
@@ -312,7 +339,7 @@ class WatchCapture:
             cur.due, cur.how = min(cur.due, due), max(cur.how, how)
 
     def _timeout(self) -> float | None:
-        dues = [d.due for d in self._dirty.values()] + [m[3] for m in self._moves.values()]
+        dues = [d.due for d in self._dirty.values()] + [m.deadline for m in self._moves.values()]
         return max(0.0, min(dues) - self._loop.time()) if dues else None
 
     async def _handle(self, event: ino.InotifyEvent) -> None:
@@ -341,7 +368,8 @@ class WatchCapture:
         rel = f"{base}/{event.name}" if base else event.name
         isdir = bool(mask & ino.IN_ISDIR)
         if mask & ino.IN_MOVED_FROM:
-            self._moves[event.cookie] = (tree, rel, isdir, self._loop.time() + self.move_grace)
+            wds = self._wds_under(tree, rel) if isdir else frozenset()
+            self._moves[event.cookie] = _Move(tree, rel, wds, self._loop.time() + self.move_grace)
         elif mask & ino.IN_MOVED_TO:
             await self._moved(self._moves.pop(event.cookie, None), tree, rel)
         elif is_excluded(rel, self.exclude):
@@ -357,13 +385,13 @@ class WatchCapture:
         elif mask & ino.IN_ATTRIB:
             self._mark((tree, rel), How.ATTR, 0.0)
 
-    async def _moved(self, src: tuple[int, str, bool, float] | None, tree: int, rel: str) -> None:
+    async def _moved(self, src: _Move | None, tree: int, rel: str) -> None:
         dst_ok = not is_excluded(rel, self.exclude)
         if src is None:  # moved in from outside the trees (or from an excluded name)
             if dst_ok:
                 await self._reconcile((tree, rel), How.SCAN)
             return
-        stree, srel, sdir, _ = src
+        stree, srel = src.tree, src.rel
         old = self._index.get(stree, srel)
         parent = _parent(rel)
         parent_entry = self._index.get(tree, parent) if parent else Entry(DIR)
@@ -373,7 +401,7 @@ class WatchCapture:
             and not _under(rel, srel) and not _under(srel, rel)
         ):
             # Not a rename the replicas can replay: a removal plus a new path.
-            await self._moved_out(stree, srel, sdir)
+            await self._moved_out(src)
             if dst_ok:
                 await self._reconcile((tree, rel), How.SCAN)
             return
@@ -389,16 +417,15 @@ class WatchCapture:
             self._index.delete_subtree(tree, rel)
         self._append(Op(OpKind.RENAME, tree, srel, target=rel))
         self._index.rename(tree, srel, rel)
-        self._remap(tree, srel, rel)
+        self._remap(src, rel)
         # Re-examine both ends: events queued before this one were stamped with
         # paths that may since have changed; a stat-level check converges.
         self._mark((tree, srel), How.CONTENT, 0.0)
         self._mark((tree, rel), How.SCAN, 0.0)
 
-    async def _moved_out(self, tree: int, rel: str, isdir: bool) -> None:
-        if isdir:
-            self._unwatch_subtree(tree, rel)
-        await self._reconcile((tree, rel), How.CONTENT)
+    async def _moved_out(self, move: _Move) -> None:
+        self._unwatch(move)
+        await self._reconcile((move.tree, move.rel), How.CONTENT)
 
     async def _expire_moves(self) -> None:
         """An IN_MOVED_FROM whose IN_MOVED_TO never came: moved out of the trees."""
@@ -408,10 +435,10 @@ class WatchCapture:
         if self._ino.pending:
             return
         now = self._loop.time()
-        for cookie, (tree, rel, isdir, deadline) in list(self._moves.items()):
-            if deadline <= now:
+        for cookie, move in list(self._moves.items()):
+            if move.deadline <= now:
                 del self._moves[cookie]
-                await self._moved_out(tree, rel, isdir)
+                await self._moved_out(move)
 
     async def _process_due(self) -> None:
         now = self._loop.time()

@@ -37,6 +37,7 @@ __all__ = ["Agent", "main"]
 log = logging.getLogger("mirrorkit.agent")
 
 DEFAULT_CONFIG = Path("/etc/mirrorkit/agent.yml")
+RETRY_SECONDS = 5.0
 
 
 class Agent:
@@ -67,25 +68,43 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        for name, mcfg in self.cfg.mirrors.items():
-            try:
-                worker = create_worker(self.cfg, mcfg)
-                await worker.start()
-            except Exception as exc:  # one broken mirror must not stop the others
-                log.error("mirror %s failed to start: %s", name, exc)
-                self.failed[name] = str(exc)
-                continue
-            self.workers[name] = worker
+        for name in self.cfg.mirrors:
+            await self._start_mirror(name)
         api = await self._start_api()
         log.info("agent %s %s running %d mirror(s)", self.cfg.host, __version__,
                  len(self.workers))
+        retry = asyncio.create_task(self._retry_failed())
         await self._stop.wait()
         log.info("shutting down")
+        retry.cancel()
         if api is not None:
             api.close()
         await asyncio.gather(*(w.stop() for w in self.workers.values()),
                              return_exceptions=True)
         log.info("stopped")
+
+    async def _start_mirror(self, name: str) -> None:
+        worker: MirrorWorker | None = None
+        try:
+            worker = create_worker(self.cfg, self.cfg.mirrors[name])
+            await worker.start()
+        except Exception as exc:  # one broken mirror must not stop the others
+            log.error("mirror %s failed to start: %s (retrying in %.0fs)", name, exc,
+                      RETRY_SECONDS)
+            self.failed[name] = str(exc)
+            if worker is not None:
+                await worker.stop()
+            return
+        self.failed.pop(name, None)
+        self.workers[name] = worker
+
+    async def _retry_failed(self) -> None:
+        # A port still held by a dying predecessor, a missing certificate
+        # being deployed...: keep trying instead of needing a restart.
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            for name in list(self.failed):
+                await self._start_mirror(name)
 
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:

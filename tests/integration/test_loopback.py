@@ -6,8 +6,10 @@ Every wait is a poll with a generous deadline; nothing asserts speed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -43,10 +45,26 @@ MIRROR = "records"
 T = TypeVar("T")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A bindable loopback port *below* the kernel's ephemeral range, so that
+    no agent's outgoing connection can take it before the agent listens."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        port = random.randrange(10000, max(low, 10001))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
 
 
@@ -64,7 +82,9 @@ def wait_for(pred: Callable[[], T], what: str, timeout: float = 60.0,
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """What must be identical between primary and replica, per relative path."""
+    """What must be identical between primary and replica, per relative path.
+    An entry that vanishes while we look (the agent is applying) is recorded
+    as such, so the comparison simply fails this round."""
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -72,14 +92,17 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
                 continue
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
-            st = os.lstat(p)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", mode)
-            else:
-                out[rel] = ("file", mode, st.st_mtime_ns, p.read_bytes())
+            try:
+                st = os.lstat(p)
+                mode = stat.S_IMODE(st.st_mode)
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = ("link", os.readlink(p))
+                elif stat.S_ISDIR(st.st_mode):
+                    out[rel] = ("dir", mode)
+                else:
+                    out[rel] = ("file", mode, st.st_mtime_ns, p.read_bytes())
+            except OSError as exc:
+                out[rel] = ("vanished", str(exc))
     return out
 
 
@@ -501,6 +524,10 @@ def test_crashed_receiver_resumes_from_durable_lsn(cluster: Cluster) -> None:
     assert m["received_records"] < c.mirror("node1")["lsn"]
 
 
+def lsn_above(c: Cluster, lsn: int) -> bool:
+    return bool(c.mirror("node1").get("lsn", 0) > lsn)
+
+
 def test_receiver_behind_the_log_gets_a_full_resync(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
@@ -519,7 +546,7 @@ def test_receiver_behind_the_log_gets_a_full_resync(
     for i in range(12):  # several batches, so that the log rolls segments
         lsn = c.mirror("node1")["lsn"]
         (root / f"bulk{i}").write_bytes(os.urandom(30_000))
-        wait_for(lambda lsn=lsn: c.mirror("node1").get("lsn", 0) > lsn, "primary logs a batch")
+        wait_for(functools.partial(lsn_above, c, lsn), "primary logs a batch")
     wait_for(lambda: c.mirror("node1").get("log_first_lsn", 0) > lsn_away + 1,
              "the primary's log drops what dr1 has not seen")
     c.start("dr1")
