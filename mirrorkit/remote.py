@@ -7,20 +7,11 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from mirrorkit.inventory.model import Host
 
 SSH_TIMEOUT = 10.0
-
-
-class SshTarget(Protocol):
-    """What the inventory knows about reaching a host (ansible_* variables)."""
-
-    name: str
-    address: str
-    user: str | None
-    port: int | None
-    key_file: str | None
-    ssh_common_args: str | None
 
 
 @dataclass
@@ -39,7 +30,7 @@ def _strict_host_keys(common_args: str | None) -> bool:
     return "stricthostkeychecking no" not in text
 
 
-def connect(target: SshTarget) -> Any:
+def connect(target: Host) -> Any:
     import paramiko
     from fabric import Config, Connection
 
@@ -62,7 +53,7 @@ def connect(target: SshTarget) -> Any:
     return conn
 
 
-def probe_host(target: SshTarget, agent: str) -> HostProbe:
+def probe_host(target: Host, agent: str) -> HostProbe:
     """Ask one host's agent for /status and list the IPv4 addresses it holds."""
     probe = HostProbe(target.name)
     try:
@@ -80,6 +71,6 @@ def probe_host(target: SshTarget, agent: str) -> HostProbe:
                     probe.addresses.add(parts[parts.index("inet") + 1].split("/")[0])
     except json.JSONDecodeError as exc:
         probe.error = f"agent returned invalid JSON: {exc}"
-    except Exception as exc:  # noqa: BLE001 - any SSH failure is reported per host
+    except Exception as exc:
         probe.error = f"cannot reach {target.address} over SSH: {exc}"
     return probe

@@ -27,9 +27,7 @@ def register(subparsers: Any) -> None:
         "--check", action="store_true", help="report what would change, change nothing"
     )
     parser.add_argument("--diff", action="store_true", help="show the changes made to files")
-    parser.add_argument(
-        "--limit", metavar="HOSTS", help="only these hosts (Ansible host pattern)"
-    )
+    parser.add_argument("--limit", metavar="HOSTS", help="only these hosts (Ansible host pattern)")
     parser.set_defaults(func=run)
 
 

@@ -59,7 +59,9 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
         vip_holders: list[str] = []
         for host, inv_role in mirror.members().items():
             probe = probes[host]
-            live = (probe.status or {}).get("mirrors", {}).get(mirror.name) if probe.status else None
+            live = (
+                (probe.status or {}).get("mirrors", {}).get(mirror.name) if probe.status else None
+            )
             entry: dict[str, Any] = {
                 "host": host,
                 "inventory_role": inv_role,
@@ -116,23 +118,38 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     for name, mirror in report["mirrors"].items():
         for member in mirror["members"]:
             role = member["role"] or f"? ({member['inventory_role']})"
-            if member["role"] == "async" or member["inventory_role"] == "async":
-                role = f"{role}"
             lsn = "-" if member["lsn"] is None else str(member["lsn"])
             vip = mirror["vip"]["address"].split("/")[0] if member["vip"] else ""
             if not member["reachable"]:
-                table.add_row(name, member["host"], f"[red]{role}[/red]", "-", "[red]unreachable[/red]",
-                              "-", "-", "", style=None)
+                table.add_row(
+                    name,
+                    member["host"],
+                    f"[red]{role}[/red]",
+                    "-",
+                    "[red]unreachable[/red]",
+                    "-",
+                    "-",
+                    "",
+                    style=None,
+                )
                 continue
             table.add_row(
-                name, member["host"], role, str(member["term"] if member["term"] is not None else "-"),
-                _connected(member), _fmt_lag(member), lsn, vip,
+                name,
+                member["host"],
+                role,
+                str(member["term"] if member["term"] is not None else "-"),
+                _connected(member),
+                _fmt_lag(member),
+                lsn,
+                vip,
             )
     console.print(table)
     for name, mirror in report["mirrors"].items():
         holders = mirror["vip"]["holders"] if mirror["vip"] else []
-        vip_text = "no VIP" if mirror["vip"] is None else (
-            f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}"
+        vip_text = (
+            "no VIP"
+            if mirror["vip"] is None
+            else (f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}")
         )
         console.print(
             f"{name}: primary {mirror['primary'] or 'UNKNOWN'}, term {mirror['term']}, "

@@ -56,7 +56,9 @@ def test_missing_inventory_is_a_clear_failure(command: str, tmp_path: object) ->
     assert "/nonexistent/inventory.yml" in result.stderr
 
 
-def test_main_returns_status_instead_of_exiting_on_success(capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_returns_status_instead_of_exiting_on_success(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0

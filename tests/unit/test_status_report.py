@@ -21,7 +21,12 @@ MIRRORS = {
         "vip": {"address": "198.18.7.100/24", "interface": "eth0"},
     }
 }
-ADDRESSES = {"node1": "198.18.7.11", "node2": "198.18.7.12", "arb1": "198.18.7.13", "dr1": "198.18.7.14"}
+ADDRESSES = {
+    "node1": "198.18.7.11",
+    "node2": "198.18.7.12",
+    "arb1": "198.18.7.13",
+    "dr1": "198.18.7.14",
+}
 
 
 def inventory() -> Inventory:
@@ -30,8 +35,16 @@ def inventory() -> Inventory:
 
 
 def agent_status(host: str, role: str, **extra: Any) -> dict[str, Any]:
-    mirror = {"role": role, "term": 3, "lsn": 10, "applied_lsn": 10, "lag_bytes": 0,
-              "lag_seconds": 0.0, "connected": True, "peers": {}}
+    mirror = {
+        "role": role,
+        "term": 3,
+        "lsn": 10,
+        "applied_lsn": 10,
+        "lag_bytes": 0,
+        "lag_seconds": 0.0,
+        "connected": True,
+        "peers": {},
+    }
     mirror.update(extra)
     return {"host": host, "mirrors": {"records": mirror}}
 
@@ -39,8 +52,9 @@ def agent_status(host: str, role: str, **extra: Any) -> dict[str, Any]:
 def healthy_probes() -> dict[str, HostProbe]:
     peers = {h: {"connected": True} for h in ("node2", "arb1", "dr1")}
     return {
-        "node1": HostProbe("node1", agent_status("node1", "primary", peers=peers),
-                           {"198.18.7.11", "198.18.7.100"}),
+        "node1": HostProbe(
+            "node1", agent_status("node1", "primary", peers=peers), {"198.18.7.11", "198.18.7.100"}
+        ),
         "node2": HostProbe("node2", agent_status("node2", "backup"), {"198.18.7.12"}),
         "arb1": HostProbe("arb1", agent_status("arb1", "arbiter", peers={}), {"198.18.7.13"}),
         "dr1": HostProbe("dr1", agent_status("dr1", "async"), {"198.18.7.14"}),
@@ -62,7 +76,9 @@ def test_report_names_live_primary_term_and_vip_holder() -> None:
 def test_live_role_wins_over_inventory_role() -> None:
     probes = healthy_probes()
     probes["node1"] = HostProbe("node1", agent_status("node1", "backup"), {"198.18.7.11"})
-    probes["node2"] = HostProbe("node2", agent_status("node2", "primary"), {"198.18.7.12", "198.18.7.100"})
+    probes["node2"] = HostProbe(
+        "node2", agent_status("node2", "primary"), {"198.18.7.12", "198.18.7.100"}
+    )
     records = build_report(inventory(), probes)["mirrors"]["records"]
     assert records["primary"] == "node2"
     assert records["vip"]["holders"] == ["node2"]
