@@ -232,10 +232,25 @@ def _check_mirror(
         if address is not None:
             addresses[host] = address
     _check_addresses_distinct(ctx, name, seen, addresses)
+    _check_mode(ctx, name, spec)
     _check_paths(ctx, name, spec)
     _check_timeouts(ctx, name, spec.get("timeouts"))
     _check_port(ctx, name, spec)
     _check_vip(ctx, name, spec, seen, addresses)
+
+
+def _check_mode(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
+    # `sync` promises that data the application fsync'ed on the primary is on
+    # the backup before fsync returns. Only the `mount` capture method (the
+    # agent in the write path) can keep that promise; `watch` sees changes
+    # after the fact. Accepting `sync` now would silently deliver async.
+    if spec.get("mode") == "sync":
+        ctx.add(
+            name, None, _f(name, "mode"),
+            "mode 'sync' needs the 'mount' capture method, which this version of "
+            "mirrorkit does not provide yet (only 'watch', which is asynchronous)",
+            "use mode: async for now; sync mode arrives with mount capture",
+        )
 
 
 def _split(path: str) -> list[str | int]:

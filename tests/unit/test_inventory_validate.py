@@ -28,7 +28,7 @@ def base() -> dict[str, Any]:
         "mirrorkit_mirrors": {
             "records": {
                 "paths": ["/srv/records"],
-                "mode": "sync",
+                "mode": "async",
                 "primary": "node1",
                 "backup": "node2",
                 "arbiter": "arb1",
@@ -155,6 +155,7 @@ CASES: list[tuple[str, Mutation, str, str | None, str]] = [
     ("no paths", _set(paths=[]), "paths", None, "absolute paths"),
     ("absolute exclude", _set(exclude=["/srv/records/tmp"]), "exclude[0]", None, "relative"),
     ("unknown mode", _set(mode="semi-sync"), "mode", None, "use sync or async"),
+    ("sync needs mount capture", _set(mode="sync"), "mode", None, "use mode: async for now"),
     ("zero timeout", _set(timeouts={"heartbeat": 0}), "timeouts.heartbeat", None,
      "greater than 0"),
     ("negative timeout", _set(timeouts={"qos": -1}), "timeouts.qos", None, "greater than 0"),
