@@ -130,6 +130,7 @@ class _Move:
     rel: str
     wds: frozenset[int]  # watches under the moved directory at IN_MOVED_FROM time
     deadline: float
+    seq: int  # _watch_seq then: a watch (re)added later was re-verified since
 
 
 def _parent(rel: str) -> str:
@@ -150,6 +151,13 @@ class WatchCapture:
     reset by later ones, so a file that is always being written still ships
     every ``debounce``). Each path is diffed against the index, so several
     events on one path cost one diff, in order.
+
+    "Watch before scan" holds per directory: each directory is opened, its
+    watch added through that fd, and only then listed, so whatever appears
+    after the listing is an event. Below the (resolved) roots no symlink is
+    ever followed. Not seen by inotify, hence only by the next full scan:
+    writes through a hard link living outside the watched directory, and
+    writes through a shared ``mmap`` before the file is closed.
     """
 
     def __init__(
@@ -183,6 +191,8 @@ class WatchCapture:
         self._done = asyncio.Event()
         self._ino: ino.Inotify | None = None
         self._wds: dict[int, _Key] = {}
+        self._wd_seq: dict[int, int] = {}  # when each watch was last (re)added
+        self._watch_seq = 0
         self._paths: dict[_Key, int] = {}
         self._seen_wds: set[int] | None = None
         self._dirty: dict[_Key, _Dirty] = {}
@@ -289,12 +299,15 @@ class WatchCapture:
             del self._paths[old]  # the same inode, known under a stale path
         self._wds[wd] = (tree, rel)
         self._paths[(tree, rel)] = wd
+        self._watch_seq += 1
+        self._wd_seq[wd] = self._watch_seq
         if self._seen_wds is not None:
             self._seen_wds.add(wd)
         self.stats.watches = len(self._wds)
 
     def _forget_wd(self, wd: int) -> None:
         key = self._wds.pop(wd, None)
+        self._wd_seq.pop(wd, None)
         if key is not None and self._paths.get(key) == wd:
             del self._paths[key]
         self.stats.watches = len(self._wds)
@@ -302,25 +315,36 @@ class WatchCapture:
     def _wds_under(self, tree: int, rel: str) -> frozenset[int]:
         return frozenset(wd for (t, p), wd in self._paths.items() if t == tree and _under(p, rel))
 
+    def _moved_wds(self, move: _Move) -> list[int]:
+        """The watches that still belong to the moved directory's old place:
+        not re-added (and so re-located) by a scan since IN_MOVED_FROM."""
+        out = []
+        for wd in move.wds:
+            where = self._wds.get(wd)
+            if (
+                where is not None and where[0] == move.tree and _under(where[1], move.rel)
+                and self._wd_seq.get(wd, 0) <= move.seq
+            ):
+                out.append(wd)
+        return out
+
     def _unwatch(self, move: _Move) -> None:
         """Drop the watches of a directory moved out of the trees. By watch
         descriptor, not by path: a new directory may already have the old
         name, and a scan may already have re-mapped a watch to the place the
         directory went (then it is still ours)."""
         assert self._ino is not None
-        for wd in move.wds:
+        for wd in self._moved_wds(move):
             where = self._wds.get(wd)
-            if where is not None and where[0] == move.tree and _under(where[1], move.rel):
+            if where is not None:
                 self._ino.rm_watch(wd)
                 self._forget_wd(wd)
 
     def _remap(self, move: _Move, dst: str) -> None:
         """After a rename, watches and pending work under the source are ``dst``'s."""
         tree, src = move.tree, move.rel
-        for wd in move.wds:
-            where = self._wds.get(wd)
-            if where is None or where[0] != tree or not _under(where[1], src):
-                continue
+        for wd in self._moved_wds(move):
+            where = self._wds[wd]
             if self._paths.get(where) == wd:
                 del self._paths[where]
             new = (tree, dst + where[1][len(src) :])
@@ -369,7 +393,8 @@ class WatchCapture:
         isdir = bool(mask & ino.IN_ISDIR)
         if mask & ino.IN_MOVED_FROM:
             wds = self._wds_under(tree, rel) if isdir else frozenset()
-            self._moves[event.cookie] = _Move(tree, rel, wds, self._loop.time() + self.move_grace)
+            deadline = self._loop.time() + self.move_grace
+            self._moves[event.cookie] = _Move(tree, rel, wds, deadline, self._watch_seq)
         elif mask & ino.IN_MOVED_TO:
             await self._moved(self._moves.pop(event.cookie, None), tree, rel)
         elif is_excluded(rel, self.exclude):

@@ -12,6 +12,8 @@ from mirrorkit.agent.blockindex import (
     LINK,
     BlockIndex,
     Entry,
+    How,
+    Reconciler,
     diff_file,
 )
 from mirrorkit.agent.records import Op, OpKind
@@ -121,3 +123,23 @@ def test_bind_roots_resets_a_tree_whose_root_changed(tmp_path: Path) -> None:
     assert index.bind_roots(["/srv/a", "/srv/c"]) == [1]
     assert index.get(0, "x") is not None and index.get(1, "y") is None
     index.close()
+
+
+def test_reconciler_never_follows_a_symlink_in_the_middle_of_a_path(tmp_path: Path) -> None:
+    """An event names ``d/f``; by the time it is processed ``d`` is a symlink
+    to a directory outside the tree. Nothing from outside may be read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"SECRET")
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(outside, src / "d")
+    index = BlockIndex(":memory:", BS)
+    index.put(0, "d", Entry(DIR, 0o755))  # the index still knows d as a directory
+    index.put(0, "d/f", Entry(FILE, 0o644, 6))
+    rec = Reconciler([str(src)], [], index, lambda tree, rel, fd: None)
+    ops = [op for op in rec.reconcile(0, "d/f", How.CONTENT) if op is not None]
+    assert ops == [Op(OpKind.UNLINK, 0, "d/f")]  # d/f is gone from the tree
+    ops = [op for op in rec.reconcile(0, "d", How.SCAN) if op is not None]
+    assert ops == [Op(OpKind.RMDIR, 0, "d"), Op(OpKind.SYMLINK, 0, "d", target=str(outside))]
+    assert index.get(0, "d/f") is None
