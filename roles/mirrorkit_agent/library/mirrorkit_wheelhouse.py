@@ -26,7 +26,19 @@ options:
     description: Paths, relative to I(source_dir), that make up the package and are hashed and built.
     type: list
     elements: str
-    default: [pyproject.toml, README.md, mirrorkit]
+    default: [pyproject.toml, mirrorkit]
+  stub_paths:
+    description:
+      - Files the build needs but the agent does not (the README that C(pyproject.toml)
+        names as long description). They are built as a one-line stub and not hashed, so
+        editing documentation never produces a new wheel (and never restarts agents).
+    type: list
+    elements: str
+    default: [README.md]
+  keep_builds:
+    description: How many most recent wheel builds to keep in the cache.
+    type: int
+    default: 5
   cache_dir:
     description: Controller-side cache for wheels and wheelhouses.
     type: path
@@ -150,7 +162,7 @@ def publish(tmp, final):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_wheel(module, source_dir, files, target):
+def build_wheel(module, source_dir, files, stubs, target):
     work = tempfile.mkdtemp(prefix="mirrorkit-wheel-")
     try:
         src = os.path.join(work, "src")
@@ -158,6 +170,11 @@ def build_wheel(module, source_dir, files, target):
             dest = os.path.join(src, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.copyfile(os.path.join(source_dir, rel), dest)
+        for rel in stubs:
+            dest = os.path.join(src, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "w") as handle:
+                handle.write("mirrorkit\n")
         out = os.path.join(work, "out")
         run(
             module,
@@ -194,14 +211,26 @@ def download_wheelhouse(module, reqs, target):
         raise
 
 
+def prune(builds, keep):
+    """Remove all but the `keep` most recently built wheels."""
+    entries = sorted(
+        (os.path.join(builds, n) for n in os.listdir(builds)),
+        key=os.path.getmtime, reverse=True,
+    )
+    for path in entries[max(keep, 1):]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "source_dir": {"type": "path", "required": True},
             "source_paths": {
                 "type": "list", "elements": "str",
-                "default": ["pyproject.toml", "README.md", "mirrorkit"],
+                "default": ["pyproject.toml", "mirrorkit"],
             },
+            "stub_paths": {"type": "list", "elements": "str", "default": ["README.md"]},
+            "keep_builds": {"type": "int", "default": 5},
             "cache_dir": {"type": "path", "required": True},
             "python_version": {"type": "str", "required": True},
             "platforms": {"type": "list", "elements": "str", "required": True},
@@ -221,14 +250,17 @@ def main():
     changed = False
     build_dir = os.path.join(p["cache_dir"], "build", digest[:20])
     wheel = find_wheel(build_dir)
+    if wheel is not None and not module.check_mode:
+        os.utime(build_dir)  # recently used: kept by prune()
     if wheel is None:
         changed = True
         if module.check_mode:
             module.exit_json(changed=True, msg="would build the wheel for sources %s" % digest[:20])
         if os.path.isdir(build_dir):
             shutil.rmtree(build_dir)
-        build_wheel(module, source_dir, files, build_dir)
+        build_wheel(module, source_dir, files, p["stub_paths"], build_dir)
         wheel = find_wheel(build_dir)
+        prune(os.path.dirname(build_dir), p["keep_builds"])
 
     reqs = requirements_of(wheel)
     req_digest = hashlib.sha256("\n".join(sorted(reqs)).encode()).hexdigest()[:16]
