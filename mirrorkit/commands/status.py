@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 def _fmt_lag(member: dict[str, Any]) -> str:
     if member.get("lag_bytes") is None:
         return "-"
-    return f"{member['lag_bytes']} B / {member['lag_seconds']:.1f} s"
+    return f"{member['lag_bytes']} B, {member['lag_seconds']:.1f} s"
 
 
 def _connected(member: dict[str, Any]) -> str:
@@ -106,20 +106,26 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
             "vip": None
             if mirror.vip is None
             else {"address": mirror.vip.cidr, "holders": vip_holders},
+            "async_kinds": {a.host: a.kind for a in mirror.asyncs},
             "members": members,
         }
     return {"inventory": str(inventory.path), "mirrors": mirrors}
 
 
+def _role_text(member: dict[str, Any], kinds: dict[str, str]) -> str:
+    role = member["role"] or f"? ({member['inventory_role']})"
+    kind = kinds.get(member["host"])
+    return f"{role} ({kind})" if kind and member["role"] == "async" else role
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"mirrorkit status: {report['inventory']}")
     for column in ("mirror", "host", "role", "term", "connected", "lag", "LSN", "VIP"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for name, mirror in report["mirrors"].items():
+        kinds = mirror.get("async_kinds", {})
         for member in mirror["members"]:
-            role = member["role"] or f"? ({member['inventory_role']})"
-            lsn = "-" if member["lsn"] is None else str(member["lsn"])
-            vip = mirror["vip"]["address"].split("/")[0] if member["vip"] else ""
+            role = _role_text(member, kinds)
             if not member["reachable"]:
                 table.add_row(
                     name,
@@ -130,26 +136,21 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                     "-",
                     "-",
                     "",
-                    style=None,
                 )
                 continue
-            table.add_row(
-                name,
-                member["host"],
-                role,
-                str(member["term"] if member["term"] is not None else "-"),
-                _connected(member),
-                _fmt_lag(member),
-                lsn,
-                vip,
-            )
+            holds_data = member["role"] != "arbiter"
+            term = "-" if member["term"] is None else str(member["term"])
+            lsn = "-" if member["lsn"] is None or not holds_data else str(member["lsn"])
+            lag = _fmt_lag(member) if holds_data else "-"
+            vip = mirror["vip"]["address"].split("/")[0] if member["vip"] else ""
+            table.add_row(name, member["host"], role, term, _connected(member), lag, lsn, vip)
     console.print(table)
     for name, mirror in report["mirrors"].items():
         holders = mirror["vip"]["holders"] if mirror["vip"] else []
         vip_text = (
             "no VIP"
             if mirror["vip"] is None
-            else (f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}")
+            else f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}"
         )
         console.print(
             f"{name}: primary {mirror['primary'] or 'UNKNOWN'}, term {mirror['term']}, "
@@ -172,5 +173,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print_table(report, Console())
+        print_table(report, Console(width=max(120, Console().width)))
     return 0 if all(p.error is None for p in probes.values()) else 1

@@ -7,6 +7,7 @@ inventory points `ansible_ssh_private_key_file` at the private half.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,7 +53,13 @@ def public_key_path(key: Path | None = None) -> Path:
 def ssh_command(address: str, command: list[str] | None = None, *,
                 key: Path | None = None, batch: bool = False,
                 connect_timeout: float | None = None) -> list[str]:
-    """The ssh argv that reaches root@ADDRESS with the lab key."""
+    """The ssh argv that reaches root@ADDRESS with the lab key.
+
+    ssh joins its arguments into one string for the remote shell, which would
+    split `sh -c 'a; b'` apart. So one argument is taken as a shell command
+    line (`-- 'ls /srv | wc -l'`), several as an argv that is quoted word by
+    word (`-- sh -c 'echo hi > f'`), like `podman exec`.
+    """
     argv = ["ssh", "-i", str(key or lab_key_path()), *SSH_OPTIONS]
     if batch:
         argv += ["-o", "BatchMode=yes"]
@@ -60,7 +67,7 @@ def ssh_command(address: str, command: list[str] | None = None, *,
         argv += ["-o", f"ConnectTimeout={max(1, int(connect_timeout))}"]
     argv.append(f"root@{address}")
     if command:
-        argv += command
+        argv.append(command[0] if len(command) == 1 else shlex.join(command))
     return argv
 
 

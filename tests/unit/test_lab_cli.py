@@ -68,3 +68,14 @@ def test_mac_address_is_fixed_per_address() -> None:
 
     assert mac_address("198.18.7.11") == "02:00:c6:12:07:0b"
     assert mac_address("198.18.7.11") != mac_address("198.18.7.12")
+
+
+def test_ssh_keeps_each_argument_a_word_on_the_remote_side(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    argv = ssh_command("198.18.9.11", ["sh", "-c", "echo hi > /tmp/f"], key=key)
+    assert argv[-1] == "sh -c 'echo hi > /tmp/f'"
+
+
+def test_ssh_single_argument_is_a_shell_command_line(tmp_path: Path) -> None:
+    argv = ssh_command("198.18.9.11", ["ls /srv | wc -l"], key=tmp_path / "k")
+    assert argv[-1] == "ls /srv | wc -l"
