@@ -179,7 +179,9 @@ def _ssh(spec: LabSpec, name: str, command: list[str]) -> int:
     host = spec.host(name)
     if not lab_key_path().exists():
         raise MirrorkitError(f"no lab key at {lab_key_path()}; run `mirrorkit lab up` first")
-    argv = ssh_command(host.address, command or None)
+    # Key-only lab: never stall on a password prompt; a powered-off host fails
+    # in seconds instead of the system's default connect timeout.
+    argv = ssh_command(host.address, command or None, batch=True, connect_timeout=5)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)

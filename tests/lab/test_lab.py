@@ -42,8 +42,7 @@ def lab(*argv: str, check: bool = True, timeout: float = 300) -> subprocess.Comp
 
 
 def ssh(inv: Path, host: str, command: str) -> subprocess.CompletedProcess[str]:
-    return lab("ssh", host, "-i", str(inv), "--", "-o", "ConnectTimeout=2", "-o",
-               "BatchMode=yes", command, check=False, timeout=30)
+    return lab("ssh", host, "-i", str(inv), "--", command, check=False, timeout=30)
 
 
 def container_ids(spec: LabSpec) -> dict[str, str | None]:
