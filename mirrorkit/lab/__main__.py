@@ -10,24 +10,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from mirrorkit.cli import dispatch
 from mirrorkit.commands import lab
-from mirrorkit.errors import MirrorkitError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mirrorkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     lab.register(sub)
-    args = parser.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        status: int = args.func(args)
-    except MirrorkitError as exc:
-        print(f"mirrorkit: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mirrorkit: interrupted", file=sys.stderr)
-        return 130
-    return status
+    return dispatch(parser.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":
