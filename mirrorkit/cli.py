@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from mirrorkit import __version__
 from mirrorkit.errors import MirrorkitError
 
-COMMANDS = ("validate", "apply", "status", "lab")
+COMMANDS = ("validate", "apply", "status", "verify", "resync", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

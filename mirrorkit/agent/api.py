@@ -13,8 +13,14 @@ and playbooks need not parse anything:
   ``async``, ``connected``, and ``lag_seconds <= S`` when ``lag`` is given;
   without ``mirror``: all served mirrors (at least one).
 * ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text.
+* ``POST /repair?mirror=M`` with a JSON body — handed to the agent's
+  ``post`` callback (the primary re-sends paths, see ``agent/repair.py``);
+  and ``POST /resync?mirror=M[&member=H][&mode=…][&keep_orphans=1]`` (on-demand
+  resync, ``agent/resynccli.py``): the only POST routes, and only when the
+  agent wired one.
 
-Deliberately minimal and hard to break: GET only (405 otherwise), one request
+Deliberately minimal and hard to break: GET only (405 otherwise) except the
+POST routes above (body at most ``_MAX_BODY`` bytes), one request
 per connection (``Connection: close``), bounded line length, header count and
 time; malformed input gets 400 with a message, never a traceback. An unknown
 query parameter is a 400 rather than ignored, so a typo in a health check
@@ -28,7 +34,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -41,14 +47,22 @@ log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
 Answer = tuple[int, dict[str, Any]]
+# post(path, params, body) -> answer; raises BadRequest for malformed input.
+PostFn = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
+POST_ROUTES = ("/repair", "/resync")
+# Query parameters each POST route accepts (/resync: agent/resynccli.py).
+_POST_PARAMS = {"/repair": ("mirror",),
+                "/resync": ("mirror", "member", "mode", "keep_orphans")}
 
 _LINE_LIMIT = 8192
 _MAX_HEADERS = 100
 _REQUEST_TIMEOUT = 10.0
 _MAX_CONNECTIONS = 64
+_MAX_BODY = 16 << 20
 _REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 431: "Request Header Fields Too Large",
+    408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
 _JSON = "application/json"
@@ -199,8 +213,8 @@ def route(target: str, status: StatusFn) -> tuple[int, str, bytes]:
     return code, _JSON, (json.dumps(_finite(body), sort_keys=True) + "\n").encode()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """Read the request line and headers; return (method, target)."""
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, int]:
+    """Read the request line and headers; return (method, target, content length)."""
     try:
         line = await reader.readline()
         if not line.endswith(b"\n"):
@@ -211,12 +225,18 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
         method, target, _ = fields
         if not method.isalpha() or not (target.startswith("/") or "://" in target):
             raise BadRequest("malformed method or request target")
+        length = 0
         for _ in range(_MAX_HEADERS):
             header = await reader.readline()
             if header in (b"\r\n", b"\n"):
-                return method, target
+                return method, target, length
             if not header.endswith(b"\n") or b":" not in header:
                 raise BadRequest("malformed header line")
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                if not value.strip().isdigit():
+                    raise BadRequest("malformed Content-Length")
+                length = int(value.strip())
         raise BadRequest(f"more than {_MAX_HEADERS} header lines")
     except (ValueError, asyncio.LimitOverrunError) as exc:  # a line over the limit
         if isinstance(exc, BadRequest):
@@ -225,8 +245,9 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
 
 
 class _Server:
-    def __init__(self, status: StatusFn) -> None:
+    def __init__(self, status: StatusFn, post: PostFn | None = None) -> None:
         self.status = status
+        self.post = post
         self.active = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -256,7 +277,10 @@ class _Server:
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         try:
-            method, target = await asyncio.wait_for(_read_request(reader), _REQUEST_TIMEOUT)
+            method, target, length = await asyncio.wait_for(_read_request(reader),
+                                                            _REQUEST_TIMEOUT)
+            if method == "POST":
+                return await self._post(reader, target, length)
             if method != "GET":
                 return 405, _JSON, _error(f"method {method} not allowed; use GET")
             return route(target, self.status)
@@ -271,12 +295,27 @@ class _Server:
             return 500, _JSON, _error(f"status unavailable: {type(exc).__name__}: {exc}")
 
 
+    async def _post(self, reader: asyncio.StreamReader, target: str,
+                    length: int) -> tuple[int, str, bytes]:
+        parts = urlsplit(target)
+        if parts.path not in POST_ROUTES or self.post is None:
+            return 405, _JSON, _error(f"POST not allowed on {parts.path!r}")
+        if length > _MAX_BODY:
+            return 413, _JSON, _error(f"body over {_MAX_BODY} bytes")
+        body = await asyncio.wait_for(reader.readexactly(length), _REQUEST_TIMEOUT)
+        params = _params(parts.query, _POST_PARAMS[parts.path])
+        code, answer = await self.post(parts.path, params, body)
+        return code, _JSON, (json.dumps(_finite(answer), sort_keys=True) + "\n").encode()
+
+
 def _error(message: str) -> bytes:
     return (json.dumps({"error": message}) + "\n").encode()
 
 
-async def start_api(host: str, port: int, status: StatusFn) -> asyncio.Server:
+async def start_api(host: str, port: int, status: StatusFn,
+                    post: PostFn | None = None) -> asyncio.Server:
     """Start serving on ``host:port`` (port 0: an ephemeral port, see
-    ``server.sockets[0].getsockname()``). The caller closes the server."""
-    server = _Server(status)
+    ``server.sockets[0].getsockname()``); ``post`` answers the POST routes.
+    The caller closes the server."""
+    server = _Server(status, post)
     return await asyncio.start_server(server.handle, host, port, limit=_LINE_LIMIT)

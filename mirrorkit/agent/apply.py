@@ -28,6 +28,17 @@ persists its applied LSN), and a RENAME is never replayed.
 
 The agent runs as root; CHMOD/UTIME open the file with ``O_NOFOLLOW`` and act
 on the descriptor.
+
+Reporting copies (``read_only=True``, async members of kind ``reporting``):
+nothing in the replica may be writable by a local user other than the agent.
+Apply never chowns (ownership is not replicated), so what it creates belongs
+to the agent's user (root); in addition every mode it sets has the group and
+other write bits cleared, and set-user/group-ID cleared on files (a setuid
+file owned by root would be a privilege escalation); an entry it opens that
+belongs to someone else (left in the target before it became a replica) is
+handed to the agent's user first. Root itself ignores mode bits: this stops
+every unprivileged local user, not root (docs/architecture.md, "Reporting
+copies").
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ __all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Mode bits a reporting copy never has: group/other write; setuid/setgid on files.
+_RO_DIR_MASK = ~(stat.S_IWGRP | stat.S_IWOTH) & 0o7777
+_RO_FILE_MASK = _RO_DIR_MASK & ~(stat.S_ISUID | stat.S_ISGID)
 _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
           errno.ENFILE}
 
@@ -75,16 +89,21 @@ class Applier:
     """Applies records into ``roots`` (one per mirror tree)."""
 
     def __init__(self, roots: Sequence[Path], checkpoint: Callable[[int], None] | None = None,
-                 label: str = "apply") -> None:
+                 label: str = "apply", *, read_only: bool = False) -> None:
         self.roots = list(roots)
         self.checkpoint = checkpoint
         self.label = label
+        self.read_only = read_only
         self.refused = 0
         self.skipped = 0
         self._root_fds: list[int] = []
         for root in self.roots:
             root.mkdir(parents=True, exist_ok=True)
-            self._root_fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fds.append(fd)
+            if read_only:
+                self._lock_down(fd, os.fstat(fd).st_mode)
+                os.fsync(fd)
         self._dirs: dict[tuple[int, tuple[str, ...]], int] = {}
         self._dirty_dirs: set[int] = set()
         self._files: dict[tuple[int, tuple[str, ...]], int] = {}
@@ -184,6 +203,9 @@ class Applier:
             os.mkdir(name, 0o755, dir_fd=parent)
             self._dirty_dirs.add(parent)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
+            self._dirty_dirs.add(fd)
         self._dirs[key] = fd
         return fd
 
@@ -243,7 +265,7 @@ class Applier:
         elif kind is OpKind.CREATE:
             fd = self._file(op.tree, parts, d, name)
             os.ftruncate(fd, 0)
-            os.fchmod(fd, op.value & 0o7777)
+            os.fchmod(fd, self._mode(fd, op.value))
         elif kind is OpKind.WRITE:
             fd = self._file(op.tree, parts, d, name)
             view = memoryview(op.data)
@@ -275,9 +297,28 @@ class Applier:
             # A symlink or directory where the primary has a file: replace it.
             self._remove(tree, parts, d, name, self._lstat(d, name))
             fd = os.open(name, flags, 0o600, dir_fd=d)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
         self._dirty_dirs.add(d)
         self._files[key] = fd
         return fd
+
+    def _mode(self, fd: int, mode: int) -> int:
+        """``mode`` as this replica stores it (reporting: never user-writable)."""
+        if not self.read_only:
+            return mode & 0o7777
+        st = os.fstat(fd)
+        return mode & (_RO_DIR_MASK if stat.S_ISDIR(st.st_mode) else _RO_FILE_MASK)
+
+    def _lock_down(self, fd: int, current: int) -> None:
+        """Reporting: make an entry the agent's own and not writable by others."""
+        st = os.fstat(fd)
+        uid, gid = os.geteuid(), os.getegid()
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)  # clears setuid/setgid, so re-set the mode below
+        mode = self._mode(fd, current)
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
 
     def _mkdir(self, tree: int, parts: tuple[str, ...], d: int, name: str,
                mode: int) -> None:
@@ -306,8 +347,10 @@ class Applier:
                 self._dirty_dirs.add(d)
             return
         self._pending.append(fd)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
         if op.kind is OpKind.CHMOD:
-            os.fchmod(fd, op.value & 0o7777)
+            os.fchmod(fd, self._mode(fd, op.value))
         else:
             os.utime(fd, ns=(os.fstat(fd).st_atime_ns, op.value))
 

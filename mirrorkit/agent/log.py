@@ -16,12 +16,28 @@ Durability (fsync policy):
   into it; a dropped segment is unlinked and the directory fsynced.
 
 Recovery on open: every segment is scanned record by record, checking length,
-CRC and LSN continuity. A *torn* tail (a partial record at the end of the last
-segment: a crash during a write that was never committed) is truncated. A
-*corrupt* record (bad CRC/layout, LSN out of sequence) ends the trusted log:
-the bytes from there on and any later segments are moved into
-``log/quarantine/`` (never applied, never silently discarded) and the log is
-truncated to the last good record.
+CRC and LSN continuity. A record that does not decode (partial, bad length,
+CRC or layout) is
+
+* a **torn tail** when it is in the *last* segment and no record that passes
+  its checksum (with a higher LSN) follows it anywhere in that segment: the
+  remains of a batch whose ``fdatasync`` never returned, so never shipped nor
+  acknowledged. The log is truncated there (WARNING line; bytes that are not
+  merely a partial record are kept in ``log/quarantine/<segment>.<byte>.torn.*``)
+  and the member continues;
+* **corruption in the middle** otherwise: valid data follows it, or it is in
+  a segment that is not the last, or a record with a valid checksum carries
+  the wrong LSN, or a segment is missing. :class:`LogCorrupt` is raised naming
+  the file, byte offset and LSN; nothing is truncated, moved or applied, so
+  every later attempt to open the log fails the same way until an operator
+  moves the log directory aside (docs/architecture.md).
+
+A bit flip in the very last committed record looks exactly like a torn write
+and is truncated like one (the format has no commit marker to tell them
+apart). On a receiver that is harmless: it asks the primary again from its
+last logged LSN. On a primary that record's LSN would be reused for the next
+change; receivers that already hold it would keep the old one (a known limit,
+caught by online verification).
 
 Retention: :meth:`trim` drops whole segments from the front when the log is
 over ``max_bytes`` (default 1 GiB): first segments every member has
@@ -38,6 +54,8 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import re
+import struct
 import threading
 import time
 from array import array
@@ -56,7 +74,8 @@ from mirrorkit.agent.records import (
 )
 from mirrorkit.agent.state import fsync_dir
 
-__all__ = ["LogError", "MirrorLog", "decode_all", "decode_at"]
+__all__ = ["LogCorrupt", "LogError", "MirrorLog", "decode_all", "decode_at",
+           "valid_record_after"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +84,24 @@ _SUFFIX = ".log"
 
 class LogError(Exception):
     """A caller broke the log's rules (e.g. a non-consecutive LSN)."""
+
+
+class LogCorrupt(LogError):
+    """Corruption in the middle of the log: the member must not use it.
+
+    Raised by :class:`MirrorLog` on open; nothing on disk was changed, so
+    opening again (the agent retries a failed mirror) fails the same way."""
+
+    def __init__(self, path: Path, offset: int, lsn: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.lsn = lsn
+        self.reason = reason
+        super().__init__(
+            f"mirror log corrupt in {path} at byte {offset}, record LSN {lsn}: {reason}. "
+            f"Not a torn tail: refusing to use the log (nothing past LSN {lsn - 1} is "
+            f"applied or shipped). To recover, stop the agent and move "
+            f"{path.parent} aside (see docs/architecture.md, 'Mirror log durability')")
 
 
 @dataclass(slots=True)
@@ -111,6 +148,39 @@ def decode_all(buf: bytes) -> list[Record]:
     return out
 
 
+_PROBE = struct.Struct(">IIQ")  # body length, crc, the body's leading LSN
+_MIN_BODY = 8 + 8 + 1 + 2 + 2 + 2 + 8 + 4  # lsn, term, op, tree, 2 lengths, value, data len
+
+
+def valid_record_after(buf: bytes, pos: int, after_lsn: int) -> tuple[int, int] | None:
+    """(offset, LSN) of the first record after ``buf[pos]`` that passes its
+    checksum and carries an LSN above ``after_lsn``; ``None`` if there is none.
+
+    Candidates are found with a regular expression on the LSN's high bytes
+    (so a zero-filled or random tail is skipped at C speed), then decoded."""
+    lo = after_lsn + 1
+    hi = after_lsn + 1 + (len(buf) - pos) // (HEADER.size + _MIN_BODY)
+    prefix = b""
+    if lo >> 32 == hi >> 32:
+        prefix = re.escape(struct.pack(">I", lo >> 32))
+        if lo & 0xFFFFFFFF:  # no LSN in range has four zero low bytes
+            prefix += rb"(?!\x00{4})"
+    pattern = re.compile(rb"(?s)(?=.{8}" + prefix + rb")")
+    for match in pattern.finditer(buf, pos + 1):
+        p = match.start()
+        if p + _PROBE.size > len(buf):
+            break
+        length, _crc, lsn = _PROBE.unpack_from(buf, p)
+        if not (lo <= lsn <= hi and _MIN_BODY <= length <= len(buf) - p - HEADER.size):
+            continue
+        try:
+            record, _ = decode_at(buf, p)
+        except (EOFError, RecordCorrupt):
+            continue
+        return p, record.lsn
+    return None
+
+
 def _name(lsn: int) -> str:
     return f"{lsn:020d}{_SUFFIX}"
 
@@ -131,7 +201,11 @@ class MirrorLog:
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         directory.mkdir(parents=True, exist_ok=True)
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
         if not self._segments:
             self._segments.append(self._create_segment(1))
 
@@ -144,74 +218,65 @@ class MirrorLog:
         for index, path in enumerate(names):
             first = int(path.name[: -len(_SUFFIX)])
             if expected is not None and first != expected:
-                self._quarantine_from(names[index:], f"LSN gap: expected {expected}, "
-                                      f"segment starts at {first}")
-                return
+                raise LogCorrupt(path, 0, expected, f"segment starts at LSN {first}: the "
+                                 f"segment holding LSN {expected} is missing")
             seg = _Segment(path, first, os.open(path, os.O_RDWR))
-            good = self._scan(seg, last_segment=index == len(names) - 1)
             self._segments.append(seg)
-            if not good:
-                self._quarantine_from(names[index + 1 :], f"corruption in {path.name}")
-                return
+            self._scan(seg, last_segment=index == len(names) - 1)
             expected = seg.last_lsn + 1
 
-    def _scan(self, seg: _Segment, *, last_segment: bool) -> bool:
-        """Index ``seg``; truncate a torn or corrupt tail. False if corrupt."""
+    def _scan(self, seg: _Segment, *, last_segment: bool) -> None:
+        """Index ``seg``; truncate a torn tail; raise :class:`LogCorrupt` on
+        corruption in the middle (see the module docstring)."""
         with open(seg.path, "rb") as f:
             buf = f.read()
         pos = 0
-        reason = ""
-        torn = False
         while pos < len(buf):
+            expected = seg.first_lsn + len(seg.offsets)
             try:
                 record, length = decode_at(buf, pos)
-            except EOFError as exc:
-                reason, torn = str(exc), True
+            except (EOFError, RecordCorrupt) as exc:
+                self._bad_record(seg, buf, pos, str(exc), partial=isinstance(exc, EOFError),
+                                 last_segment=last_segment)
                 break
-            except RecordCorrupt as exc:
-                reason = str(exc)
-                break
-            if record.lsn != seg.first_lsn + len(seg.offsets):
-                reason = f"LSN {record.lsn} out of sequence"
-                break
+            if record.lsn != expected:
+                # A record that passes its checksum cannot come from a torn write.
+                raise LogCorrupt(seg.path, pos, expected,
+                                 f"holds LSN {record.lsn} (valid checksum, wrong sequence)")
             seg.offsets.append(pos)
             pos += length
         seg.end = pos
-        if pos == len(buf):
-            return True
-        if torn and last_segment:
-            # A write that crashed before its fsync: never committed, never acked.
-            log.warning("log %s: torn tail at byte %d (%s): truncating %d bytes",
-                        seg.path, pos, reason, len(buf) - pos)
-            ok = True
+
+    def _bad_record(self, seg: _Segment, buf: bytes, pos: int, reason: str, *,
+                    partial: bool, last_segment: bool) -> None:
+        """A record at ``pos`` does not decode: truncate if it is a torn tail."""
+        expected = seg.first_lsn + len(seg.offsets)
+        if not last_segment:
+            raise LogCorrupt(seg.path, pos, expected, f"{reason}; later segments follow")
+        found = valid_record_after(buf, pos, expected - 1)
+        if found is not None:
+            raise LogCorrupt(seg.path, pos, expected,
+                             f"{reason}; a valid record (LSN {found[1]}) follows at byte "
+                             f"{found[0]}")
+        # A write that crashed before its fsync: never committed, never acked.
+        tail = buf[pos:]
+        if partial:
+            log.warning("log %s: torn tail at byte %d (partial record LSN %d): truncating "
+                        "%d bytes", seg.path, pos, expected, len(tail))
         else:
-            self._save_quarantine(f"{seg.path.name}.{pos}.corrupt", buf[pos:])
-            log.error("log %s: corrupt record at byte %d after LSN %d (%s): truncating "
-                      "and quarantining %d bytes", seg.path, pos, seg.last_lsn, reason,
-                      len(buf) - pos)
-            ok = False
+            name = self._save_quarantine(f"{seg.path.name}.{pos}.torn", tail)
+            log.warning("log %s: torn tail at byte %d (LSN %d: %s, no valid record after "
+                        "it): truncating %d bytes (kept as %s)", seg.path, pos, expected,
+                        reason, len(tail), name)
         os.ftruncate(seg.fd, pos)
         os.fsync(seg.fd)
-        return ok
 
-    def _quarantine_dir(self) -> Path:
+    def _save_quarantine(self, name: str, data: bytes) -> Path:
         q = self.directory / "quarantine"
         q.mkdir(exist_ok=True)
-        return q
-
-    def _save_quarantine(self, name: str, data: bytes) -> None:
-        q = self._quarantine_dir()
-        (q / f"{name}.{int(time.time())}").write_bytes(data)
-
-    def _quarantine_from(self, paths: Sequence[Path], reason: str) -> None:
-        if not paths:
-            return
-        q = self._quarantine_dir()
-        for p in paths:
-            log.error("log %s: moving segment %s to quarantine (%s)", self.directory,
-                      p.name, reason)
-            os.replace(p, q / f"{p.name}.{int(time.time())}")
-        fsync_dir(self.directory)
+        dest = q / f"{name}.{int(time.time())}"
+        dest.write_bytes(data)
+        return dest
 
     # -- state --------------------------------------------------------------
 

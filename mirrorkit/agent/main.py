@@ -7,6 +7,9 @@
 * ``mirrorkit-agent status [--json] [--api-port N]``: this host's ``/status``.
 * ``mirrorkit-agent probe primary --mirror M``: exit 0 if this host is the
   writable primary of M (keepalived's ``vrrp_script``), else 1.
+* ``mirrorkit-agent manifest --mirror M [--at-lsn N]`` and
+  ``mirrorkit-agent repair --mirror M PATH...``: online verification's
+  agent side (``agent/verifycli.py``).
 
 Exit status: 0 success, 1 failure, 2 usage error. Logs go to stderr (journald
 under systemd), one line per decision or event.
@@ -29,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit import __version__
+from mirrorkit.agent import resynccli, verifycli
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config
+from mirrorkit.agent.repair import SerialEmit
 from mirrorkit.agent.replication import MirrorWorker, create_worker
+from mirrorkit.agent.sender import PrimaryMirror
 
 __all__ = ["Agent", "main"]
 
@@ -47,6 +53,7 @@ class Agent:
         self.cfg = cfg
         self.workers: dict[str, MirrorWorker] = {}
         self.failed: dict[str, str] = {}
+        self.emitters: dict[str, SerialEmit] = {}  # primaries: emit shared with repair
         self._stop = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
@@ -87,6 +94,11 @@ class Agent:
         worker: MirrorWorker | None = None
         try:
             worker = create_worker(self.cfg, self.cfg.mirrors[name])
+            if isinstance(worker, PrimaryMirror):
+                # Capture and repair both emit into the log: one at a time.
+                serial = SerialEmit(worker.emit)
+                setattr(worker, "emit", serial)  # noqa: B010 - instance override, not a typo
+                self.emitters[name] = serial
             await worker.start()
         except Exception as exc:  # one broken mirror must not stop the others
             log.error("mirror %s failed to start: %s (retrying in %.0fs)", name, exc,
@@ -109,11 +121,15 @@ class Agent:
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:
             from mirrorkit.agent.api import start_api
+            from mirrorkit.agent.resynccli import resync_handler
+            from mirrorkit.agent.verifycli import repair_handler
         except ImportError as exc:
             log.error("status API unavailable: %s", exc)
             return None
         try:
-            return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status)
+            return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
+                                   resync_handler(self.workers,
+                                                  repair_handler(self.workers, self.emitters)))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)
@@ -207,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("what", choices=["primary"])
     pr.add_argument("--mirror", required=True)
     pr.add_argument("--api-port", type=int, default=0)
+    verifycli.add_parsers(sub)
+    resynccli.add_parser(sub)
     return p
 
 
@@ -218,6 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "probe":
         return cmd_probe(args)
+    if args.command == "manifest":
+        return verifycli.cmd_manifest(args)
+    if args.command == "repair":
+        return verifycli.cmd_repair(args, lambda: _api_port(args))
+    if args.command == "resync":
+        return resynccli.cmd_resync(args, lambda: _api_port(args))
     _setup_logging(args.verbose)
     try:
         cfg = load_config(Path(args.config))

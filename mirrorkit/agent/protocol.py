@@ -14,8 +14,11 @@ Conversation (client = the member that dials):
 1. client -> ``HELLO``; server checks the certificate against the claim and
    answers ``HELLO`` (or ``ERROR`` and closes);
 2. replication (server = primary, client = backup/async): server sends
-   ``RECORDS`` (or ``RESYNC_BEGIN``, ``RECORDS`` with LSN 0, ``RESYNC_END``),
-   and ``HEARTBEAT`` when idle; client answers ``ACK`` and ``HEARTBEAT``;
+   ``RECORDS`` and ``HEARTBEAT`` when idle; client answers ``ACK`` and
+   ``HEARTBEAT``. A resync (:mod:`mirrorkit.agent.resync`) is
+   ``RESYNC_BEGIN`` from the server, ``MANIFEST``... ``MANIFEST_END`` from
+   the client, then ``RECORDS`` with LSN 0 and ``RESYNC_PROGRESS`` from the
+   server, ``RESYNC_END``, and the log after it;
 3. arbiter (server = arbiter, client = primary/backup): both sides send
    ``HEARTBEAT`` every heartbeat interval.
 """
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.log import decode_all
+from mirrorkit.agent.manifest import ManifestCorrupt, ManifestItem, decode_items, encode_item
 from mirrorkit.agent.records import Record, RecordCorrupt, encode_record
 
 __all__ = [
@@ -39,17 +43,22 @@ __all__ = [
     "Error",
     "Heartbeat",
     "Hello",
+    "Manifest",
+    "ManifestEnd",
     "Message",
     "MsgType",
     "ProtocolError",
     "Records",
     "ResyncBegin",
     "ResyncEnd",
+    "ResyncProgress",
     "decode_frame",
     "encode_message",
     "read_message",
 ]
 
+# Still 1: the difference resync's messages were added before any release;
+# agents of one mirror are deployed together (same wheel).
 PROTOCOL_VERSION = 1
 MAGIC = b"MK"
 FRAME = struct.Struct(">2sBBI")
@@ -70,6 +79,9 @@ class MsgType(enum.IntEnum):
     ERROR = 5
     RESYNC_BEGIN = 6
     RESYNC_END = 7
+    MANIFEST = 8
+    MANIFEST_END = 9
+    RESYNC_PROGRESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,30 @@ class Error:
 @dataclass(frozen=True, slots=True)
 class ResyncBegin:
     lsn: int  # the log position the snapshot starts from
+    mode: str = "checksum"  # all | different | newer | checksum
+    keep_orphans: int = 0  # 1: report replica-only files, do not move them
+    block_size: int = 64 * 1024  # for the manifest's block hashes
+    id: int = 0  # the primary's resync id (status correlates with it)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    items: list[ManifestItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEnd:
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncProgress:
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_done: int
+    bytes_sent: int
+    orphans: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +154,8 @@ class ResyncEnd:
     lsn: int  # after applying the snapshot the receiver is at this LSN
 
 
-Message = Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd
+Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd | Manifest
+           | ManifestEnd | ResyncProgress)
 
 _FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
     MsgType.HELLO: (Hello, {"mirror": str, "member": str, "role": str, "term": int,
@@ -127,17 +164,27 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
     MsgType.HEARTBEAT: (Heartbeat, {"term": int, "lsn": int, "role": str, "lag_bytes": int,
                                     "lag_records": int, "lag_seconds": (int, float)}),
     MsgType.ERROR: (Error, {"reason": str}),
-    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": int}),
+    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": int, "mode": str, "keep_orphans": int,
+                                         "block_size": int, "id": int}),
     MsgType.RESYNC_END: (ResyncEnd, {"lsn": int}),
+    MsgType.MANIFEST_END: (ManifestEnd, {"entries": int}),
+    MsgType.RESYNC_PROGRESS: (ResyncProgress, {
+        "files_total": int, "files_done": int, "bytes_total": int, "bytes_done": int,
+        "bytes_sent": int, "orphans": int}),
 }
 _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
-_OPTIONAL = {"role", "lag_bytes", "lag_records", "lag_seconds"}
+_BINARY = (MsgType.RECORDS, MsgType.MANIFEST)
+_OPTIONAL = {"role", "lag_bytes", "lag_records", "lag_seconds", "mode", "keep_orphans",
+             "block_size", "id"}
 
 
 def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Records):
         payload = msg.raw or b"".join(encode_record(r) for r in msg.records)
         mtype = MsgType.RECORDS
+    elif isinstance(msg, Manifest):
+        payload = b"".join(encode_item(i) for i in msg.items)
+        mtype = MsgType.MANIFEST
     else:
         mtype = _TYPES[type(msg)]
         fields = _FIELDS[mtype][1]
@@ -158,7 +205,7 @@ def _check_header(header: bytes) -> tuple[MsgType, int]:
         kind = MsgType(mtype)
     except ValueError:
         raise ProtocolError(f"unknown message type {mtype}") from None
-    limit = MAX_FRAME if kind is MsgType.RECORDS else MAX_CONTROL
+    limit = MAX_FRAME if kind in _BINARY else MAX_CONTROL
     if length > limit:
         raise ProtocolError(f"{kind.name} frame of {length} bytes exceeds {limit}")
     return kind, length
@@ -171,6 +218,11 @@ def _decode_payload(kind: MsgType, payload: bytes) -> Message:
         except RecordCorrupt as exc:
             raise ProtocolError(f"corrupt record in RECORDS: {exc}") from None
         return Records(records=records)
+    if kind is MsgType.MANIFEST:
+        try:
+            return Manifest(decode_items(payload))
+        except ManifestCorrupt as exc:
+            raise ProtocolError(f"corrupt MANIFEST: {exc}") from None
     try:
         obj = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

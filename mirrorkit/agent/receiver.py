@@ -14,16 +14,20 @@ On start the receiver first applies what its log holds beyond the applied LSN
 for everything after its last logged LSN. Reconnects use exponential backoff.
 The primary to dial is ``state.json``'s ``primary``, then the other failover
 members in config order (a member that is not primary refuses to serve us).
+
+Resync (:mod:`mirrorkit.agent.resync`): at ``RESYNC_BEGIN`` the receiver
+streams the manifest of its replica (:mod:`mirrorkit.agent.resync_receiver`)
+while it keeps answering heartbeats, applies the LSN-0 records without
+logging them (orphans go to quarantine, never into the void), and at
+``RESYNC_END(S)`` persists ``S`` as applied and restarts its log at ``S+1``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.apply import Applier
@@ -38,9 +42,11 @@ from mirrorkit.agent.protocol import (
     Records,
     ResyncBegin,
     ResyncEnd,
+    ResyncProgress,
 )
 from mirrorkit.agent.records import Record
 from mirrorkit.agent.replication import Backoff, MirrorWorker, race
+from mirrorkit.agent.resync_receiver import ReceiverResync
 from mirrorkit.agent.transport import (
     Connection,
     PeerRefused,
@@ -66,7 +72,9 @@ class ReceiverMirror(MirrorWorker):
                              max_bytes=self.cfg.log_max_bytes)
         self.applied = self.store.load_applied()
         self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
-                               label=f"{self.cfg.name}:apply")
+                               label=f"{self.cfg.name}:apply",
+                               # issue #3 (reporting copies): never user-writable
+                               read_only=self.cfg.kind == "reporting")
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
@@ -75,7 +83,8 @@ class ReceiverMirror(MirrorWorker):
         self.received_records = 0  # since this process started
         self.resyncing = False
         self.resyncs = 0
-        self._seen: list[set[str]] = []  # per tree: paths the resync snapshot holds
+        self.resync: ReceiverResync | None = None  # the current or last resync
+        self._manifest_task: asyncio.Task[None] | None = None
         self.arbiter: ArbiterLink | None = None
 
     def _checkpoint(self, lsn: int) -> None:
@@ -181,6 +190,19 @@ class ReceiverMirror(MirrorWorker):
             await conn.send(Heartbeat(self.state.term, self.applied, self.state.role))
 
     async def _recv_loop(self, conn: Connection) -> None:
+        try:
+            await self._recv(conn)
+        finally:
+            if self.resync is not None and self.resyncing:
+                self.resync.fail("connection ended during the resync")
+                self.resyncing = False
+            task, self._manifest_task = self._manifest_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _recv(self, conn: Connection) -> None:
         resync_at: int | None = None
         while True:
             msg = await conn.recv(self.cfg.timeouts.qos)
@@ -194,14 +216,27 @@ class ReceiverMirror(MirrorWorker):
             elif isinstance(msg, ResyncBegin):
                 if resync_at is not None or msg.lsn < self.applied:
                     raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
+                try:
+                    self.resync = ReceiverResync(
+                        msg, list(self.cfg.targets),
+                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name)
+                except ValueError as exc:
+                    raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
                 resync_at = msg.lsn
                 self.resyncing = True
-                self._seen = [set() for _ in self.cfg.targets]
-                log.warning("%s: full resync from the primary (snapshot at LSN %d; we had %d)",
-                            self.name, msg.lsn, self.applied)
+                log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
+                            self.name, msg.mode, msg.lsn, self.applied)
+                self._manifest_task = asyncio.create_task(self.resync.send_manifest(conn))
+            elif isinstance(msg, ResyncProgress):
+                if self.resync is None or resync_at is None:
+                    raise ProtocolError("RESYNC_PROGRESS outside a resync")
+                self.resync.on_progress(msg)
             elif isinstance(msg, ResyncEnd):
                 if resync_at is None or msg.lsn != resync_at:
                     raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
+                task = self._manifest_task
+                if task is None or not task.done() or task.exception() is not None:
+                    raise ProtocolError("RESYNC_END before our manifest was sent")
                 await asyncio.to_thread(self._finish_resync, msg.lsn)
                 resync_at = None
                 await conn.send(Ack(self.applied, self.log.last_lsn))
@@ -212,14 +247,13 @@ class ReceiverMirror(MirrorWorker):
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
     def _finish_resync(self, lsn: int) -> None:
-        quarantine_orphans(self.cfg.targets, self._seen,
-                           self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name)
-        self._seen = []
         self.store.save_applied(lsn)
         self.applied = lsn
         self.log.reset(lsn + 1)
         self.resyncing = False
         self.resyncs += 1
+        if self.resync is not None:
+            self.resync.finish()
         log.info("%s: resync complete at LSN %d", self.name, lsn)
 
     async def _records(self, conn: Connection, records: list[Record], resync: bool) -> None:
@@ -233,10 +267,8 @@ class ReceiverMirror(MirrorWorker):
                 raise ProtocolError(f"record LSN {r.lsn} {'during' if resync else 'outside'} "
                                     f"a resync")
         if resync:
-            for r in records:
-                if 0 <= r.op.tree < len(self._seen):
-                    self._seen[r.op.tree].add(r.op.path.strip("/"))
-            await asyncio.to_thread(self.applier.apply_batch, records)
+            assert self.resync is not None
+            await asyncio.to_thread(self.resync.apply, self.applier, records)
             self.received_records += len(records)
             return
         if records[0].lsn != self.log.last_lsn + 1:
@@ -272,35 +304,6 @@ class ReceiverMirror(MirrorWorker):
             "received_records": self.received_records, "resyncing": self.resyncing,
             "resyncs": self.resyncs, "refused": self.applier.refused,
             "skipped": self.applier.skipped, "kind": self.cfg.kind,
+            "resync": None if self.resync is None else self.resync.status(),
         })
         return out
-
-
-def quarantine_orphans(roots: list[Path], seen: list[set[str]], quarantine: Path,
-                       label: str) -> int:
-    """Move what a full resync did not send (files the primary no longer has)
-    from the replica into ``quarantine/resync-<time>/<tree>/``; return the count.
-
-    Nothing is deleted: an operator can inspect and restore. Symlinks are moved
-    as links, never followed."""
-    dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}"
-    moved = 0
-    for tree, (root, names) in enumerate(zip(roots, seen, strict=False)):
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            rel_dir = "" if rel_dir == "." else rel_dir
-            for name in [*dirnames, *filenames]:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if rel in names:
-                    continue
-                target = dest / str(tree) / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(os.path.join(dirpath, name), target)
-                if name in dirnames:
-                    dirnames.remove(name)
-                moved += 1
-                log.warning("%s: orphan %r (tree %d) is not on the primary: moved to %s",
-                            label, rel, tree, target)
-    if moved:
-        log.warning("%s: resync quarantined %d orphan(s) under %s", label, moved, dest)
-    return moved

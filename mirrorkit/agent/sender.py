@@ -10,16 +10,15 @@ streams from the receiver's last durable LSN + 1. Back-pressure: at most
 ``WINDOW_BYTES`` may be unacknowledged; beyond that the sender waits for ACKs
 (and the socket's own ``drain``).
 
-Full resync: when the receiver's next LSN is no longer in the log (it fell off
-the retained log, or is new and the log was trimmed), the sender takes
-``S = last_lsn``, sends ``RESYNC_BEGIN(S)``, then every op of ``scan_full``
-(the whole tree as it is now) as records with LSN 0, then ``RESYNC_END(S)``,
-then streams the log from ``S+1``. The snapshot is fuzzy (files change while
-being read) but every op sets state absolutely and the log tail from ``S+1``
-replays every change made since ``S``, so the replica converges to the
-primary. The receiver logs none of the LSN-0 records; at ``RESYNC_END`` it
-restarts its own log at ``S+1``. A receiver that crashes during a resync asks
-again from its old LSN and gets a new resync.
+Resync: when the receiver's next LSN is no longer in the log (it fell off
+the retained log, or is new and the log was trimmed), the sender runs a
+``checksum`` difference resync (:mod:`mirrorkit.agent.resync`): after
+``RESYNC_BEGIN(S)`` the receiver sends its manifest, the primary sends only
+the ops that make the replica equal to its tree (records with LSN 0), then
+``RESYNC_END(S)`` and the log from ``S+1``. An operator can ask for one with
+any compare mode (:meth:`PrimaryMirror.request_resync`, ``POST /resync``);
+it runs at the top of that peer's send loop. A receiver that crashes during
+a resync asks again from its old LSN and gets a new resync.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +38,15 @@ from mirrorkit.agent.protocol import (
     Error,
     Heartbeat,
     Hello,
+    Manifest,
+    ManifestEnd,
     ProtocolError,
     Records,
-    ResyncBegin,
-    ResyncEnd,
 )
 from mirrorkit.agent.records import Op, Record
 from mirrorkit.agent.replication import Backoff, MirrorWorker, race
+from mirrorkit.agent.resync import MODES, ResyncProgress
+from mirrorkit.agent.resync_primary import send_resync
 from mirrorkit.agent.state import MirrorState
 from mirrorkit.agent.transport import (
     Connection,
@@ -75,6 +75,9 @@ class PeerState:
     inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (last lsn, bytes)
     acked_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[Any] | None = None
+    manifest: asyncio.Queue[Manifest | ManifestEnd] | None = None  # during a resync
+    resync: ResyncProgress | None = None  # the last or current one
+    pending: ResyncProgress | None = None  # asked for, starts at the next send turn
 
     @property
     def inflight_bytes(self) -> int:
@@ -98,6 +101,7 @@ class PrimaryMirror(MirrorWorker):
         self._started = time.time()  # age floor for records logged before a restart
         self._capture: Any = None
         self.arbiter: ArbiterLink | None = None
+        self._resync_ids = 0
 
     async def start(self) -> None:
         if self.state.primary != self.host:
@@ -213,7 +217,7 @@ class PrimaryMirror(MirrorWorker):
                  hello.member, hello.role, hello.last_lsn, self.log.first_lsn,
                  self.log.last_lsn)
         try:
-            await race(self._send_loop(conn, peer, hello.last_lsn + 1),
+            await race(self._send_loop(conn, peer, hello.member, hello.last_lsn + 1),
                        self._recv_loop(conn, peer, hello.member))
         finally:
             if peer.task is asyncio.current_task():
@@ -235,20 +239,31 @@ class PrimaryMirror(MirrorWorker):
             elif isinstance(msg, Heartbeat):
                 if msg.term > self.state.term:
                     raise PeerRefused(f"{member} reports term {msg.term} > ours")
+            elif isinstance(msg, Manifest | ManifestEnd):
+                if peer.manifest is None:
+                    raise ProtocolError(f"{type(msg).__name__} outside a resync")
+                await peer.manifest.put(msg)
             elif isinstance(msg, Error):
                 log.warning("%s: %s reports error: %s", self.name, member, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from a receiver")
 
-    async def _send_loop(self, conn: Connection, peer: PeerState, next_lsn: int) -> None:
+    async def _send_loop(self, conn: Connection, peer: PeerState, member: str,
+                         next_lsn: int) -> None:
         hb = self.cfg.timeouts.heartbeat
         last_hb = 0.0
         while True:
             if next_lsn < self.log.first_lsn:
-                next_lsn = await self._full_resync(conn, peer)
+                log.warning("%s: %s needs LSN %d but the log starts at %d", self.name, member,
+                            next_lsn, self.log.first_lsn)
+                next_lsn = await self._resync(conn, peer, member,
+                                              self._new_progress("checksum", "auto", False))
+            elif peer.pending is not None:
+                progress, peer.pending = peer.pending, None
+                next_lsn = await self._resync(conn, peer, member, progress)
             if time.monotonic() - last_hb >= hb:
-                await conn.send(self._heartbeat(peer))
+                await conn.send(self.heartbeat_for(peer))
                 last_hb = time.monotonic()
             if peer.inflight_bytes >= WINDOW_BYTES:
                 peer.acked_event.clear()
@@ -262,35 +277,41 @@ class PrimaryMirror(MirrorWorker):
             next_lsn += count
             peer.inflight.append((next_lsn - 1, len(data)))
 
-    def _heartbeat(self, peer: PeerState) -> Heartbeat:
+    def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)
         return Heartbeat(self.state.term, self.log.last_lsn, "primary", lag_bytes, lag_records,
                          round(lag_seconds, 3))
 
-    async def _full_resync(self, conn: Connection, peer: PeerState) -> int:
-        start = self.log.last_lsn
-        log.warning("%s: peer needs LSN %d but the log starts at %d: full resync from a "
-                    "scan, then the log from %d", self.name, peer.acked_lsn + 1,
-                    self.log.first_lsn, start + 1)
-        from mirrorkit.agent.capture import scan_full
+    # -- resync -------------------------------------------------------------
 
-        peer.resyncing = True
-        # Hold retention at S for this peer: the tail from S+1 must survive.
-        peer.acked_lsn = start
-        ops = scan_full(list(self.cfg.targets), list(self.cfg.exclude))
-        await conn.send(ResyncBegin(start))
-        count = 0
-        while True:
-            batch = await asyncio.to_thread(_take, ops, BATCH_BYTES)
-            if not batch:
-                break
-            count += len(batch)
-            await conn.send(Records(records=[Record(0, self.state.term, op) for op in batch]))
-        await conn.send(ResyncEnd(start))
-        peer.resyncing = False
-        log.info("%s: resync snapshot sent (%d ops); streaming from LSN %d", self.name,
-                 count, start + 1)
-        return start + 1
+    def _new_progress(self, mode: str, by: str, keep_orphans: bool) -> ResyncProgress:
+        self._resync_ids += 1
+        return ResyncProgress(mode, by, keep_orphans, self._resync_ids)
+
+    async def _resync(self, conn: Connection, peer: PeerState, member: str,
+                      progress: ResyncProgress) -> int:
+        peer.resync = progress
+        return await send_resync(self, conn, peer, member, progress)
+
+    def request_resync(self, member: str | None, mode: str,
+                       keep_orphans: bool) -> dict[str, int]:
+        """Ask for a resync of ``member`` (every receiver when ``None``) at
+        the next turn of its send loop; return ``{member: resync id}``.
+        Raises ValueError for an unknown mode or member."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+        if member is not None and member not in self.peers:
+            raise ValueError(f"{member!r} is not a receiver of {self.cfg.name} (receivers: "
+                             f"{', '.join(sorted(self.peers)) or 'none'})")
+        ids: dict[str, int] = {}
+        for name in [member] if member is not None else sorted(self.peers):
+            peer = self.peers[name]
+            progress = self._new_progress(mode, "operator", keep_orphans)
+            peer.pending = peer.resync = progress
+            ids[name] = progress.id
+            log.info("%s: operator asked for a %s resync of %s (id %d%s)", self.name, mode,
+                     name, progress.id, ", keeping orphans" if keep_orphans else "")
+        return ids
 
     # -- status -------------------------------------------------------------
 
@@ -302,7 +323,8 @@ class PrimaryMirror(MirrorWorker):
             peers[name] = {"role": p.role, "connected": p.connected, "acked_lsn": p.acked_lsn,
                            "received_lsn": p.received_lsn, "lag_bytes": lag_bytes,
                            "lag_records": lag_records, "lag_seconds": round(lag_seconds, 3),
-                           "resyncing": p.resyncing}
+                           "resyncing": p.resyncing,
+                           "resync": None if p.resync is None else p.resync.as_dict()}
         if self.arbiter is not None:
             peers.update(self.arbiter.status())
         out.update({
@@ -312,17 +334,6 @@ class PrimaryMirror(MirrorWorker):
             "peers": peers,
         })
         return out
-
-
-def _take(ops: Iterator[Op], max_bytes: int) -> list[Op]:
-    batch: list[Op] = []
-    size = 0
-    for op in ops:
-        batch.append(op)
-        size += len(op.data) + len(op.path) + 64
-        if size >= max_bytes:
-            break
-    return batch
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -75,6 +75,7 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                 "lag_bytes": None,
                 "lag_seconds": None,
                 "vip": False,
+                "resync": None,  # a receiver's current or last resync (agent/resync.py)
             }
             if live is not None:
                 entry.update(
@@ -84,6 +85,7 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                     applied_lsn=live.get("applied_lsn"),
                     lag_bytes=live.get("lag_bytes"),
                     lag_seconds=live.get("lag_seconds"),
+                    resync=live.get("resync"),
                 )
                 peers = live.get("peers") or {}
                 if live.get("role") in ("primary", "arbiter"):
@@ -156,6 +158,17 @@ def print_table(report: dict[str, Any], console: Console) -> None:
             f"{name}: primary {mirror['primary'] or 'UNKNOWN'}, term {mirror['term']}, "
             f"mode {mirror['mode']}, {vip_text}"
         )
+    for name, mirror in report["mirrors"].items():
+        for member in mirror["members"]:
+            r = member.get("resync") or {}
+            if r.get("state") in ("pending", "manifest", "copying"):
+                pct = 100 * r["bytes_done"] // r["bytes_total"] if r["bytes_total"] else 0
+                eta = "?" if r.get("eta_seconds") is None else f"{r['eta_seconds']:.0f} s"
+                console.print(
+                    f"{name}/{member['host']}: {r['mode']} resync {r['state']} {pct}% "
+                    f"({r['bytes_done']}/{r['bytes_total']} B, {r['files_done']}/"
+                    f"{r['files_total']} files, {r['rate'] / 1e6:.1f} MB/s, ETA {eta})"
+                )
     for name, mirror in report["mirrors"].items():
         for member in mirror["members"]:
             if member["error"]:
