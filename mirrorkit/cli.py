@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,12 @@ def dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("mirrorkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `mirrorkit status --json | head`: the reader left; say nothing more.
+        # Python would complain again while flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return status
 
 

@@ -61,6 +61,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Mode bits a reporting copy never has: group/other write; setuid/setgid on files.
 _RO_DIR_MASK = ~(stat.S_IWGRP | stat.S_IWOTH) & 0o7777
 _RO_FILE_MASK = _RO_DIR_MASK & ~(stat.S_ISUID | stat.S_ISGID)
+
+
+def reporting_mode(mode: int, is_dir: bool) -> int:
+    """The mode a reporting copy stores for the primary's ``mode`` (verify
+    compares a reporting copy against this, not against the primary's bits)."""
+    return mode & (_RO_DIR_MASK if is_dir else _RO_FILE_MASK)
 _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
           errno.ENFILE}
 
@@ -308,7 +314,7 @@ class Applier:
         if not self.read_only:
             return mode & 0o7777
         st = os.fstat(fd)
-        return mode & (_RO_DIR_MASK if stat.S_ISDIR(st.st_mode) else _RO_FILE_MASK)
+        return reporting_mode(mode, stat.S_ISDIR(st.st_mode))
 
     def _lock_down(self, fd: int, current: int) -> None:
         """Reporting: make an entry the agent's own and not writable by others."""

@@ -34,9 +34,7 @@ from typing import Any
 from mirrorkit import __version__
 from mirrorkit.agent import resynccli, verifycli
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config
-from mirrorkit.agent.repair import SerialEmit
 from mirrorkit.agent.replication import MirrorWorker, create_worker
-from mirrorkit.agent.sender import PrimaryMirror
 
 __all__ = ["Agent", "main"]
 
@@ -53,7 +51,6 @@ class Agent:
         self.cfg = cfg
         self.workers: dict[str, MirrorWorker] = {}
         self.failed: dict[str, str] = {}
-        self.emitters: dict[str, SerialEmit] = {}  # primaries: emit shared with repair
         self._stop = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
@@ -94,11 +91,6 @@ class Agent:
         worker: MirrorWorker | None = None
         try:
             worker = create_worker(self.cfg, self.cfg.mirrors[name])
-            if isinstance(worker, PrimaryMirror):
-                # Capture and repair both emit into the log: one at a time.
-                serial = SerialEmit(worker.emit)
-                setattr(worker, "emit", serial)  # noqa: B010 - instance override, not a typo
-                self.emitters[name] = serial
             await worker.start()
         except Exception as exc:  # one broken mirror must not stop the others
             log.error("mirror %s failed to start: %s (retrying in %.0fs)", name, exc,
@@ -129,7 +121,7 @@ class Agent:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
                                    resync_handler(self.workers,
-                                                  repair_handler(self.workers, self.emitters)))
+                                                  repair_handler(self.workers)))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)

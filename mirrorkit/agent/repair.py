@@ -17,10 +17,9 @@ first. A path no longer on the primary, excluded, or outside the mirror's
 trees is not touched and is reported. Orphans (replica-only files) are never
 touched here.
 
-``emit`` must not run twice at once (the log appends in a worker thread), but
-capture calls it too: :class:`SerialEmit` wraps the worker's ``emit`` with a
-lock that capture and repair share, and a repair holds it for all of its
-batches so capture's ops never interleave with a half-sent file.
+Capture emits into the same log: a repair holds the primary's ``emit_lock``
+for all of its batches (``PrimaryMirror.emit_held``) so capture's ops never
+interleave with a half-sent file.
 """
 
 from __future__ import annotations
@@ -28,30 +27,20 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirrorkit.agent.blockindex import diff_file
 from mirrorkit.agent.filespec import is_excluded, normalise_relpath
 from mirrorkit.agent.records import Op, OpKind
 
-__all__ = ["RepairResult", "SerialEmit", "locate", "repair_ops", "resend"]
+if TYPE_CHECKING:
+    from mirrorkit.agent.sender import PrimaryMirror
 
-Emit = Callable[[list[Op]], Awaitable[None]]
+__all__ = ["RepairResult", "locate", "repair_ops", "resend"]
+
 BATCH_BYTES = 4 << 20
-
-
-class SerialEmit:
-    """``emit`` behind a lock; ``hold()`` + ``raw`` for a multi-batch sequence."""
-
-    def __init__(self, emit: Emit) -> None:
-        self.raw = emit
-        self.lock = asyncio.Lock()
-
-    async def __call__(self, ops: list[Op]) -> None:
-        async with self.lock:
-            await self.raw(ops)
 
 
 @dataclass
@@ -138,15 +127,15 @@ def _take(ops: Iterator[Op], limit: int) -> list[Op]:
     return batch
 
 
-async def resend(emit: SerialEmit, roots: Sequence[str], exclude: Sequence[str],
-                 paths: Sequence[str], last_lsn: Callable[[], int]) -> RepairResult:
+async def resend(primary: PrimaryMirror, roots: Sequence[str], exclude: Sequence[str],
+                 paths: Sequence[str]) -> RepairResult:
     """Re-send ``paths`` through ``emit``; ``lsn`` in the result is the log
     position after the last repair op (wait for it before re-verifying)."""
     result = RepairResult()
     ops = repair_ops(roots, exclude, paths, result)
-    async with emit.lock:
+    async with primary.emit_lock:
         while batch := await asyncio.to_thread(_take, ops, BATCH_BYTES):
             result.ops += len(batch)
-            await emit.raw(batch)
-        result.lsn = last_lsn()
+            await primary.emit_held(batch)
+        result.lsn = primary.log.last_lsn
     return result

@@ -98,6 +98,7 @@ class PrimaryMirror(MirrorWorker):
         # (first LSN of a batch, wall time appended): ages of unacked records.
         self._times: deque[tuple[int, float]] = deque()
         self._new_data = asyncio.Event()
+        self.emit_lock = asyncio.Lock()  # see emit()
         self._started = time.time()  # age floor for records logged before a restart
         self._capture: Any = None
         self.arbiter: ArbiterLink | None = None
@@ -153,7 +154,17 @@ class PrimaryMirror(MirrorWorker):
                 await asyncio.sleep(delay)
 
     async def emit(self, ops: list[Op]) -> None:
-        """Durably log ``ops`` (group commit), enforce retention, wake the senders."""
+        """Durably log ``ops`` (group commit), enforce retention, wake the senders.
+
+        Capture and repair both emit: ``emit_lock`` keeps appends one at a
+        time; a caller that must keep several batches together (a repair
+        re-sending a whole file) holds the lock and calls :meth:`emit_held`.
+        """
+        async with self.emit_lock:
+            await self.emit_held(ops)
+
+    async def emit_held(self, ops: list[Op]) -> None:
+        """:meth:`emit` for a caller that already holds ``emit_lock``."""
         if not ops:
             return
         now = time.time()

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrorkit.agent.apply import reporting_mode
 from mirrorkit.agent.blockindex import DIR, FILE, LINK, block_digest
 from mirrorkit.agent.filespec import is_excluded, normalise_relpath
 
@@ -226,11 +227,19 @@ _COMPARED = {FILE: ("type", "mode", "size", "mtime_ns", "digest"),
 
 
 def differs(primary: Mapping[str, Any], replica: Mapping[str, Any]) -> list[str]:
-    """The fields in which ``replica`` differs from ``primary`` ([] = equal)."""
+    """The fields in which ``replica`` differs from ``primary`` ([] = equal).
+
+    A reporting copy (entries marked ``"ro"``) stores modes without group and
+    other write bits (and files without setuid/setgid): its mode is compared
+    with what apply makes of the primary's mode.
+    """
     if primary.get("type") != replica.get("type"):
         return ["type"]
     fields = _COMPARED.get(str(primary.get("type")), ("type",))
-    return [f for f in fields if primary.get(f) != replica.get(f)]
+    expected = dict(primary)
+    if replica.get("ro") and isinstance(primary.get("mode"), int):
+        expected["mode"] = reporting_mode(int(primary["mode"]), primary.get("type") == DIR)
+    return [f for f in fields if expected.get(f) != replica.get(f)]
 
 
 @dataclass

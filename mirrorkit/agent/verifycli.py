@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.config import ConfigError, MirrorConfig, load_config
-from mirrorkit.agent.repair import SerialEmit, resend
+from mirrorkit.agent.repair import resend
+from mirrorkit.agent.sender import PrimaryMirror
 from mirrorkit.agent.verify import ManifestError, build_manifest
 
 __all__ = ["add_parsers", "cmd_manifest", "cmd_repair", "repair_handler"]
@@ -118,7 +119,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         out.write(json.dumps({"manifest": 1, "mirror": args.mirror, "role": mirror.role,
                               "trees": roots, "applied_lsn": applied}) + "\n")
         count = 0
+        read_only = mirror.kind == "reporting"  # its modes are locked down: see verify.differs
         for entry in build_manifest(roots, mirror.exclude, only):
+            if read_only:
+                entry["ro"] = True
             out.write(json.dumps(entry, sort_keys=True) + "\n")
             count += 1
         out.write(json.dumps({"end": count}) + "\n")
@@ -157,7 +161,7 @@ def cmd_repair(args: argparse.Namespace, api_port: Callable[[], int]) -> int:
 RepairFn = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
 
 
-def repair_handler(workers: dict[str, Any], emitters: dict[str, SerialEmit]) -> RepairFn:
+def repair_handler(workers: dict[str, Any]) -> RepairFn:
     """The agent's POST handler: ``/repair?mirror=M``, body ``{"paths": [...]}``."""
 
     async def post(path: str, params: dict[str, str], body: bytes) -> Answer:
@@ -167,8 +171,7 @@ def repair_handler(workers: dict[str, Any], emitters: dict[str, SerialEmit]) -> 
         worker = workers.get(name)
         if worker is None:
             return 404, {"error": f"no running mirror {name!r} on this host"}
-        emit = emitters.get(name)
-        if emit is None or worker.state.role != "primary":
+        if not isinstance(worker, PrimaryMirror) or worker.state.role != "primary":
             return 409, {"error": f"this host is not the primary of {name} "
                                   f"(role {worker.state.role}): repair on the primary"}
         try:
@@ -179,8 +182,7 @@ def repair_handler(workers: dict[str, Any], emitters: dict[str, SerialEmit]) -> 
         except (ValueError, KeyError, TypeError) as exc:
             return 400, {"error": f'body must be {{"paths": ["/abs/path", ...]}}: {exc}'}
         roots = [os.path.realpath(t) for t in worker.cfg.targets]
-        result = await resend(emit, roots, worker.cfg.exclude, paths,
-                              lambda: int(worker.log.last_lsn))
+        result = await resend(worker, roots, worker.cfg.exclude, paths)
         return 200, result.as_dict()
 
     return post

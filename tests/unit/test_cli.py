@@ -62,3 +62,20 @@ def test_main_returns_status_instead_of_exiting_on_success(
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
+
+
+def test_closed_stdout_is_not_a_traceback() -> None:
+    # `mirrorkit ... | head` closes the pipe early; the reader left, no traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from mirrorkit.cli import dispatch; import argparse\n"
+         "def spew(a):\n    [print('x' * 100) for _ in range(100000)]\n    return 0\n"
+         "sys.exit(dispatch(argparse.Namespace(func=spew)))"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err

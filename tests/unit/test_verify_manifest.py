@@ -184,3 +184,17 @@ def test_recheck_drops_lag_and_writes_in_progress(tmp_path: Path) -> None:
     assert m["different"] == [{"path": f"{p}/wrong", "fields": ["digest"]}]
     assert m["changing"] == [f"{p}/busy"]
     assert (m["compared"], m["matched"], report["ok"]) == (4, 2, False)
+
+
+def test_reporting_copy_modes_are_compared_as_apply_stores_them() -> None:
+    from mirrorkit.agent.verify import differs
+
+    primary = {"type": "f", "mode": 0o4775, "size": 1, "mtime_ns": 5, "digest": "x"}
+    locked = {**primary, "mode": 0o755, "ro": True}
+    assert differs(primary, locked) == []
+    # Without the reporting mark the same bits are a real difference...
+    assert differs(primary, {**primary, "mode": 0o755}) == ["mode"]
+    # ...and a reporting copy that kept a group-writable bit is reported.
+    assert differs(primary, {**locked, "mode": 0o775}) == ["mode"]
+    directory = {"type": "d", "mode": 0o2777}
+    assert differs(directory, {"type": "d", "mode": 0o2755, "ro": True}) == []
