@@ -31,6 +31,7 @@ from rich.progress import (
 from mirrorkit.agent.resync import MODES
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.errors import MirrorkitError
+from mirrorkit.inventory.model import Host
 from mirrorkit.remote import connect, probe_host
 
 AGENT = "/opt/mirrorkit/venv/bin/mirrorkit-agent"
@@ -150,7 +151,12 @@ def run(args: argparse.Namespace) -> int:
     if primary is None:
         raise MirrorkitError(f"no live primary of {args.mirror} among {', '.join(candidates)}")
     console.print(f"{args.mirror}: live primary {primary}; starting a {args.mode} resync")
-    with connect(inventory.hosts[primary]) as conn:
+    return resync_on_primary(inventory.hosts[primary], args, console)
+
+
+def resync_on_primary(primary: Host, args: argparse.Namespace, console: Console) -> int:
+    """Start the resync ``args`` describe on the live ``primary`` and follow it."""
+    with connect(primary) as conn:
 
         def run_cmd(command: str) -> tuple[int, str, str]:
             result = conn.run(command, hide=True, warn=True, timeout=60)

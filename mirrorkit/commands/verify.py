@@ -25,6 +25,7 @@ from rich.table import Table
 
 from mirrorkit.agent.verify import Key, ManifestError, parse_manifest
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
+from mirrorkit.commands.resync import resync_on_primary
 from mirrorkit.commands.status import AGENT, build_report
 from mirrorkit.errors import MirrorkitError
 from mirrorkit.inventory.model import Inventory
@@ -50,6 +51,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mirror", metavar="M", help="only this mirror (default: all)")
     parser.add_argument("--repair", action="store_true",
                         help="re-send differing and missing files from the primary, re-check")
+    parser.add_argument(
+        "--delete-orphans", action="store_true",
+        help="move files only a member has into that member's quarantine (with a report), "
+             "by a checksum resync of that member, then verify again",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (see README)")
     parser.set_defaults(func=run)
 
@@ -167,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         report["mirrors"][name] = verify_live_mirror(transport, name, live["mirrors"][name],
                                                      repair=args.repair)
+    if args.delete_orphans and _quarantine_orphans(inventory, report, args.json):
+        for name in names:  # what the members hold now
+            report["mirrors"][name] = verify_live_mirror(transport, name, live["mirrors"][name],
+                                                         repair=False)
     report["ok"] = all(m.get("ok") for m in report["mirrors"].values())
     if args.json:
         json.dump(report, sys.stdout, indent=2, sort_keys=True)
@@ -206,3 +216,23 @@ def verify_live_mirror(transport: SshTransport, name: str, status: dict[str, Any
     out["ok"] = out["ok"] and not unreachable
     out["error"] = None
     return out
+
+
+def _quarantine_orphans(inventory: Inventory, report: dict[str, Any], quiet: bool) -> bool:
+    """Move every member's orphans into its quarantine: a checksum resync of
+    that member (the resync moves files the primary does not have, with a
+    REPORT.txt, and re-sends differing blocks). True if any resync ran."""
+    ran = False
+    console = Console(stderr=quiet)
+    for name, mirror in report["mirrors"].items():
+        primary = mirror.get("primary")
+        for member in mirror.get("members", []):
+            if not member.get("orphans") or primary is None:
+                continue
+            ran = True
+            args = argparse.Namespace(mirror=name, member=member["host"], mode="checksum",
+                                      keep_orphans=False)
+            console.print(f"{name}/{member['host']}: moving {len(member['orphans'])} "
+                          "orphan(s) into its quarantine (checksum resync)")
+            resync_on_primary(inventory.hosts[primary], args, console)
+    return ran
