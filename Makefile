@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -45,6 +45,11 @@ lab-tests:
 
 molecule:
 	cd molecule/.. && PATH=$(abspath $(BIN)):$$PATH $(BIN)/molecule test --all
+
+# Benchmarks side by side with rsync and lsyncd; writes bench/RESULTS.md.
+# Not part of `make test`: figures are measurements, not pass/fail checks.
+bench: deps
+	$(BIN)/python bench/run.py
 
 clean-lab:
 	$(BIN)/mirrorkit lab down inventories/lab.yml
