@@ -21,10 +21,18 @@ read-only file system) raise :class:`ApplyError`: nothing is acknowledged and
 the batch is retried after reconnecting.
 
 Durability: :meth:`Applier.apply_batch` returns only after every file and
-directory it touched has been fsynced. Replaying a batch after a crash is
-harmless because every op sets state absolutely, except RENAME; so after a
-RENAME the applier flushes and calls ``checkpoint(lsn)`` (the receiver
-persists its applied LSN), and a RENAME is never replayed.
+directory it touched is durable. That is one durability point per batch, not
+an fsync per entry: ``syncfs(2)`` once per file system touched (Linux >= 5.8,
+where syncfs reports writeback errors; it is called on a descriptor held open
+since the applier started, so an error since the previous sync is never
+missed). An entry on a file system the applier holds no such descriptor for
+(a mount point inside a replica root), or every entry when syncfs is not
+available, is fsynced on its own as before. ``apply_batch(stage=...)`` lets
+the receiver add its staged ``applied.json`` temp file to the same point.
+Replaying a batch after a crash is harmless because every op sets state
+absolutely, except RENAME; so after a RENAME the applier flushes and calls
+``checkpoint(lsn)`` (the receiver persists its applied LSN), and a RENAME is
+never replayed.
 
 The agent runs as root; CHMOD/UTIME open the file with ``O_NOFOLLOW`` and act
 on the descriptor.
@@ -52,6 +60,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit.agent.records import Op, OpKind, Record
+from mirrorkit.agent.state import syncfs, syncfs_supported
 
 __all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
 
@@ -95,7 +104,8 @@ class Applier:
     """Applies records into ``roots`` (one per mirror tree)."""
 
     def __init__(self, roots: Sequence[Path], checkpoint: Callable[[int], None] | None = None,
-                 label: str = "apply", *, read_only: bool = False) -> None:
+                 label: str = "apply", *, read_only: bool = False,
+                 sync_dirs: Sequence[Path] = ()) -> None:
         self.roots = list(roots)
         self.checkpoint = checkpoint
         self.label = label
@@ -114,20 +124,43 @@ class Applier:
         self._dirty_dirs: set[int] = set()
         self._files: dict[tuple[int, tuple[str, ...]], int] = {}
         self._pending: list[int] = []  # metadata-only fds to fsync and close
+        # st_dev -> a descriptor open since now, to syncfs that file system with
+        # (the roots', and ``sync_dirs``': the receiver's state directory).
+        self._sync_fds: dict[int, int] = {}
+        self._own_sync_fds: list[int] = []
+        if syncfs_supported():
+            for fd in self._root_fds:
+                self._sync_fds.setdefault(os.fstat(fd).st_dev, fd)
+            for path in sync_dirs:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                dev = os.fstat(fd).st_dev
+                if dev in self._sync_fds:
+                    os.close(fd)
+                else:
+                    self._sync_fds[dev] = fd
+                    self._own_sync_fds.append(fd)
 
     def close(self) -> None:
         self.flush()
-        for fd in self._root_fds:
+        for fd in [*self._root_fds, *self._own_sync_fds]:
             os.close(fd)
-        self._root_fds = []
+        self._root_fds, self._own_sync_fds = [], []
+        self._sync_fds.clear()
 
     # -- batch --------------------------------------------------------------
 
-    def apply_batch(self, records: Sequence[Record]) -> None:
-        """Apply in order; durable on return. Raises :class:`ApplyError`."""
+    def apply_batch(self, records: Sequence[Record],
+                    stage: Callable[[], int] | None = None) -> None:
+        """Apply in order; durable on return. Raises :class:`ApplyError`.
+
+        ``stage``, called after the last record, returns an open descriptor
+        of a file written but not yet synced; it is made durable at the same
+        durability point as the batch, then closed."""
         try:
             for record in records:
                 self._apply_one(record)
+            if stage is not None:
+                self._pending.append(stage())
         finally:
             self.flush()
 
@@ -153,20 +186,45 @@ class Applier:
             self.checkpoint(record.lsn)
 
     def flush(self) -> None:
-        """fsync everything touched so far, then drop the descriptor caches."""
-        for fd in [*self._files.values(), *self._pending]:
-            try:
-                os.fsync(fd)
-            finally:
+        """Make everything touched so far durable, then drop the descriptor caches."""
+        opened = [*self._files.values(), *self._pending]
+        try:
+            self._sync([*opened, *self._dirty_dirs])
+        finally:
+            for fd in [*opened, *self._dirs.values()]:
                 os.close(fd)
-        self._files.clear()
-        self._pending.clear()
-        for fd in self._dirty_dirs:
+            self._files.clear()
+            self._pending.clear()
+            self._dirty_dirs.clear()
+            self._dirs.clear()
+
+    def _sync(self, fds: list[int]) -> None:
+        """One syncfs per file system we hold a sync descriptor for; fsync the rest."""
+        if not fds:
+            return
+        if self._sync_fds:
+            devs: set[int] = set()
+            rest: list[int] = []
+            for fd in fds:
+                dev = os.fstat(fd).st_dev
+                if dev in self._sync_fds:
+                    devs.add(dev)
+                else:
+                    rest.append(fd)
+            for dev in devs:
+                try:
+                    syncfs(self._sync_fds[dev])
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                        raise  # a writeback error: the batch is not durable
+                    log.warning("%s: syncfs failed (%s); fsyncing each entry from now on",
+                                self.label, exc)
+                    self._sync_fds.clear()
+                    rest = fds
+                    break
+            fds = rest
+        for fd in fds:
             os.fsync(fd)
-        self._dirty_dirs.clear()
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
 
     # -- resolution ---------------------------------------------------------
 

@@ -5,9 +5,13 @@ Order per received batch, so that an ACK always means "survives my crash":
 1. check the LSNs continue our log (a gap is a protocol error) and the term
    is not older than the one we know (a stale primary is refused);
 2. append to our own mirror log (fsync);
-3. apply into the replica roots (``targets``) and fsync what was touched;
-4. persist the applied LSN (``applied.json``, atomic);
-5. ``ACK(applied, received)``.
+3. apply into the replica roots (``targets``) and write the new applied LSN
+   to ``applied.json``'s temp file;
+4. one durability point for both: ``syncfs`` of each file system touched
+   (replica and state directory), or an fsync per entry where syncfs is not
+   usable (:class:`~mirrorkit.agent.apply.Applier`);
+5. rename the temp file over ``applied.json`` and fsync the state directory;
+6. ``ACK(applied, received)``.
 
 On start the receiver first applies what its log holds beyond the applied LSN
 (received but not applied before a crash), then dials the primary and asks
@@ -74,7 +78,8 @@ class ReceiverMirror(MirrorWorker):
         self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
                                label=f"{self.cfg.name}:apply",
                                # issue #3 (reporting copies): never user-writable
-                               read_only=self.cfg.kind == "reporting")
+                               read_only=self.cfg.kind == "reporting",
+                               sync_dirs=[self.store.directory])
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
@@ -281,9 +286,12 @@ class ReceiverMirror(MirrorWorker):
 
     def _log_and_apply(self, records: list[Record]) -> None:
         self.log.append(records)
-        self.applier.apply_batch(records)
-        self.applied = records[-1].lsn
-        self.store.save_applied(self.applied)
+        lsn = records[-1].lsn
+        # applied.json's new contents become durable with the replica data,
+        # and only then replace the old file: never ahead of the replica.
+        self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
+        self.store.commit_applied()
+        self.applied = lsn
         self.log.trim(self.applied, drop_unacked=False)
 
     def status(self) -> dict[str, Any]:

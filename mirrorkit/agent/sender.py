@@ -72,16 +72,27 @@ class PeerState:
     received_lsn: int = 0
     last_seen: float = 0.0
     resyncing: bool = False
-    inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (last lsn, bytes)
+    # (last lsn, bytes) of each batch sent and not yet acknowledged; change it
+    # only through the methods below, which keep ``inflight_bytes`` in step.
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)
+    inflight_bytes: int = 0
     acked_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[Any] | None = None
     manifest: asyncio.Queue[Manifest | ManifestEnd] | None = None  # during a resync
     resync: ResyncProgress | None = None  # the last or current one
     pending: ResyncProgress | None = None  # asked for, starts at the next send turn
 
-    @property
-    def inflight_bytes(self) -> int:
-        return sum(b for _, b in self.inflight)
+    def sent(self, last_lsn: int, nbytes: int) -> None:
+        self.inflight.append((last_lsn, nbytes))
+        self.inflight_bytes += nbytes
+
+    def acked_through(self, lsn: int) -> None:
+        while self.inflight and self.inflight[0][0] <= lsn:
+            self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def clear_inflight(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0
 
 
 class PrimaryMirror(MirrorWorker):
@@ -223,7 +234,7 @@ class PrimaryMirror(MirrorWorker):
         peer.role, peer.connected = hello.role, True
         peer.acked_lsn = peer.received_lsn = hello.last_lsn
         peer.last_seen = time.monotonic()
-        peer.inflight.clear()
+        peer.clear_inflight()
         log.info("%s: %s (%s) connected at LSN %d; log holds %d..%d", self.name,
                  hello.member, hello.role, hello.last_lsn, self.log.first_lsn,
                  self.log.last_lsn)
@@ -244,8 +255,7 @@ class PrimaryMirror(MirrorWorker):
                     raise ProtocolError(f"ACK of LSN {msg.lsn} beyond our log end")
                 peer.acked_lsn = max(peer.acked_lsn, msg.lsn)
                 peer.received_lsn = max(peer.received_lsn, msg.received)
-                while peer.inflight and peer.inflight[0][0] <= peer.acked_lsn:
-                    peer.inflight.popleft()
+                peer.acked_through(peer.acked_lsn)
                 peer.acked_event.set()
             elif isinstance(msg, Heartbeat):
                 if msg.term > self.state.term:
@@ -286,7 +296,7 @@ class PrimaryMirror(MirrorWorker):
             data, count = self.log.read_raw(next_lsn, BATCH_BYTES)
             await conn.send(Records(raw=data))
             next_lsn += count
-            peer.inflight.append((next_lsn - 1, len(data)))
+            peer.sent(next_lsn - 1, len(data))
 
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)

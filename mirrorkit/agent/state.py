@@ -7,10 +7,22 @@ re-applied config never forces the inventory's primary over a newer one).
 
 Every write is atomic and durable: temp file in the same directory, fsync,
 rename, fsync of the directory. A crash leaves either the old or the new file.
+
+The receiver's per-batch ``applied.json`` takes a cheaper path with the same
+result (:meth:`StateStore.stage_applied` / :meth:`StateStore.commit_applied`):
+the temp file is written but not fsynced; the applier's durability point for
+the batch (``syncfs`` of every file system it touched, the state directory's
+included, or an fsync of the temp file where ``syncfs`` cannot be trusted)
+makes its contents durable together with the replica data; only then is it
+renamed over ``applied.json`` and the directory fsynced. So ``applied.json``
+never names contents that are not durable, and never an LSN whose replica data
+is not durable.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -18,9 +30,47 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MirrorState", "StateStore", "atomic_write_json", "fsync_dir"]
+__all__ = ["MirrorState", "StateStore", "atomic_write_json", "fsync_dir", "syncfs",
+           "syncfs_supported"]
 
 log = logging.getLogger(__name__)
+
+
+def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's ``syncfs(int)``, only on Linux >= 5.8: older kernels return 0 from
+    ``syncfs`` even when writeback failed, so it could not replace fsync there."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return None
+    if os.uname().sysname != "Linux" or (major, minor) < (5, 8):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs_supported() -> bool:
+    return _SYNCFS is not None
+
+
+def syncfs(fd: int) -> None:
+    """``syncfs(2)``: write back and commit everything dirty on ``fd``'s file
+    system, and report (once per descriptor, like fsync) any writeback error
+    on it since ``fd`` was opened or last synced. Raises :class:`OSError`."""
+    if _SYNCFS is None:
+        raise OSError(38, "syncfs not available")  # ENOSYS
+    if _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +151,26 @@ class StateStore:
 
     def save_applied(self, lsn: int) -> None:
         atomic_write_json(self.applied_path, {"lsn": lsn})
+
+    @property
+    def _applied_tmp(self) -> Path:
+        return self.applied_path.with_name(f".{self.applied_path.name}.tmp")
+
+    def stage_applied(self, lsn: int) -> int:
+        """Write ``lsn`` into the temp file, *not* fsynced, and return its open
+        descriptor: the caller makes it durable (fsync or syncfs), closes it,
+        then calls :meth:`commit_applied`."""
+        data = json.dumps({"lsn": lsn}, sort_keys=True).encode() + b"\n"
+        fd = os.open(self._applied_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def commit_applied(self) -> None:
+        """Rename the durable temp file over ``applied.json``; fsync the directory."""
+        os.replace(self._applied_tmp, self.applied_path)
+        fsync_dir(self.directory)

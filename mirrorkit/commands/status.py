@@ -39,7 +39,11 @@ def register(subparsers: Any) -> None:
 def _fmt_lag(member: dict[str, Any]) -> str:
     if member.get("lag_bytes") is None:
         return "-"
-    return f"{member['lag_bytes']} B, {member['lag_seconds']:.1f} s"
+    records = member.get("lag_records")
+    text = f"{member['lag_bytes']} B"
+    if records is not None:
+        text += f", {records} rec"
+    return f"{text}, {member['lag_seconds']:.1f} s"
 
 
 def _connected(member: dict[str, Any]) -> str:
@@ -73,6 +77,7 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                 "lsn": None,
                 "applied_lsn": None,
                 "lag_bytes": None,
+                "lag_records": None,
                 "lag_seconds": None,
                 "vip": False,
                 "resync": None,  # a receiver's current or last resync (agent/resync.py)
@@ -84,6 +89,7 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                     lsn=live.get("lsn"),
                     applied_lsn=live.get("applied_lsn"),
                     lag_bytes=live.get("lag_bytes"),
+                    lag_records=live.get("lag_records"),
                     lag_seconds=live.get("lag_seconds"),
                     resync=live.get("resync"),
                 )

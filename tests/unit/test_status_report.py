@@ -41,6 +41,7 @@ def agent_status(host: str, role: str, **extra: Any) -> dict[str, Any]:
         "lsn": 10,
         "applied_lsn": 10,
         "lag_bytes": 0,
+        "lag_records": 0,
         "lag_seconds": 0.0,
         "connected": True,
         "peers": {},
@@ -71,6 +72,7 @@ def test_report_names_live_primary_term_and_vip_holder() -> None:
     assert by_host["node1"]["connected"] == "3/3 peers"
     assert by_host["node2"]["connected"] is True
     assert by_host["dr1"]["role"] == "async"
+    assert by_host["node2"]["lag_records"] == 0
 
 
 def test_live_role_wins_over_inventory_role() -> None:
@@ -105,3 +107,4 @@ def test_unreachable_member_is_reported_and_table_still_prints() -> None:
     text = console.export_text()
     assert "unreachable" in text and "timed out" in text
     assert "VIP 198.18.7.100/24 on node1" in text
+    assert "0 B, 0 rec, 0.0 s" in text  # lag in bytes, records and seconds
