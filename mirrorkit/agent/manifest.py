@@ -24,11 +24,12 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorkit.agent.blockindex import DIGEST_SIZE, DIR, FILE, LINK, block_digest
+from mirrorkit.agent.filespec import is_excluded
 
 __all__ = [
     "MAX_HASHES_PER_ITEM",
@@ -121,10 +122,12 @@ def _file_hashes(dir_fd: int, name: str, block_size: int) -> Iterator[bytes]:
             yield bytes(chunk)
 
 
-def walk_replica(roots: list[Path], block_size: int, with_hashes: bool) -> Iterator[ManifestItem]:
+def walk_replica(roots: list[Path], block_size: int, with_hashes: bool,
+                 exclude: Sequence[str] = ()) -> Iterator[ManifestItem]:
     """Every directory, regular file and symlink below ``roots`` (not the roots
-    themselves), parents before children. Other kinds (fifos, sockets, device
-    nodes) are not mirrored and not listed."""
+    themselves), parents before children, except what ``exclude`` leaves out
+    (the mirror's patterns, as capture applies them). Other kinds (fifos,
+    sockets, device nodes) are not mirrored and not listed."""
     for tree, root in enumerate(roots):
         stack = [""]
         while stack:
@@ -139,6 +142,8 @@ def walk_replica(roots: list[Path], block_size: int, with_hashes: bool) -> Itera
             try:
                 for name in sorted(os.listdir(dfd)):
                     rel = f"{rel_dir}/{name}" if rel_dir else name
+                    if exclude and is_excluded(rel, exclude):
+                        continue
                     try:
                         st = os.lstat(name, dir_fd=dfd)
                     except FileNotFoundError:

@@ -224,7 +224,8 @@ class ReceiverMirror(MirrorWorker):
                 try:
                     self.resync = ReceiverResync(
                         msg, list(self.cfg.targets),
-                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name)
+                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
+                        exclude=list(self.cfg.exclude))
                 except ValueError as exc:
                     raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
                 resync_at = msg.lsn

@@ -41,13 +41,16 @@ class ReceiverResync:
     """One resync in progress on a receiver."""
 
     def __init__(self, begin: ResyncBegin, roots: list[Path], quarantine: Path,
-                 label: str) -> None:
+                 label: str, exclude: list[str] | None = None) -> None:
         if begin.mode not in MODES:
             raise ValueError(f"unknown resync mode {begin.mode!r}")
         if not 4096 <= begin.block_size <= 16 << 20:
             raise ValueError(f"resync block size {begin.block_size} out of range")
         self.begin = begin
         self.roots = roots
+        # Excluded paths are not mirrored: the replica's own (scratch files,
+        # caches) are neither compared nor orphans, as in capture and verify.
+        self.exclude = exclude or []
         self.label = label
         self.dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}-{begin.lsn}"
         self.progress = ResyncProgress(begin.mode, "", bool(begin.keep_orphans), begin.id,
@@ -59,7 +62,8 @@ class ReceiverResync:
         self.manifest_entries = 0
 
     async def send_manifest(self, conn: Connection) -> None:
-        items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum")
+        items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum",
+                             self.exclude)
         while True:
             batch = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
             if not batch:
