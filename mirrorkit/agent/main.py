@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit import __version__
-from mirrorkit.agent import resynccli, verifycli
+from mirrorkit.agent import probe, resynccli, verifycli
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config
 from mirrorkit.agent.replication import MirrorWorker, create_worker
 
@@ -192,12 +192,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    query = urllib.parse.urlencode({"mirror": args.mirror})
-    try:
-        code, _ = _get(_api_port(args), f"/primary?{query}")
-    except (OSError, urllib.error.URLError):
-        return 1  # no agent answering: certainly not a writable primary
-    return 0 if code == 200 else 1
+    # `mirrorkit-agent probe …` normally takes entry.py's fast path; this is
+    # the same check when --config comes first or via `python -m …main`.
+    return 0 if probe.is_primary(args.mirror, _api_port(args)) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
