@@ -13,6 +13,9 @@ Order per received batch, so that an ACK always means "survives my crash":
 5. rename the temp file over ``applied.json`` and fsync the state directory;
 6. ``ACK(applied, received)``.
 
+Batches that arrive while one is being applied wait in a bounded inbox and
+are then applied together (steps 2-6 once, one ACK for the highest LSN).
+
 On start the receiver first applies what its log holds beyond the applied LSN
 (received but not applied before a crash), then dials the primary and asks
 for everything after its last logged LSN. Reconnects use exponential backoff.
@@ -42,6 +45,7 @@ from mirrorkit.agent.protocol import (
     Error,
     Heartbeat,
     Hello,
+    Message,
     ProtocolError,
     Records,
     ResyncBegin,
@@ -66,6 +70,9 @@ from mirrorkit.agent.transport import (
 __all__ = ["ReceiverMirror"]
 
 log = logging.getLogger(__name__)
+
+INBOX_MESSAGES = 16  # received, not yet handled (each at most ~1 MiB of records)
+MERGE_RECORDS = 50_000  # at most this many records in one coalesced apply
 
 
 class ReceiverMirror(MirrorWorker):
@@ -208,11 +215,38 @@ class ReceiverMirror(MirrorWorker):
                     await task
 
     async def _recv(self, conn: Connection) -> None:
+        # A reader task keeps reading while a batch is applied, so batches that
+        # arrive meanwhile are applied together: one durability point and one
+        # ACK (for the highest LSN) for all of them. The inbox is bounded, so a
+        # slow receiver still pushes back on the primary through TCP.
+        inbox: asyncio.Queue[Message] = asyncio.Queue(INBOX_MESSAGES)
+
+        async def read() -> None:
+            while True:
+                await inbox.put(await conn.recv(self.cfg.timeouts.qos))
+
+        await race(read(), self._handle(conn, inbox))
+
+    async def _handle(self, conn: Connection, inbox: asyncio.Queue[Message]) -> None:
         resync_at: int | None = None
+        held: Message | None = None
         while True:
-            msg = await conn.recv(self.cfg.timeouts.qos)
+            if held is not None:
+                msg, held = held, None
+            else:
+                msg = await inbox.get()
             if isinstance(msg, Records):
-                await self._records(conn, msg.records, resync_at is not None)
+                records = list(msg.records)
+                if resync_at is None:
+                    # Coalesce what is already waiting: consecutive, gapless batches.
+                    while not inbox.empty() and len(records) < MERGE_RECORDS:
+                        nxt = inbox.get_nowait()
+                        if (not isinstance(nxt, Records) or not nxt.records or not records
+                                or nxt.records[0].lsn != records[-1].lsn + 1):
+                            held = nxt
+                            break
+                        records.extend(nxt.records)
+                await self._records(conn, records, resync_at is not None)
             elif isinstance(msg, Heartbeat):
                 if msg.term > self.state.term:
                     raise PeerRefused(f"primary announces term {msg.term} without a new hello")
