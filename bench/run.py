@@ -963,12 +963,13 @@ def render(ctx: Ctx, meta: dict[str, Any]) -> str:
       f"`nproc` = {os.cpu_count()}; kernel {os.uname().release}; "
       f"Python {sys.version.split()[0]}; {meta['rsync']}; lsyncd {meta['lsyncd']}")
     a(f"- load average (1/5/15 min) before: {meta['load_before']}; after: "
-      f"{meta.get('load_after', '?')}. **The machine was shared with other engineers running "
-      "tests**, so figures are noisy; re-run on a quiet machine before quoting them.")
+      f"{meta.get('load_after', '?')}. Figures taken under load are noisy: read them with "
+      "the load averages, and re-run on a quiet machine before quoting them.")
     a(f"- sizes: {meta['sizes_text']}")
     a("- everything on 127.0.0.1; page cache warm for both tools (data just written); "
       "mirrorkit agents are the real processes with mutual TLS 1.3, default agent settings "
-      "(fdatasync of the mirror log and of every applied file on).")
+      "(the mirror log fdatasync'ed per batch on both ends; the receiver makes each "
+      "applied batch durable with one syncfs before it acknowledges).")
     if meta.get("errors"):
         a("- **errors in this run:** " + "; ".join(meta["errors"]))
     a("")
