@@ -70,6 +70,30 @@ FILE, DIR, LINK = "f", "d", "l"
 # made in the same timestamp tick (the "racy clean" problem): rehash it.
 _RACY_NS = 2_000_000_000
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir_nofollow(root: str | os.PathLike[str], rel: str) -> int | None:
+    """An O_PATH fd of directory ``rel`` below ``root``, reached one component
+    at a time without following any symlink; ``None`` if that path is not (or
+    no longer) a directory. A stale path through a directory since replaced by
+    a symlink must never lead outside the tree (capture, verify)."""
+    try:
+        fd = os.open(root, _PATH_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    for part in rel.split("/") if rel else ():
+        try:
+            nfd = os.open(part, _PATH_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        os.close(fd)
+        fd = nfd
+    return fd
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -399,25 +423,7 @@ class Reconciler:
             yield from self._one(tree, stack.pop(), how, stack)
 
     def _open_dir(self, tree: int, rel: str) -> int | None:
-        """An O_PATH fd of directory ``rel``, reached one component at a time
-        without following any symlink; ``None`` if that path is not (or no
-        longer) a directory of the tree. A stale path through a directory
-        since replaced by a symlink must never lead outside the tree."""
-        try:
-            fd = os.open(self.roots[tree], _PATH_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        for part in rel.split("/") if rel else ():
-            try:
-                nfd = os.open(part, _PATH_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    return None
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
+        return open_dir_nofollow(self.roots[tree], rel)
 
     def _one(self, tree: int, rel: str, how: How, stack: list[str]) -> Iterator[Op | None]:
         parent, _, name = rel.rpartition("/")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.apply import reporting_mode
-from mirrorkit.agent.blockindex import DIR, FILE, LINK, block_digest
+from mirrorkit.agent.blockindex import DIR, FILE, LINK, block_digest, open_dir_nofollow
 from mirrorkit.agent.filespec import is_excluded, normalise_relpath
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 64 * 1024  # capture's block size (WatchCapture's default)
-_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Key = tuple[int, str]  # (tree index, path relative to the tree root)
@@ -72,26 +71,6 @@ def file_digest(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
         hashes += block_digest(block)
         offset += len(block)
     return block_digest(bytes(hashes)).hex(), offset
-
-
-def _open_dir(root: str, rel: str) -> int | None:
-    """O_PATH fd of directory ``rel`` below ``root``, one component at a time,
-    never through a symlink; None when it is not (or no longer) a directory."""
-    try:
-        fd = os.open(root, _PATH_FLAGS)
-    except OSError:
-        return None
-    for part in rel.split("/") if rel else ():
-        try:
-            nfd = os.open(part, _PATH_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return None
-            raise
-        os.close(fd)
-        fd = nfd
-    return fd
 
 
 def _entry(tree: int, rel: str, dfd: int, name: str, st: os.stat_result) -> Entry | None:
@@ -129,7 +108,7 @@ def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str]) -> En
     if not rel or is_excluded(rel, exclude):
         return None
     parent, _, name = rel.rpartition("/")
-    dfd = _open_dir(root, parent)
+    dfd = open_dir_nofollow(root, parent)
     if dfd is None:
         return None
     try:
@@ -146,7 +125,7 @@ def _walk(root: str, tree: int, exclude: Sequence[str]) -> Iterator[Entry]:
     stack = [""]
     while stack:
         rel = stack.pop()
-        dfd = _open_dir(root, rel)
+        dfd = open_dir_nofollow(root, rel)
         if dfd is None:
             if not rel:
                 raise ManifestError(f"mirror tree {root} is missing or not a directory")
