@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mirrorkit.atomicfile import atomic_write
 from mirrorkit.errors import MirrorkitError
 
 MEMBER_CLASSES = ("failover", "arbiter", "async")
@@ -67,7 +67,7 @@ def ensure_mirror_pki(pki_dir: Path, mirror: str, members: dict[str, tuple[str, 
     ca_cert = _load_cert(mdir / "ca.crt")
     if ca_key_changed or ca_cert is None or not _ca_ok(ca_cert, ca_key, mirror):
         ca_cert = _make_ca(ca_key, mirror)
-        _write(mdir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(mdir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         changed = True
     for host, (address, klass) in sorted(members.items()):
         _, crt_path, key_path = member_files(base, mirror, host)
@@ -79,7 +79,7 @@ def ensure_mirror_pki(pki_dir: Path, mirror: str, members: dict[str, tuple[str, 
             or not _member_ok(cert, key, ca_cert, host, address, klass)
         ):
             cert = _make_member(ca_key, ca_cert, key, host, address, klass)
-            _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            atomic_write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
             changed = True
     return changed
 
@@ -102,17 +102,6 @@ def _ensure_dir(path: Path) -> bool:
     return created
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with the given mode (never world-readable on the way)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _ensure_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, bool]:
@@ -131,7 +120,7 @@ def _ensure_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, bool]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
     return key, True
 
 

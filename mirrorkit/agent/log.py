@@ -72,7 +72,7 @@ from mirrorkit.agent.records import (
     decode_body,
     encode_record,
 )
-from mirrorkit.agent.state import fsync_dir
+from mirrorkit.atomicfile import fsync_dir
 
 __all__ = ["LogCorrupt", "LogError", "MirrorLog", "decode_all", "decode_at",
            "valid_record_after"]

@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MirrorState", "StateStore", "atomic_write_json", "fsync_dir", "syncfs",
+from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
+
+__all__ = ["MirrorState", "StateStore", "atomic_write_json", "syncfs",
            "syncfs_supported"]
 
 log = logging.getLogger(__name__)
@@ -80,25 +82,13 @@ class MirrorState:
     primary: str | None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode() + b"\n"
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = json.dumps(value, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write(path, _encode(value))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -152,19 +142,14 @@ class StateStore:
     def save_applied(self, lsn: int) -> None:
         atomic_write_json(self.applied_path, {"lsn": lsn})
 
-    @property
-    def _applied_tmp(self) -> Path:
-        return self.applied_path.with_name(f".{self.applied_path.name}.tmp")
-
     def stage_applied(self, lsn: int) -> int:
         """Write ``lsn`` into the temp file, *not* fsynced, and return its open
         descriptor: the caller makes it durable (fsync or syncfs), closes it,
         then calls :meth:`commit_applied`."""
-        data = json.dumps({"lsn": lsn}, sort_keys=True).encode() + b"\n"
-        fd = os.open(self._applied_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(temp_path(self.applied_path),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            write_all(fd, _encode({"lsn": lsn}))
         except BaseException:
             os.close(fd)
             raise
@@ -172,5 +157,5 @@ class StateStore:
 
     def commit_applied(self) -> None:
         """Rename the durable temp file over ``applied.json``; fsync the directory."""
-        os.replace(self._applied_tmp, self.applied_path)
+        os.replace(temp_path(self.applied_path), self.applied_path)
         fsync_dir(self.directory)
