@@ -528,6 +528,17 @@ def lsn_above(c: Cluster, lsn: int) -> bool:
     return bool(c.mirror("node1").get("lsn", 0) > lsn)
 
 
+def outrun_the_log(c: Cluster, root: Path, lsn_away: int) -> None:
+    """Write batches on the primary until its (small) log no longer holds
+    what a member away since ``lsn_away`` has not seen."""
+    for i in range(12):  # several batches, so that the log rolls segments
+        lsn = c.mirror("node1")["lsn"]
+        (root / f"bulk{i}").write_bytes(os.urandom(30_000))
+        wait_for(functools.partial(lsn_above, c, lsn), "primary logs a batch")
+    wait_for(lambda: c.mirror("node1").get("log_first_lsn", 0) > lsn_away + 1,
+             "the primary's log drops what the absent member has not seen")
+
+
 def test_receiver_behind_the_log_gets_a_full_resync(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
@@ -543,12 +554,7 @@ def test_receiver_behind_the_log_gets_a_full_resync(
     assert c.stop("dr1") == 0
     lsn_away = c.mirror("node1")["lsn"]
     os.unlink(root / "stale-on-replica")
-    for i in range(12):  # several batches, so that the log rolls segments
-        lsn = c.mirror("node1")["lsn"]
-        (root / f"bulk{i}").write_bytes(os.urandom(30_000))
-        wait_for(functools.partial(lsn_above, c, lsn), "primary logs a batch")
-    wait_for(lambda: c.mirror("node1").get("log_first_lsn", 0) > lsn_away + 1,
-             "the primary's log drops what dr1 has not seen")
+    outrun_the_log(c, root, lsn_away)
     c.start("dr1")
     wait_for(lambda: c.mirror("dr1").get("resyncs") == 1, "dr1 resyncs")
     (root / "after").write_text("streamed after the resync")
