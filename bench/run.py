@@ -764,6 +764,17 @@ def bench_resync(ctx: Ctx) -> None:
     rmtree(base)
 
 
+def tear_down(ctx: Ctx, agents: dict[str, Any], procs: list[Any], base: Path,
+              row: dict[str, Any]) -> None:
+    """Stop a case's agents and peer processes, note the load, remove its files."""
+    for a in agents.values():
+        stop_agent(ctx.run, a)
+    for proc in procs:
+        ctx.run.stop(proc)
+    row["load_after"] = load()
+    rmtree(base)
+
+
 def lag_case(ctx: Ctx, tool: str, delay: int | None) -> dict[str, Any]:
     s = ctx.sizes
     base = ctx.base / f"lag-{tool}-{delay}"
@@ -811,12 +822,7 @@ def lag_case(ctx: Ctx, tool: str, delay: int | None) -> dict[str, Any]:
         if prof:
             ctx.profiles["lag"] = prof.finish()
     finally:
-        for a in agents.values():
-            stop_agent(ctx.run, a)
-        for proc in procs:
-            ctx.run.stop(proc)
-        row["load_after"] = load()
-        rmtree(base)
+        tear_down(ctx, agents, procs, base, row)
     print(f"  {tool} delay={delay}: p50 {row.get('p50')} p99 {row.get('p99')} "
           f"seen {row.get('seen')}/{row.get('changes')}", flush=True)
     return row
@@ -907,12 +913,7 @@ def burst_case(ctx: Ctx, tool: str, stall: bool = False) -> dict[str, Any]:
             txt = "".join(q.read_text(errors="replace") for q in base.glob("lsyncd-*.log"))
             row["overflow"] = "overflow" in txt.lower()
     finally:
-        for a in agents.values():
-            stop_agent(ctx.run, a)
-        for proc in procs:
-            ctx.run.stop(proc)
-        row["load_after"] = load()
-        rmtree(base)
+        tear_down(ctx, agents, procs, base, row)
     print(f"  {tool}: {row.get('on_replica')}/{n} drain {row.get('drain_s')} "
           f"overflow {row.get('overflow')}", flush=True)
     return row
