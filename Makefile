@@ -32,6 +32,7 @@ test: deps lint unit integration lab-tests molecule
 lint:
 	$(BIN)/ruff check mirrorkit tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint --offline -q roles playbooks
 
 unit:

@@ -294,9 +294,9 @@ class Agent:
 
 def make_pair(base: Path, primary_root: Path, replica_root: Path,
               primary_extra: dict[str, Any] | None = None) -> dict[str, Agent]:
-    from mirrorkit.pki import ensure_mirror_pki, member_files
-
     import yaml
+
+    from mirrorkit.pki import ensure_mirror_pki, member_files
 
     pki = base / "pki"
     names = {"node1": "primary", "node2": "backup"}
@@ -329,7 +329,7 @@ def make_pair(base: Path, primary_root: Path, replica_root: Path,
 
 
 def start_agent(run: Runner, a: Agent) -> None:
-    a.proc = run.spawn([sys.executable, "-m", "mirrorkit.agent.main", "--config",
+    a.proc = run.spawn([sys.executable, "-m", "mirrorkit.agent.cli.main", "--config",
                         str(a.config)], a.log, cwd=REPO)
 
 
@@ -836,7 +836,7 @@ def bench_lag(ctx: Ctx) -> None:
             rows.append(lag_case(ctx, tool, delay))
         except OutOfTime:
             raise
-        except Exception as exc:  # noqa: BLE001 - report, go on with the next tool
+        except Exception as exc:
             rows.append({"tool": tool, "delay": delay, "error": repr(exc)})
             traceback.print_exc()
     ctx.results["lag"] = rows
@@ -927,7 +927,7 @@ def bench_burst(ctx: Ctx) -> None:
             rows.append(burst_case(ctx, tool, stall))
         except OutOfTime:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rows.append({"tool": tool, "stall": stall, "error": repr(exc)})
             traceback.print_exc()
     ctx.results["burst"] = rows
@@ -1002,7 +1002,7 @@ def render(ctx: Ctx, meta: dict[str, Any]) -> str:
             a(f"- rsync command: `{row['rsync_cmd']}`")
             if row.get("rsync_fsync_cmd"):
                 a(f"- rsync --fsync command: `{row['rsync_fsync_cmd']}`")
-        a("- mirrorkit: time from starting both agents (`python -m mirrorkit.agent.main "
+        a("- mirrorkit: time from starting both agents (`python -m mirrorkit.agent.cli.main "
           "--config …`) until the receiver's `/status` shows `applied_lsn` == primary `lsn`, "
           "`lag_records` 0 and the replica has the source's file count and bytes; trees then "
           "compared (type, mode, size, mtime_ns, content hash). mirrorkit's primary also "
@@ -1190,7 +1190,7 @@ def main() -> int:
                                       "reached; later benchmarks not run")
                 rc = 2
                 break
-            except Exception as exc:  # noqa: BLE001 - record, go on
+            except Exception as exc:
                 traceback.print_exc()
                 meta["errors"].append(f"{name}: {exc!r}")
                 rc = 1

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mirrorkit.agent.verify import Entry, Key, compare, differs
+from mirrorkit.agent.verify.manifest import Entry, Key, compare, differs
 
 __all__ = ["Manifest", "MemberResult", "Transport", "VerifyFailed", "verify_mirror"]
 

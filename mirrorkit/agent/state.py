@@ -21,8 +21,6 @@ is not durable.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -32,47 +30,17 @@ from typing import Any
 
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
-__all__ = ["MirrorState", "StateStore", "atomic_write_json", "syncfs",
-           "syncfs_supported"]
+__all__ = ["MirrorState", "StateStore", "atomic_write_json"]
 
 log = logging.getLogger(__name__)
 
 
-def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """libc's ``syncfs(int)``, only on Linux >= 5.8: older kernels return 0 from
-    ``syncfs`` even when writeback failed, so it could not replace fsync there."""
-    try:
-        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    except ValueError:
-        return None
-    if os.uname().sysname != "Linux" or (major, minor) < (5, 8):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
 
 
-_SYNCFS = _load_syncfs()
 
 
-def syncfs_supported() -> bool:
-    return _SYNCFS is not None
 
 
-def syncfs(fd: int) -> None:
-    """``syncfs(2)``: write back and commit everything dirty on ``fd``'s file
-    system, and report (once per descriptor, like fsync) any writeback error
-    on it since ``fd`` was opened or last synced. Raises :class:`OSError`."""
-    if _SYNCFS is None:
-        raise OSError(38, "syncfs not available")  # ENOSYS
-    if _SYNCFS(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from mirrorkit.agent.resync import MODES
+from mirrorkit.agent.resync.compare import MODES
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.errors import MirrorkitError
 from mirrorkit.inventory.model import Host

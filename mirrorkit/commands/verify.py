@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mirrorkit.agent.verify import Key, ManifestError, parse_manifest
+from mirrorkit.agent.verify.manifest import Key, ManifestError, parse_manifest
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.commands.resync import resync_on_primary
 from mirrorkit.commands.status import AGENT, build_report

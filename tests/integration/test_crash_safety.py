@@ -27,7 +27,7 @@ from test_loopback import (
     wait_for,
 )
 
-from mirrorkit.agent.log import decode_at
+from mirrorkit.agent.log.segments import decode_at
 
 pytestmark = pytest.mark.integration
 

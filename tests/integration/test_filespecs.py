@@ -21,7 +21,7 @@ from test_loopback import (  # type: ignore[import-not-found]
     wait_for,
 )
 
-from mirrorkit.agent.verify import compare, parse_manifest
+from mirrorkit.agent.verify.manifest import compare, parse_manifest
 
 __all__ = ["cluster_factory"]  # the fixture, re-exported for this module
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def write(path: Path, text: str) -> None:
 
 def agent(node: Node, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mirrorkit.agent.main", "--config", str(node.config), *args],
+        [sys.executable, "-m", "mirrorkit.agent.cli.main", "--config", str(node.config), *args],
         capture_output=True, text=True, timeout=120, check=False, input=stdin,
     )
 

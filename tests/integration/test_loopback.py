@@ -29,9 +29,8 @@ import pytest
 import yaml
 
 from mirrorkit.agent.config import TlsConfig, load_config
-from mirrorkit.agent.protocol import Ack, Error, Hello, Records
-from mirrorkit.agent.records import Op, OpKind, Record
-from mirrorkit.agent.transport import (
+from mirrorkit.agent.log.records import Op, OpKind, Record
+from mirrorkit.agent.transport.conn import (
     Connection,
     client_context,
     connect,
@@ -39,6 +38,7 @@ from mirrorkit.agent.transport import (
     server_context,
     server_handshake,
 )
+from mirrorkit.agent.transport.frames import Ack, Error, Hello, Records
 from mirrorkit.pki import ensure_mirror_pki, member_files
 
 MIRROR = "records"
@@ -148,7 +148,7 @@ class Cluster:
         logf.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "mirrorkit.agent.main", "--config", str(node.config)],
+            [sys.executable, "-m", "mirrorkit.agent.cli.main", "--config", str(node.config)],
             stdout=logf, stderr=subprocess.STDOUT, env=env,
         )
         logf.close()
@@ -489,7 +489,7 @@ def test_cli_status_and_probe(cluster: Cluster) -> None:
     wait_for(lambda: c.mirror("node2").get("connected"), "backup connected")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mirrorkit.agent.main", *args],
+        return subprocess.run([sys.executable, "-m", "mirrorkit.agent.cli.main", *args],
                               capture_output=True, text=True, timeout=60)
 
     for name, expected in (("node1", 0), ("node2", 1), ("dr1", 1), ("arb1", 1)):

@@ -52,7 +52,7 @@ def pair(cluster_factory: Callable[..., Cluster],
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mirrorkit.agent.main", *args],
+    return subprocess.run([sys.executable, "-m", "mirrorkit.agent.cli.main", *args],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -26,7 +26,7 @@ from test_loopback import (
     wait_for,
 )
 
-from mirrorkit.agent.verify import Key, parse_manifest
+from mirrorkit.agent.verify.manifest import Key, parse_manifest
 from mirrorkit.verification import Manifest, VerifyFailed, verify_mirror
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ class LocalTransport:
         self.c = cluster
 
     def _agent(self, host: str, args: Sequence[str], stdin: str | None = None) -> str:
-        cmd = [sys.executable, "-m", "mirrorkit.agent.main",
+        cmd = [sys.executable, "-m", "mirrorkit.agent.cli.main",
                "--config", str(self.c.nodes[host].config), *args]
         got = subprocess.run(cmd, input=stdin or "", capture_output=True, text=True,
                              timeout=300)
@@ -66,7 +66,7 @@ class LocalTransport:
         return parse_manifest(self._agent(host, args, stdin).splitlines())
 
     def repair(self, host: str, mirror: str, paths: Sequence[str]) -> dict[str, Any]:
-        cmd = [sys.executable, "-m", "mirrorkit.agent.main", "--config",
+        cmd = [sys.executable, "-m", "mirrorkit.agent.cli.main", "--config",
                str(self.c.nodes[host].config), "repair", "--mirror", mirror, *paths]
         got = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         answer: dict[str, Any] = json.loads(got.stdout)

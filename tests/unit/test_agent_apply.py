@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.apply import Applier, PathRefused, split_relpath
-from mirrorkit.agent.records import Op, OpKind, Record
+from mirrorkit.agent.apply.applier import Applier, PathRefused, split_relpath
+from mirrorkit.agent.log.records import Op, OpKind, Record
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mirrorkit.agent.cli.main import main
 from mirrorkit.agent.config import ConfigError, load_config, parse_config
-from mirrorkit.agent.main import main
 
 GOOD: dict[str, Any] = {
     "host": "node1",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.log import LogError, MirrorLog
-from mirrorkit.agent.records import Op, OpKind, Record
+from mirrorkit.agent.log.records import Op, OpKind, Record
+from mirrorkit.agent.log.segments import LogError, MirrorLog
 
 
 def ops(n: int, size: int = 10) -> list[Op]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.log import LogCorrupt, MirrorLog, valid_record_after
-from mirrorkit.agent.records import Op, OpKind, Record, encode_record
+from mirrorkit.agent.log.records import Op, OpKind, Record, encode_record
+from mirrorkit.agent.log.segments import LogCorrupt, MirrorLog, valid_record_after
 
 
 def ops(n: int, size: int = 100) -> list[Op]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mirrorkit.agent.api import start_api
-from mirrorkit.agent.probe import api_port_from
+from mirrorkit.agent.api.http import start_api
+from mirrorkit.agent.cli.probe import api_port_from
 
 ROLES = {"records": "primary", "orders": "backup"}
 
@@ -67,7 +67,7 @@ def test_probe_path_does_not_load_the_agent(api_port: int) -> None:
     code = (
         "import sys; from mirrorkit.agent.entry import main; "
         f"rc = main(['probe', 'primary', '--mirror', 'records', '--api-port', '{api_port}']); "
-        "print(rc, 'mirrorkit.agent.main' in sys.modules, 'asyncio' in sys.modules)"
+        "print(rc, 'mirrorkit.agent.cli.main' in sys.modules, 'asyncio' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()

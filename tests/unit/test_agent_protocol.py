@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from mirrorkit.agent.protocol import (
+from mirrorkit.agent.log.records import Op, OpKind, Record, encode_record
+from mirrorkit.agent.transport.frames import (
     FRAME,
     MAGIC,
     MAX_CONTROL,
@@ -26,7 +27,6 @@ from mirrorkit.agent.protocol import (
     encode_message,
     read_message,
 )
-from mirrorkit.agent.records import Op, OpKind, Record, encode_record
 
 RECS = [Record(1, 2, Op(OpKind.WRITE, 0, "a", value=5, data=b"xyz")),
         Record(2, 2, Op(OpKind.RENAME, 0, "a", target="b"))]

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from mirrorkit.agent.config import MemberConfig, MirrorConfig, Timeouts, TlsConfig
-from mirrorkit.agent.protocol import Error, Hello, ProtocolError
-from mirrorkit.agent.transport import (
+from mirrorkit.agent.transport.conn import (
     Connection,
     PeerIdentity,
     PeerRefused,
@@ -23,6 +22,7 @@ from mirrorkit.agent.transport import (
     server_context,
     server_handshake,
 )
+from mirrorkit.agent.transport.frames import Error, Hello, ProtocolError
 from mirrorkit.pki import ensure_mirror_pki, member_files
 
 MEMBERS = {"node1": ("127.0.0.1", "failover"), "node2": ("127.0.0.1", "failover"),

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mirrorkit.agent.api import start_api
-from mirrorkit.agent.metrics import render_metrics
+from mirrorkit.agent.api.http import start_api
+from mirrorkit.agent.api.metrics import render_metrics
 
 
 def primary_status() -> dict[str, Any]:

@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mirrorkit.agent.blockindex import (
-    DIGEST_SIZE,
-    DIR,
-    FILE,
-    LINK,
-    BlockIndex,
-    Entry,
-    How,
-    Reconciler,
-    diff_file,
-)
-from mirrorkit.agent.records import Op, OpKind
+from mirrorkit.agent.capture.index import DIR, FILE, LINK, BlockIndex, Entry
+from mirrorkit.agent.capture.reconcile import How, Reconciler, diff_file
+from mirrorkit.agent.log.records import Op, OpKind
+from mirrorkit.agent.util.hashing import DIGEST_SIZE
 
 BS = 1024
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from mirrorkit.agent.capture import Capture, CaptureError, WatchCapture, scan_full
-from mirrorkit.agent.filespec import is_excluded
-from mirrorkit.agent.inotify import IN_Q_OVERFLOW, InotifyEvent
-from mirrorkit.agent.records import Op, OpKind
+from mirrorkit.agent.capture.filespec import is_excluded
+from mirrorkit.agent.capture.inotify import IN_Q_OVERFLOW, InotifyEvent
+from mirrorkit.agent.capture.reconcile import CaptureError
+from mirrorkit.agent.capture.watch import Capture, WatchCapture, scan_full
+from mirrorkit.agent.log.records import Op, OpKind
 
 BS = 4096  # small blocks keep the "big file" tests fast
 

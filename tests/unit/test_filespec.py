@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirrorkit.agent.filespec import is_excluded, normalise_relpath
+from mirrorkit.agent.capture.filespec import is_excluded, normalise_relpath
 
 
 @pytest.mark.parametrize(

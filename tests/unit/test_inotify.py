@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent import inotify as ino
-from mirrorkit.agent.inotify import Inotify, InotifyEvent, parse_events
+from mirrorkit.agent.capture import inotify as ino
+from mirrorkit.agent.capture.inotify import Inotify, InotifyEvent, parse_events
 
 MASK = ino.IN_CREATE | ino.IN_CLOSE_WRITE | ino.IN_DELETE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.apply import Applier
-from mirrorkit.agent.records import Op, OpKind, Record
+from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.log.records import Op, OpKind, Record
 
 USER = "nobody"
 pytestmark = pytest.mark.skipif(

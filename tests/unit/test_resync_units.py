@@ -11,23 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.blockindex import DIGEST_SIZE, FILE, HASH_NAME, BlockIndex, Entry
-from mirrorkit.agent.manifest import (
-    MAX_HASHES_PER_ITEM,
-    ManifestItem,
-    decode_items,
-    encode_item,
-    walk_replica,
-)
-from mirrorkit.agent.protocol import Manifest, decode_frame, encode_message
-from mirrorkit.agent.records import OpKind
-from mirrorkit.agent.resync import (
+from mirrorkit.agent.capture.index import FILE, BlockIndex, Entry
+from mirrorkit.agent.log.records import OpKind
+from mirrorkit.agent.resync.compare import (
     ManifestStore,
     ResyncProgress,
     ResyncReconciler,
     diff_ops,
     quarantine_path,
 )
+from mirrorkit.agent.resync.manifest import walk_replica
+from mirrorkit.agent.transport.frames import Manifest, decode_frame, encode_message
+from mirrorkit.agent.transport.manifest_items import (
+    MAX_HASHES_PER_ITEM,
+    ManifestItem,
+    decode_items,
+    encode_item,
+)
+from mirrorkit.agent.util.hashing import DIGEST_SIZE, HASH_NAME
 from mirrorkit.commands.resync import agent_command, resync_views
 
 BLOCK = 4096
@@ -47,7 +48,7 @@ def test_walk_lists_parents_first_and_splits_huge_hash_lists(tmp_path: Path,
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f").write_bytes(os.urandom(5 * BLOCK + 1))
     os.symlink("/etc/passwd", tmp_path / "a" / "l")
-    monkeypatch.setattr("mirrorkit.agent.manifest.MAX_HASHES_PER_ITEM", 4)
+    monkeypatch.setattr("mirrorkit.agent.resync.manifest.MAX_HASHES_PER_ITEM", 4)
     items = list(walk_replica([tmp_path], BLOCK, with_hashes=True))
     assert [(i.path, i.kind, i.first_block) for i in items] == [
         ("a", "d", 0), ("a/f", "f", 0), ("a/f", "f", 4), ("a/l", "l", 0)]

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from mirrorkit.agent.blockindex import block_digest
-from mirrorkit.agent.records import OpKind
-from mirrorkit.agent.repair import RepairResult, locate, repair_ops
-from mirrorkit.agent.verify import (
+from mirrorkit.agent.log.records import OpKind
+from mirrorkit.agent.util.hashing import block_digest
+from mirrorkit.agent.verify.manifest import (
     BLOCK_SIZE,
     ManifestError,
     build_manifest,
     compare,
     parse_manifest,
 )
+from mirrorkit.agent.verify.repair import RepairResult, locate, repair_ops
 from mirrorkit.verification import Manifest, verify_mirror
 
 
@@ -187,7 +187,7 @@ def test_recheck_drops_lag_and_writes_in_progress(tmp_path: Path) -> None:
 
 
 def test_reporting_copy_modes_are_compared_as_apply_stores_them() -> None:
-    from mirrorkit.agent.verify import differs
+    from mirrorkit.agent.verify.manifest import differs
 
     primary = {"type": "f", "mode": 0o4775, "size": 1, "mtime_ns": 5, "digest": "x"}
     locked = {**primary, "mode": 0o755, "ro": True}

@@ -1,0 +1,444 @@
+"""Apply log records to a replica, safely and durably.
+
+Confinement: each op's ``path`` (and a RENAME's ``target``) is resolved
+component by component from an open descriptor of the replica root
+(``targets[tree]``), openat-style, with ``O_NOFOLLOW`` on every directory
+component. A record is **refused** if its path is absolute, contains ``..``
+or NUL, names a tree the mirror does not have, or passes through *any*
+symlink (inside or outside the root: capture never follows symlinks, so a
+legitimate record never goes through one, and refusing them all closes
+rename races that a realpath-then-open check would leave open). The final
+component is never followed either: ops act on the symlink itself or replace
+it. Symlink *targets* are stored verbatim and never followed by apply.
+
+A refused record is logged, counted (``refused``) and skipped; replication
+continues, because the rest of the stream is still the primary's truth and
+stopping would leave the replica ever further behind for one bad record. A
+record that is legal but conflicts with the replica's state (e.g. renaming a
+directory into itself) is logged, counted (``skipped``) and skipped too: online
+verification reports the difference. Resource errors (disk full, I/O error,
+read-only file system) raise :class:`ApplyError`: nothing is acknowledged and
+the batch is retried after reconnecting.
+
+Durability: :meth:`Applier.apply_batch` returns only after every file and
+directory it touched is durable. That is one durability point per batch, not
+an fsync per entry: ``syncfs(2)`` once per file system touched (Linux >= 5.8,
+where syncfs reports writeback errors; it is called on a descriptor held open
+since the applier started, so an error since the previous sync is never
+missed). An entry on a file system the applier holds no such descriptor for
+(a mount point inside a replica root), or every entry when syncfs is not
+available, is fsynced on its own as before. ``apply_batch(stage=...)`` lets
+the receiver add its staged ``applied.json`` temp file to the same point.
+Replaying a batch after a crash is harmless because every op sets state
+absolutely, except RENAME; so after a RENAME the applier flushes and calls
+``checkpoint(lsn)`` (the receiver persists its applied LSN), and a RENAME is
+never replayed.
+
+The agent runs as root; CHMOD/UTIME open the file with ``O_NOFOLLOW`` and act
+on the descriptor.
+
+Reporting copies (``read_only=True``, async members of kind ``reporting``):
+nothing in the replica may be writable by a local user other than the agent.
+Apply never chowns (ownership is not replicated), so what it creates belongs
+to the agent's user (root); in addition every mode it sets has the group and
+other write bits cleared, and set-user/group-ID cleared on files (a setuid
+file owned by root would be a privilege escalation); an entry it opens that
+belongs to someone else (left in the target before it became a replica) is
+handed to the agent's user first. Root itself ignores mode bits: this stops
+every unprivileged local user, not root (docs/architecture.md, "Reporting
+copies").
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mirrorkit.agent.log.records import Op, OpKind, Record
+from mirrorkit.agent.util.fs import syncfs, syncfs_supported
+
+__all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Mode bits a reporting copy never has: group/other write; setuid/setgid on files.
+_RO_DIR_MASK = ~(stat.S_IWGRP | stat.S_IWOTH) & 0o7777
+_RO_FILE_MASK = _RO_DIR_MASK & ~(stat.S_ISUID | stat.S_ISGID)
+
+
+def reporting_mode(mode: int, is_dir: bool) -> int:
+    """The mode a reporting copy stores for the primary's ``mode`` (verify
+    compares a reporting copy against this, not against the primary's bits)."""
+    return mode & (_RO_DIR_MASK if is_dir else _RO_FILE_MASK)
+_FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
+          errno.ENFILE}
+
+
+class PathRefused(Exception):
+    """The record's path would leave the replica root."""
+
+
+class ApplyError(Exception):
+    """A resource error: the batch is not durable and must not be acknowledged."""
+
+
+def split_relpath(path: str) -> tuple[str, ...]:
+    """Components of a relative record path; raise :class:`PathRefused`."""
+    if path.startswith("/"):
+        raise PathRefused(f"absolute path {path!r}")
+    if "\0" in path:
+        raise PathRefused(f"NUL byte in path {path!r}")
+    parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise PathRefused(f"'..' in path {path!r}")
+    return parts
+
+
+class Applier:
+    """Applies records into ``roots`` (one per mirror tree)."""
+
+    def __init__(self, roots: Sequence[Path], checkpoint: Callable[[int], None] | None = None,
+                 label: str = "apply", *, read_only: bool = False,
+                 sync_dirs: Sequence[Path] = ()) -> None:
+        self.roots = list(roots)
+        self.checkpoint = checkpoint
+        self.label = label
+        self.read_only = read_only
+        self.refused = 0
+        self.skipped = 0
+        self._root_fds: list[int] = []
+        for root in self.roots:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fds.append(fd)
+            if read_only:
+                self._lock_down(fd, os.fstat(fd).st_mode)
+                os.fsync(fd)
+        self._dirs: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._dirty_dirs: set[int] = set()
+        self._files: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._pending: list[int] = []  # metadata-only fds to fsync and close
+        # st_dev -> a descriptor open since now, to syncfs that file system with
+        # (the roots', and ``sync_dirs``': the receiver's state directory).
+        self._sync_fds: dict[int, int] = {}
+        self._own_sync_fds: list[int] = []
+        if syncfs_supported():
+            for fd in self._root_fds:
+                self._sync_fds.setdefault(os.fstat(fd).st_dev, fd)
+            for path in sync_dirs:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                dev = os.fstat(fd).st_dev
+                if dev in self._sync_fds:
+                    os.close(fd)
+                else:
+                    self._sync_fds[dev] = fd
+                    self._own_sync_fds.append(fd)
+
+    def close(self) -> None:
+        self.flush()
+        for fd in [*self._root_fds, *self._own_sync_fds]:
+            os.close(fd)
+        self._root_fds, self._own_sync_fds = [], []
+        self._sync_fds.clear()
+
+    # -- batch --------------------------------------------------------------
+
+    def apply_batch(self, records: Sequence[Record],
+                    stage: Callable[[], int] | None = None) -> None:
+        """Apply in order; durable on return. Raises :class:`ApplyError`.
+
+        ``stage``, called after the last record, returns an open descriptor
+        of a file written but not yet synced; it is made durable at the same
+        durability point as the batch, then closed."""
+        try:
+            for record in records:
+                self._apply_one(record)
+            if stage is not None:
+                self._pending.append(stage())
+        finally:
+            self.flush()
+
+    def _apply_one(self, record: Record) -> None:
+        op = record.op
+        try:
+            self._dispatch(op)
+        except PathRefused as exc:
+            self.refused += 1
+            log.error("%s: REFUSED record LSN %d (%s %r): %s", self.label, record.lsn,
+                      op.kind.name, op.path, exc)
+            return
+        except OSError as exc:
+            if exc.errno in _FATAL:
+                raise ApplyError(f"LSN {record.lsn} {op.kind.name} {op.path!r}: {exc}") from exc
+            self.skipped += 1
+            log.error("%s: skipped record LSN %d (%s %r): %s", self.label, record.lsn,
+                      op.kind.name, op.path, exc)
+            return
+        if op.kind is OpKind.RENAME and self.checkpoint is not None:
+            # RENAME is the one op that is not idempotent: never replay it.
+            self.flush()
+            self.checkpoint(record.lsn)
+
+    def flush(self) -> None:
+        """Make everything touched so far durable, then drop the descriptor caches."""
+        opened = [*self._files.values(), *self._pending]
+        try:
+            self._sync([*opened, *self._dirty_dirs])
+        finally:
+            for fd in [*opened, *self._dirs.values()]:
+                os.close(fd)
+            self._files.clear()
+            self._pending.clear()
+            self._dirty_dirs.clear()
+            self._dirs.clear()
+
+    def _sync(self, fds: list[int]) -> None:
+        """One syncfs per file system we hold a sync descriptor for; fsync the rest."""
+        if not fds:
+            return
+        if self._sync_fds:
+            devs: set[int] = set()
+            rest: list[int] = []
+            for fd in fds:
+                dev = os.fstat(fd).st_dev
+                if dev in self._sync_fds:
+                    devs.add(dev)
+                else:
+                    rest.append(fd)
+            for dev in devs:
+                try:
+                    syncfs(self._sync_fds[dev])
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                        raise  # a writeback error: the batch is not durable
+                    log.warning("%s: syncfs failed (%s); fsyncing each entry from now on",
+                                self.label, exc)
+                    self._sync_fds.clear()
+                    rest = fds
+                    break
+            fds = rest
+        for fd in fds:
+            os.fsync(fd)
+
+    # -- resolution ---------------------------------------------------------
+
+    def _root(self, tree: int) -> int:
+        if not 0 <= tree < len(self._root_fds):
+            raise PathRefused(f"tree {tree} does not exist (mirror has {len(self.roots)})")
+        return self._root_fds[tree]
+
+    def _dir(self, tree: int, parts: tuple[str, ...], create: bool) -> int | None:
+        """Descriptor of directory ``parts`` under the root (cached; never a
+        symlink); ``None`` if absent and not ``create``."""
+        if not parts:
+            return self._root(tree)
+        key = (tree, parts)
+        if key in self._dirs:
+            return self._dirs[key]
+        parent = self._dir(tree, parts[:-1], create)
+        if parent is None:
+            return None
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(name, 0o755, dir_fd=parent)
+            self._dirty_dirs.add(parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise PathRefused(f"path passes through symlink {'/'.join(parts)!r}") from exc
+            if not create:
+                return None
+            # The primary has a directory where we have a file: follow it.
+            log.warning("%s: replacing non-directory %r by a directory", self.label,
+                        "/".join(parts))
+            self._forget(tree, parts)
+            os.unlink(name, dir_fd=parent)
+            os.mkdir(name, 0o755, dir_fd=parent)
+            self._dirty_dirs.add(parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
+            self._dirty_dirs.add(fd)
+        self._dirs[key] = fd
+        return fd
+
+    def _entry(self, tree: int, path: str, create: bool) -> tuple[int | None, str,
+                                                                  tuple[str, ...]]:
+        parts = split_relpath(path)
+        if not parts:
+            return self._root(tree), ".", parts
+        return self._dir(tree, parts[:-1], create), parts[-1], parts
+
+    @staticmethod
+    def _lstat(d: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, tree: int, parts: tuple[str, ...], d: int, name: str,
+                st: os.stat_result | None) -> None:
+        """Remove entry ``name`` (= ``parts``) of directory ``d``, any type."""
+        self._forget(tree, parts)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=d)  # fd-based: never follows symlinks
+        else:
+            os.unlink(name, dir_fd=d)
+        self._dirty_dirs.add(d)
+
+    def _forget(self, tree: int, parts: tuple[str, ...]) -> None:
+        """Close cached descriptors of ``parts`` and everything below it."""
+        n = len(parts)
+        for cache in (self._files, self._dirs):
+            for key in [k for k in cache if k[0] == tree and k[1][:n] == parts]:
+                fd = cache.pop(key)
+                self._dirty_dirs.discard(fd)
+                os.close(fd)
+
+    # -- ops ----------------------------------------------------------------
+
+    def _dispatch(self, op: Op) -> None:
+        kind = op.kind
+        if kind is OpKind.MARK:
+            return
+        if kind is OpKind.RENAME:
+            self._rename(op)
+            return
+        d, name, parts = self._entry(op.tree, op.path,
+                                     create=kind not in (OpKind.UNLINK, OpKind.RMDIR,
+                                                         OpKind.CHMOD, OpKind.UTIME))
+        if name == "." and kind not in (OpKind.MKDIR, OpKind.CHMOD, OpKind.UTIME):
+            raise PathRefused(f"{kind.name} on the replica root itself")
+        if d is None:
+            return  # parent absent: nothing to remove or change
+        if kind is OpKind.MKDIR:
+            self._mkdir(op.tree, parts, d, name, op.value)
+        elif kind is OpKind.CREATE:
+            fd = self._file(op.tree, parts, d, name)
+            os.ftruncate(fd, 0)
+            os.fchmod(fd, self._mode(fd, op.value))
+        elif kind is OpKind.WRITE:
+            fd = self._file(op.tree, parts, d, name)
+            view = memoryview(op.data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], op.value + done)
+        elif kind is OpKind.TRUNCATE:
+            os.ftruncate(self._file(op.tree, parts, d, name), op.value)
+        elif kind in (OpKind.UNLINK, OpKind.RMDIR):
+            self._remove(op.tree, parts, d, name, self._lstat(d, name))
+        elif kind is OpKind.SYMLINK:
+            self._remove(op.tree, parts, d, name, self._lstat(d, name))
+            os.symlink(op.target, name, dir_fd=d)
+            self._dirty_dirs.add(d)
+        elif kind in (OpKind.CHMOD, OpKind.UTIME):
+            self._metadata(d, name, op)
+
+    def _file(self, tree: int, parts: tuple[str, ...], d: int, name: str) -> int:
+        key = (tree, parts)
+        fd = self._files.get(key)
+        if fd is not None:
+            return fd
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=d)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            # A symlink or directory where the primary has a file: replace it.
+            self._remove(tree, parts, d, name, self._lstat(d, name))
+            fd = os.open(name, flags, 0o600, dir_fd=d)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
+        self._dirty_dirs.add(d)
+        self._files[key] = fd
+        return fd
+
+    def _mode(self, fd: int, mode: int) -> int:
+        """``mode`` as this replica stores it (reporting: never user-writable)."""
+        if not self.read_only:
+            return mode & 0o7777
+        st = os.fstat(fd)
+        return reporting_mode(mode, stat.S_ISDIR(st.st_mode))
+
+    def _lock_down(self, fd: int, current: int) -> None:
+        """Reporting: make an entry the agent's own and not writable by others."""
+        st = os.fstat(fd)
+        uid, gid = os.geteuid(), os.getegid()
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)  # clears setuid/setgid, so re-set the mode below
+        mode = self._mode(fd, current)
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+
+    def _mkdir(self, tree: int, parts: tuple[str, ...], d: int, name: str,
+               mode: int) -> None:
+        if name != ".":
+            st = self._lstat(d, name)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self._remove(tree, parts, d, name, st)
+                st = None
+            if st is None:
+                os.mkdir(name, 0o700, dir_fd=d)
+                self._dirty_dirs.add(d)
+        self._metadata(d, name, Op(OpKind.CHMOD, 0, name, value=mode))
+
+    def _metadata(self, d: int, name: str, op: Op) -> None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=d)
+        except FileNotFoundError:
+            return  # removed later on the primary; a later record says so
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            if op.kind is OpKind.UTIME:  # symlink: set its own time, never the target's
+                st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                os.utime(name, ns=(st.st_atime_ns, op.value), dir_fd=d, follow_symlinks=False)
+                self._dirty_dirs.add(d)
+            return
+        self._pending.append(fd)
+        if self.read_only:
+            self._lock_down(fd, os.fstat(fd).st_mode)
+        if op.kind is OpKind.CHMOD:
+            os.fchmod(fd, self._mode(fd, op.value))
+        else:
+            os.utime(fd, ns=(os.fstat(fd).st_atime_ns, op.value))
+
+    def _rename(self, op: Op) -> None:
+        self.flush()  # paths change: cached descriptors would point elsewhere
+        src_parts, dst_parts = split_relpath(op.path), split_relpath(op.target)
+        if not src_parts or not dst_parts:
+            raise PathRefused("RENAME of or onto the replica root")
+        sd = self._dir(op.tree, src_parts[:-1], create=False)
+        src_st = self._lstat(sd, src_parts[-1]) if sd is not None else None
+        if sd is None or src_st is None:
+            log.debug("%s: RENAME source %r absent; nothing to do", self.label, op.path)
+            return
+        dd = self._dir(op.tree, dst_parts[:-1], create=True)
+        assert dd is not None
+        dst_st = self._lstat(dd, dst_parts[-1])
+        if dst_st is not None and (stat.S_ISDIR(dst_st.st_mode) or
+                                   stat.S_ISDIR(src_st.st_mode)):
+            if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+                return
+            self._remove(op.tree, dst_parts, dd, dst_parts[-1], dst_st)
+            # The removal may have closed cached descriptors: resolve again.
+            sd = self._dir(op.tree, src_parts[:-1], create=False)
+            dd = self._dir(op.tree, dst_parts[:-1], create=True)
+            assert sd is not None and dd is not None
+        os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=sd, dst_dir_fd=dd)
+        self._dirty_dirs.update((sd, dd))

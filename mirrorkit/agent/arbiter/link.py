@@ -1,0 +1,84 @@
+"""The failover members' side of the arbiter: :class:`ArbiterLink`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from mirrorkit.agent.arbiter.witness import _heartbeats
+from mirrorkit.agent.config import MemberConfig
+from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.transport.conn import (
+    Connection,
+    client_context,
+    client_handshake,
+    connect,
+    run_guarded,
+)
+from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
+from mirrorkit.agent.util.aio import Backoff, race
+
+__all__ = ["ArbiterLink"]
+
+log = logging.getLogger(__name__)
+
+
+class ArbiterLink:
+    """A failover member's connection to the arbiter: heartbeat both ways."""
+
+    def __init__(self, worker: MirrorWorker, arbiter: MemberConfig) -> None:
+        self.worker = worker
+        self.arbiter = arbiter
+        self.connected = False
+        self.last_heartbeat = 0.0
+
+    def _lsn(self) -> int:
+        lsn = getattr(self.worker, "applied", None)
+        if lsn is None:
+            log_ = getattr(self.worker, "log", None)
+            lsn = log_.last_lsn if log_ is not None else 0
+        return int(lsn)
+
+    async def run(self) -> None:
+        w = self.worker
+        ctx = client_context(w.cfg.tls)
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                conn = await connect(self.arbiter.address, self.arbiter.port, ctx)
+            except (OSError, TimeoutError) as exc:
+                log.info("%s: cannot reach arbiter %s: %s", w.name, self.arbiter.name, exc)
+            else:
+                backoff.reset()
+                await run_guarded(conn, self._session, f"{w.name}:arbiter")
+                self.connected = False
+            await asyncio.sleep(backoff.next())
+
+    async def _session(self, conn: Connection) -> None:
+        w = self.worker
+        me = Hello(w.cfg.name, w.host, w.state.role, w.state.term, self._lsn())
+        await client_handshake(conn, w.cfg, me, ("arbiter",))
+        self.connected = True
+        self.last_heartbeat = time.time()
+        log.info("%s: connected to arbiter %s", w.name, self.arbiter.name)
+        await race(self._listen(conn),
+                   _heartbeats(conn, lambda: Heartbeat(w.state.term, self._lsn(), w.state.role),
+                               w.cfg.timeouts.heartbeat))
+
+    async def _listen(self, conn: Connection) -> None:
+        while True:
+            msg = await conn.recv(self.worker.cfg.timeouts.arbiter)
+            if isinstance(msg, Heartbeat):
+                self.last_heartbeat = time.time()
+            elif isinstance(msg, Error):
+                log.warning("%s: arbiter reports: %s", self.worker.name, msg.reason)
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} from the arbiter")
+
+    def status(self) -> dict[str, Any]:
+        age = round(time.time() - self.last_heartbeat, 3) if self.last_heartbeat else None
+        return {self.arbiter.name: {"role": "arbiter", "connected": self.connected,
+                                    "last_heartbeat_age": age}}

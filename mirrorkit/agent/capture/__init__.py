@@ -1,0 +1,1 @@
+"""Capture: changes under the mirrored paths become ordered ops (``watch`` now, ``mount`` next)."""

@@ -1,0 +1,1 @@
+"""The ``mount`` capture method (FUSE) comes with the mount-capture issue; nothing here yet."""

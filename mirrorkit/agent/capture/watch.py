@@ -1,0 +1,504 @@
+"""Capture: turn changes under a mirror's trees into ordered :class:`Op` lists.
+
+This module holds the capture interface (:class:`Capture`), the ``watch``
+method (:class:`WatchCapture`: inotify + block-hash index) and
+:func:`scan_full` (the ops that recreate the trees on an empty replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mirrorkit.agent.capture import inotify as ino
+from mirrorkit.agent.capture.filespec import is_excluded
+from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry, NullIndex
+from mirrorkit.agent.capture.reconcile import CaptureError, How, Reconciler, removal_op
+from mirrorkit.agent.log.records import Op, OpKind
+
+__all__ = ["Capture", "CaptureError", "CaptureStats", "WatchCapture", "scan_full"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[list[Op]], Awaitable[None]]
+
+
+class Capture(Protocol):
+    """A capture method for one mirror (``watch`` today, ``mount`` later).
+
+    Contract:
+
+    * ``run(emit)`` runs until :meth:`stop` or an error. It calls ``emit``
+      with non-empty lists of ops, one call at a time, in the order the
+      replicas must apply them. ``emit`` is **the timing-critical call and
+      the back-pressure point**: capture awaits it and produces nothing more
+      meanwhile; the caller returns only once the ops are durable in its
+      mirror log. Capture's own state (the block-hash index) is persisted
+      only after ``emit`` returns, so after a crash it re-sends, never skips.
+    * Ordering: a directory's creation precedes anything inside it; the ops
+      of one path keep the order of its changes; a RENAME comes after every
+      op of its source that preceded it. ``watch`` gives no write-order
+      fidelity *across* files (a replica converges to the primary once the
+      lag drains; it is not crash-consistent in between): that is what
+      ``mount`` is for.
+    * A full pass over the trees (at start and after an overflow) ends with
+      ``Op(MARK, 0, "", target="scan-complete")``: from that point the
+      replica that applied everything before it equals the primary as of the
+      pass.
+    * Overflow (the kernel's inotify queue or capture's in-process queue):
+      a full rescan against the index; no change is lost, the cost is time.
+    * ``run`` raises :class:`CaptureError` when it can no longer guarantee a
+      complete capture (a tree root deleted or unmounted, the inotify watch
+      limit reached): the caller must stop shipping and report, never
+      interpret it as "the tree is empty".
+    * ``stop()`` asks ``run`` to finish its current step and waits until
+      ``run`` has returned; changes not yet emitted are found again by the
+      next start's scan. Never await ``stop()`` from inside ``emit``.
+    """
+
+    async def run(self, emit: Emit) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _no_watch(tree: int, rel: str, fd: int) -> None:
+    pass
+
+
+def scan_full(
+    trees: list[Path], exclude: list[str], block_size: int = 64 * 1024
+) -> Iterator[Op]:
+    """The ops that recreate every tree on an empty replica: per directory,
+    MKDIR before its contents; per file CREATE, WRITE blocks, UTIME; SYMLINK."""
+    roots = [os.path.realpath(t) for t in trees]
+    rec = Reconciler(roots, exclude, NullIndex(block_size), _no_watch)
+    for tree in range(len(roots)):
+        for op in rec.reconcile(tree, "", How.SCAN):
+            if op is not None:
+                yield op
+
+
+_MASK = (
+    ino.IN_MODIFY | ino.IN_ATTRIB | ino.IN_CLOSE_WRITE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO
+    | ino.IN_CREATE | ino.IN_DELETE | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
+    | ino.IN_ONLYDIR | ino.IN_EXCL_UNLINK
+)
+
+
+class _Stopping(Exception):
+    """stop() was called in the middle of a scan."""
+
+
+@dataclass
+class CaptureStats:
+    events: int = 0
+    overflows: int = 0
+    scans: int = 0
+    ops: int = 0
+    batches: int = 0
+    watches: int = 0
+
+
+@dataclass
+class _Dirty:
+    due: float
+    how: How
+
+
+_Key = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class _Move:
+    """An IN_MOVED_FROM waiting for its IN_MOVED_TO."""
+
+    tree: int
+    rel: str
+    wds: frozenset[int]  # watches under the moved directory at IN_MOVED_FROM time
+    deadline: float
+    seq: int  # _watch_seq then: a watch (re)added later was re-verified since
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _under(path: str, top: str) -> bool:
+    return not top or path == top or path.startswith(top + "/")
+
+
+class WatchCapture:
+    """The ``watch`` capture method: inotify + block-hash index (see
+    :class:`Capture` for the contract).
+
+    Coalescing: IN_CLOSE_WRITE, deletes, attribute changes and renames are
+    processed at the end of the batch of events they arrived in; IN_MODIFY /
+    IN_CREATE of a file wait ``debounce`` seconds from the *first* event (not
+    reset by later ones, so a file that is always being written still ships
+    every ``debounce``). Each path is diffed against the index, so several
+    events on one path cost one diff, in order.
+
+    "Watch before scan" holds per directory: each directory is opened, its
+    watch added through that fd, and only then listed, so whatever appears
+    after the listing is an event. Below the (resolved) roots no symlink is
+    ever followed. Not seen by inotify, hence only by the next full scan:
+    writes through a hard link living outside the watched directory, and
+    writes through a shared ``mmap`` before the file is closed.
+    """
+
+    def __init__(
+        self,
+        trees: list[Path],
+        exclude: list[str],
+        index_path: Path,
+        block_size: int = 64 * 1024,
+        *,
+        debounce: float = 0.25,
+        move_grace: float = 0.05,
+        batch_ops: int = 256,
+        batch_bytes: int = 4 * 1024 * 1024,
+        max_pending_events: int = 100_000,
+    ) -> None:
+        if block_size <= 0 or not trees:
+            raise ValueError("WatchCapture needs at least one tree and a positive block size")
+        # Resolved once: below the roots, capture never follows a symlink.
+        self.roots = [os.path.realpath(t) for t in trees]
+        self.exclude = list(exclude)
+        self.index_path = index_path
+        self.block_size = block_size
+        self.debounce = debounce
+        self.move_grace = move_grace
+        self.batch_ops = batch_ops
+        self.batch_bytes = batch_bytes
+        self.max_pending_events = max_pending_events
+        self.stats = CaptureStats()
+        self._stopping = False
+        self._running = False
+        self._done = asyncio.Event()
+        self._ino: ino.Inotify | None = None
+        self._wds: dict[int, _Key] = {}
+        self._wd_seq: dict[int, int] = {}  # when each watch was last (re)added
+        self._watch_seq = 0
+        self._paths: dict[_Key, int] = {}
+        self._seen_wds: set[int] | None = None
+        self._dirty: dict[_Key, _Dirty] = {}
+        self._moves: dict[int, _Move] = {}
+        self._batch: list[Op] = []
+        self._batch_size = 0
+
+    # -- lifecycle -----------------------------------------------------------
+    async def run(self, emit: Emit) -> None:
+        if self._running:
+            raise RuntimeError("WatchCapture.run() is already running")
+        self._running, self._stopping = True, False
+        self._done.clear()
+        self._emit = emit
+        self._loop = asyncio.get_running_loop()
+        index = BlockIndex(self.index_path, self.block_size)
+        self._index = index
+        try:
+            for tree in index.bind_roots(self.roots):
+                log.warning("capture: tree %d is now %s; index reset", tree, self.roots[tree])
+            self._rec = Reconciler(self.roots, self.exclude, index, self._watch)
+            self._ino = ino.Inotify(self.max_pending_events)
+            self._ino.attach(self._loop)
+            await self._full_scan()
+            while not self._stopping:
+                await self._ino.wait(self._timeout())
+                for event in self._ino.take():
+                    await self._handle(event)
+                await self._expire_moves()
+                await self._process_due()
+                await self._flush()
+        except _Stopping:
+            pass  # stop() during a long scan: the next start's scan resumes the work
+        finally:
+            if self._ino is not None:
+                self._ino.close()
+                self._ino = None
+            index.close()  # uncommitted = not emitted: discarded
+            self._wds.clear()
+            self._paths.clear()
+            self._dirty.clear()
+            self._moves.clear()
+            self._batch, self._batch_size = [], 0
+            self._running = False
+            self._done.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ino is not None:
+            self._ino.wakeup()
+        if self._running:
+            await self._done.wait()
+
+    # -- emitting ------------------------------------------------------------
+    def _append(self, op: Op) -> None:
+        self._batch.append(op)
+        self._batch_size += len(op.data) + len(op.path) + len(op.target) + 32
+
+    async def _flush(self) -> None:
+        if not self._batch:
+            return
+        ops, self._batch, self._batch_size = self._batch, [], 0
+        await self._emit(ops)
+        # Only now is the index allowed to say the replicas have these changes.
+        self._index.commit()
+        self.stats.ops += len(ops)
+        self.stats.batches += 1
+
+    async def _drive(self, ops: Iterator[Op | None]) -> None:
+        """Feed a reconciler's ops into batches; yield to the loop regularly so
+        the API and transport stay responsive during a long scan."""
+        last = self._loop.time()
+        for op in ops:
+            if self._stopping:
+                raise _Stopping
+            if op is not None:
+                self._append(op)
+                if len(self._batch) >= self.batch_ops or self._batch_size >= self.batch_bytes:
+                    await self._flush()
+            now = self._loop.time()
+            if now - last > 0.02:
+                await asyncio.sleep(0)
+                last = self._loop.time()
+
+    # -- watches -------------------------------------------------------------
+    def _watch(self, tree: int, rel: str, fd: int) -> None:
+        assert self._ino is not None
+        try:
+            # Through the open fd: the watch lands on exactly the directory
+            # about to be listed, even if its path changes meanwhile.
+            wd = self._ino.add_watch(f"/proc/self/fd/{fd}", _MASK)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return  # gone (or replaced by a file) meanwhile: an event says so
+            if exc.errno == errno.ENOSPC:
+                raise CaptureError(
+                    "inotify watch limit reached (sysctl fs.inotify.max_user_watches); "
+                    "raise it so every directory of the mirror can be watched"
+                ) from exc
+            where = self._rec.abspath(tree, rel)
+            raise CaptureError(f"cannot watch {where}: {exc.strerror}") from exc
+        old = self._wds.get(wd)
+        if old is not None and old != (tree, rel) and self._paths.get(old) == wd:
+            del self._paths[old]  # the same inode, known under a stale path
+        self._wds[wd] = (tree, rel)
+        self._paths[(tree, rel)] = wd
+        self._watch_seq += 1
+        self._wd_seq[wd] = self._watch_seq
+        if self._seen_wds is not None:
+            self._seen_wds.add(wd)
+        self.stats.watches = len(self._wds)
+
+    def _forget_wd(self, wd: int) -> None:
+        key = self._wds.pop(wd, None)
+        self._wd_seq.pop(wd, None)
+        if key is not None and self._paths.get(key) == wd:
+            del self._paths[key]
+        self.stats.watches = len(self._wds)
+
+    def _wds_under(self, tree: int, rel: str) -> frozenset[int]:
+        return frozenset(wd for (t, p), wd in self._paths.items() if t == tree and _under(p, rel))
+
+    def _moved_wds(self, move: _Move) -> list[int]:
+        """The watches that still belong to the moved directory's old place:
+        not re-added (and so re-located) by a scan since IN_MOVED_FROM."""
+        out = []
+        for wd in move.wds:
+            where = self._wds.get(wd)
+            if (
+                where is not None and where[0] == move.tree and _under(where[1], move.rel)
+                and self._wd_seq.get(wd, 0) <= move.seq
+            ):
+                out.append(wd)
+        return out
+
+    def _unwatch(self, move: _Move) -> None:
+        """Drop the watches of a directory moved out of the trees. By watch
+        descriptor, not by path: a new directory may already have the old
+        name, and a scan may already have re-mapped a watch to the place the
+        directory went (then it is still ours)."""
+        assert self._ino is not None
+        for wd in self._moved_wds(move):
+            where = self._wds.get(wd)
+            if where is not None:
+                self._ino.rm_watch(wd)
+                self._forget_wd(wd)
+
+    def _remap(self, move: _Move, dst: str) -> None:
+        """After a rename, watches and pending work under the source are ``dst``'s."""
+        tree, src = move.tree, move.rel
+        for wd in self._moved_wds(move):
+            where = self._wds[wd]
+            if self._paths.get(where) == wd:
+                del self._paths[where]
+            new = (tree, dst + where[1][len(src) :])
+            self._wds[wd] = new
+            self._paths[new] = wd
+        for key in [k for k in self._dirty if k[0] == tree and _under(k[1], src)]:
+            self._mark((tree, dst + key[1][len(src) :]), self._dirty.pop(key).how, 0.0)
+
+    # -- events --------------------------------------------------------------
+    def _mark(self, key: _Key, how: How, delay: float) -> None:
+        due = self._loop.time() + delay
+        cur = self._dirty.get(key)
+        if cur is None:
+            self._dirty[key] = _Dirty(due, how)
+        else:
+            cur.due, cur.how = min(cur.due, due), max(cur.how, how)
+
+    def _timeout(self) -> float | None:
+        dues = [d.due for d in self._dirty.values()] + [m.deadline for m in self._moves.values()]
+        return max(0.0, min(dues) - self._loop.time()) if dues else None
+
+    async def _handle(self, event: ino.InotifyEvent) -> None:
+        self.stats.events += 1
+        mask = event.mask
+        if mask & ino.IN_Q_OVERFLOW:
+            self.stats.overflows += 1
+            log.warning("capture: inotify queue overflow; rescanning %s", self.roots)
+            await self._full_scan()
+            return
+        where = self._wds.get(event.wd)
+        if where is None:
+            return  # a watch we already dropped
+        tree, base = where
+        if mask & ino.IN_IGNORED:
+            self._forget_wd(event.wd)
+            return
+        if mask & ino.IN_UNMOUNT:
+            raise CaptureError(f"the file system under {self.roots[tree]} was unmounted")
+        if not event.name:
+            if mask & (ino.IN_DELETE_SELF | ino.IN_MOVE_SELF) and not base:
+                raise CaptureError(f"mirror tree {self.roots[tree]} was deleted or moved")
+            if mask & ino.IN_ATTRIB and base:
+                self._mark(where, How.ATTR, 0.0)
+            return  # other self-events are reported by the parent directory
+        rel = f"{base}/{event.name}" if base else event.name
+        isdir = bool(mask & ino.IN_ISDIR)
+        if mask & ino.IN_MOVED_FROM:
+            wds = self._wds_under(tree, rel) if isdir else frozenset()
+            deadline = self._loop.time() + self.move_grace
+            self._moves[event.cookie] = _Move(tree, rel, wds, deadline, self._watch_seq)
+        elif mask & ino.IN_MOVED_TO:
+            await self._moved(self._moves.pop(event.cookie, None), tree, rel)
+        elif is_excluded(rel, self.exclude):
+            return
+        elif mask & ino.IN_CREATE and isdir:
+            # At once: the sooner its watch lands, the fewer of its files are
+            # found by listing instead of by events.
+            await self._reconcile((tree, rel), How.SCAN)
+        elif mask & (ino.IN_CLOSE_WRITE | ino.IN_DELETE):
+            self._mark((tree, rel), How.CONTENT, 0.0)
+        elif mask & (ino.IN_MODIFY | ino.IN_CREATE):
+            self._mark((tree, rel), How.CONTENT, self.debounce)
+        elif mask & ino.IN_ATTRIB:
+            self._mark((tree, rel), How.ATTR, 0.0)
+
+    async def _moved(self, src: _Move | None, tree: int, rel: str) -> None:
+        dst_ok = not is_excluded(rel, self.exclude)
+        if src is None:  # moved in from outside the trees (or from an excluded name)
+            if dst_ok:
+                await self._reconcile((tree, rel), How.SCAN)
+            return
+        stree, srel = src.tree, src.rel
+        old = self._index.get(stree, srel)
+        parent = _parent(rel)
+        parent_entry = self._index.get(tree, parent) if parent else Entry(DIR)
+        if not (
+            dst_ok and stree == tree and old is not None
+            and parent_entry is not None and parent_entry.kind == DIR
+            and not _under(rel, srel) and not _under(srel, rel)
+        ):
+            # Not a rename the replicas can replay: a removal plus a new path.
+            await self._moved_out(src)
+            if dst_ok:
+                await self._reconcile((tree, rel), How.SCAN)
+            return
+        replaced = self._index.get(tree, rel)
+        if replaced is not None and (
+            (replaced.kind == DIR) != (old.kind == DIR)
+            or (replaced.kind == DIR and self._index.children(tree, rel))
+        ):
+            # What the replica holds at the target is not what rename(2) could
+            # have replaced on the primary (its removal is still pending here):
+            # remove it first so the RENAME replays cleanly.
+            self._append(removal_op(tree, rel, replaced))
+            self._index.delete_subtree(tree, rel)
+        self._append(Op(OpKind.RENAME, tree, srel, target=rel))
+        self._index.rename(tree, srel, rel)
+        self._remap(src, rel)
+        # Re-examine both ends: events queued before this one were stamped with
+        # paths that may since have changed; a stat-level check converges.
+        self._mark((tree, srel), How.CONTENT, 0.0)
+        self._mark((tree, rel), How.SCAN, 0.0)
+
+    async def _moved_out(self, move: _Move) -> None:
+        self._unwatch(move)
+        await self._reconcile((move.tree, move.rel), How.CONTENT)
+
+    async def _expire_moves(self) -> None:
+        """An IN_MOVED_FROM whose IN_MOVED_TO never came: moved out of the trees."""
+        if not self._moves or self._ino is None:
+            return
+        self._ino.inject(self._ino.read_now())  # its pair may sit unread in the kernel
+        if self._ino.pending:
+            return
+        now = self._loop.time()
+        for cookie, move in list(self._moves.items()):
+            if move.deadline <= now:
+                del self._moves[cookie]
+                await self._moved_out(move)
+
+    async def _process_due(self) -> None:
+        now = self._loop.time()
+        ready = sorted(
+            (d.due, k[1].count("/"), k) for k, d in self._dirty.items() if d.due <= now
+        )
+        for _, _, key in ready:
+            item = self._dirty.pop(key, None)
+            if item is not None:
+                await self._reconcile(key, item.how)
+
+    async def _reconcile(self, key: _Key, how: How) -> None:
+        """Reconcile one path; if its parent directory is not known yet (its
+        creation is still pending), reconcile the top-most unknown ancestor
+        instead, which includes this path."""
+        tree, rel = key
+        top = rel
+        parent = _parent(rel)
+        while parent:
+            entry = self._index.get(tree, parent)
+            if entry is not None and entry.kind == DIR:
+                break
+            top, parent = parent, _parent(parent)
+        if top != rel:
+            how = How.SCAN
+        await self._drive(self._rec.reconcile(tree, top, how))
+
+    async def _full_scan(self) -> None:
+        """Diff every tree against the index; re-watch every directory and drop
+        watches that no longer belong to a directory of the trees."""
+        self.stats.scans += 1
+        self._dirty.clear()  # the scan covers them
+        self._moves.clear()
+        self._seen_wds = set()
+        try:
+            for tree in range(len(self.roots)):
+                await self._drive(self._rec.reconcile(tree, "", How.SCAN))
+            stale = set(self._wds) - self._seen_wds
+        finally:
+            self._seen_wds = None
+        assert self._ino is not None
+        for wd in stale:
+            self._ino.rm_watch(wd)
+            self._forget_wd(wd)
+        self._append(Op(OpKind.MARK, 0, "", target="scan-complete"))
+        await self._flush()

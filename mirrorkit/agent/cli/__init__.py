@@ -1,0 +1,3 @@
+"""The agent's own command line (``mirrorkit-agent``): daemon, status, probe, manifest,
+repair, resync.
+"""

@@ -1,0 +1,165 @@
+"""``mirrorkit-agent``: the replication agent and its local commands.
+
+* ``mirrorkit-agent [--config /etc/mirrorkit/agent.yml]``: run every mirror
+  of this host in one asyncio process; SIGTERM/SIGINT stop it cleanly.
+* ``mirrorkit-agent --check-config FILE``: validate FILE (any path; used as
+  the Ansible template's ``validate:``); print every error; exit 0 or 1.
+* ``mirrorkit-agent status [--json] [--api-port N]``: this host's ``/status``.
+* ``mirrorkit-agent probe primary --mirror M``: exit 0 if this host is the
+  writable primary of M (keepalived's ``vrrp_script``), else 1.
+* ``mirrorkit-agent manifest --mirror M [--at-lsn N]`` and
+  ``mirrorkit-agent repair --mirror M PATH...``: online verification's
+  agent side (``agent/verifycli.py``).
+
+Exit status: 0 success, 1 failure, 2 usage error. Logs go to stderr (journald
+under systemd), one line per decision or event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from mirrorkit import __version__
+from mirrorkit.agent.cli import probe
+from mirrorkit.agent.cli import resync as resynccli
+from mirrorkit.agent.cli import verify as verifycli
+from mirrorkit.agent.config import ConfigError, load_config
+from mirrorkit.agent.daemon import Agent
+
+__all__ = ["Agent", "main"]
+
+log = logging.getLogger("mirrorkit.agent")
+
+DEFAULT_CONFIG = Path("/etc/mirrorkit/agent.yml")
+
+
+
+
+def _setup_logging(verbose: bool) -> None:
+    # journald stamps time and unit itself; elsewhere (tests, a terminal) we do.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
+                        stream=sys.stderr)
+
+
+def check_config(path: Path) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(cfg.mirrors)} mirror(s) for host {cfg.host})")
+    return 0
+
+
+def _api_port(args: argparse.Namespace) -> int:
+    if args.api_port:
+        port: int = args.api_port
+        return port
+    try:
+        return load_config(Path(args.config)).api_port
+    except ConfigError:
+        return 7480
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        code, body = _get(_api_port(args), "/status")
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"mirrorkit-agent: cannot reach the local agent API: {exc}", file=sys.stderr)
+        return 1
+    if code != 200:
+        print(f"mirrorkit-agent: /status answered {code}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
+        return 0
+    data = json.loads(body)
+    print(f"host {data.get('host')}  version {data.get('version')}")
+    for name, m in sorted(data.get("mirrors", {}).items()):
+        print(f"{name:16} {m.get('role', '?'):8} term {m.get('term', '?')}  "
+              f"lsn {m.get('lsn', '?')}  applied {m.get('applied_lsn', '?')}  "
+              f"lag {m.get('lag_records', '?')} rec / {m.get('lag_seconds', '?')} s  "
+              f"connected {m.get('connected', '?')}")
+        for peer, p in sorted(m.get("peers", {}).items()):
+            print(f"    {peer:14} {p.get('role', '?'):8} connected {p.get('connected')}  "
+                  f"acked {p.get('acked_lsn', '-')}  lag {p.get('lag_seconds', '-')} s")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    # `mirrorkit-agent probe …` normally takes entry.py's fast path; this is
+    # the same check when --config comes first or via `python -m …main`.
+    return 0 if probe.is_primary(args.mirror, _api_port(args)) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mirrorkit-agent",
+                                description="mirrorkit replication agent")
+    p.add_argument("--version", action="version", version=f"mirrorkit-agent {__version__}")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="agent config file")
+    p.add_argument("--check-config", metavar="FILE", help="validate FILE and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command")
+    st = sub.add_parser("status", help="print this host's agent status")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--api-port", type=int, default=0)
+    pr = sub.add_parser("probe", help="exit 0 if this host has the asked role")
+    pr.add_argument("what", choices=["primary"])
+    pr.add_argument("--mirror", required=True)
+    pr.add_argument("--api-port", type=int, default=0)
+    verifycli.add_parsers(sub)
+    resynccli.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check_config:
+        return check_config(Path(args.check_config))
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "probe":
+        return cmd_probe(args)
+    if args.command == "manifest":
+        return verifycli.cmd_manifest(args)
+    if args.command == "repair":
+        return verifycli.cmd_repair(args, lambda: _api_port(args))
+    if args.command == "resync":
+        return resynccli.cmd_resync(args, lambda: _api_port(args))
+    _setup_logging(args.verbose)
+    try:
+        cfg = load_config(Path(args.config))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        asyncio.run(Agent(cfg).run())
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``mirrorkit-agent manifest`` and ``mirrorkit-agent repair``, and the
+agent's ``POST /repair`` handler (the agent side of ``mirrorkit verify``).
+
+* ``manifest --mirror M [--at-lsn N] [--timeout S] [--paths-stdin]``: print
+  this host's manifest of M (JSON lines, see ``agent/verify.py``). With
+  ``--at-lsn`` it first waits (at most S seconds, default 60) until the local
+  agent's applied LSN of M is at least N, so the controller compares every
+  member at a point at or after the primary's LSN N. ``--paths-stdin``
+  restricts it to the ``[tree, path]`` pairs of a JSON list read on stdin
+  (the controller's re-check of differing paths).
+* ``repair --mirror M [PATH...]`` (paths on stdin, one per line, when none
+  are given): ask the local primary to re-send PATHs (absolute paths on the
+  primary) through its mirror log; prints the result as JSON; exit 0 when
+  every path was re-sent, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mirrorkit.agent.config import ConfigError, MirrorConfig, load_config
+from mirrorkit.agent.verify.manifest import ManifestError, build_manifest
+
+__all__ = ["add_parsers", "cmd_manifest", "cmd_repair"]
+
+POLL_SECONDS = 0.1
+Answer = tuple[int, dict[str, Any]]
+
+
+def add_parsers(sub: Any) -> None:
+    mf = sub.add_parser("manifest", help="print this host's manifest of a mirror (JSON lines)")
+    mf.add_argument("--mirror", required=True)
+    mf.add_argument("--at-lsn", type=int, default=None, metavar="N",
+                    help="first wait until the local applied LSN is at least N")
+    mf.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                    help="how long --at-lsn may wait (seconds, default 60)")
+    mf.add_argument("--paths-stdin", action="store_true",
+                    help="only the [tree, path] pairs of a JSON list on stdin")
+    mf.add_argument("--api-port", type=int, default=0)
+    rp = sub.add_parser("repair", help="ask the local primary to re-send paths to every member")
+    rp.add_argument("--mirror", required=True)
+    rp.add_argument("paths", nargs="*", metavar="PATH",
+                    help="absolute paths on the primary (default: one per line on stdin)")
+    rp.add_argument("--api-port", type=int, default=0)
+
+
+def _mirror(config: str, name: str) -> tuple[MirrorConfig, int] | str:
+    """(mirror config, API port), or what is wrong."""
+    try:
+        cfg = load_config(Path(config))
+    except ConfigError as exc:
+        return str(exc)
+    if name not in cfg.mirrors:
+        return (f"this host serves no mirror {name!r} (it serves: "
+                f"{', '.join(sorted(cfg.mirrors)) or 'none'})")
+    return cfg.mirrors[name], cfg.api_port
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+    return data
+
+
+def _wait_applied(port: int, mirror: str, lsn: int, timeout: float) -> int:
+    """The local applied LSN once it is >= ``lsn``; raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    applied = -1
+    while True:
+        try:
+            applied = int(_status(port)["mirrors"][mirror].get("applied_lsn") or 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            applied = -1
+        if applied >= lsn:
+            return applied
+        if time.monotonic() >= deadline:
+            seen = "no answer from the local agent" if applied < 0 else f"applied LSN {applied}"
+            raise TimeoutError(f"{seen}, still below {lsn} after {timeout:g}s "
+                               "(is this member connected to the primary?)")
+        time.sleep(POLL_SECONDS)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    found = _mirror(args.config, args.mirror)
+    if isinstance(found, str):
+        print(f"mirrorkit-agent: {found}", file=sys.stderr)
+        return 2
+    mirror, port = found
+    port = args.api_port or port
+    if mirror.role == "arbiter":
+        print(f"mirrorkit-agent: {args.mirror}: an arbiter holds no data", file=sys.stderr)
+        return 2
+    only = None
+    if args.paths_stdin:
+        try:
+            only = [(int(t), str(p)) for t, p in json.load(sys.stdin)]
+        except (ValueError, TypeError) as exc:
+            print(f"mirrorkit-agent: stdin is not a JSON list of [tree, path]: {exc}",
+                  file=sys.stderr)
+            return 2
+    applied = None
+    try:
+        if args.at_lsn is not None:
+            applied = _wait_applied(port, args.mirror, args.at_lsn, args.timeout)
+        roots = [os.path.realpath(t) for t in mirror.targets]
+        out = sys.stdout
+        out.write(json.dumps({"manifest": 1, "mirror": args.mirror, "role": mirror.role,
+                              "trees": roots, "applied_lsn": applied}) + "\n")
+        count = 0
+        read_only = mirror.kind == "reporting"  # its modes are locked down: see verify.differs
+        for entry in build_manifest(roots, mirror.exclude, only):
+            if read_only:
+                entry["ro"] = True
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
+            count += 1
+        out.write(json.dumps({"end": count}) + "\n")
+        out.flush()
+    except (TimeoutError, ManifestError, OSError) as exc:
+        print(f"mirrorkit-agent: manifest of {args.mirror}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace, api_port: Callable[[], int]) -> int:
+    paths = list(args.paths) or [line.strip() for line in sys.stdin if line.strip()]
+    if not paths:
+        print("mirrorkit-agent: repair: no paths given", file=sys.stderr)
+        return 2
+    query = urllib.parse.urlencode({"mirror": args.mirror})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{args.api_port or api_port()}/repair?{query}",
+        data=json.dumps({"paths": paths}).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            code, body = int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, exc.read()
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"mirrorkit-agent: cannot reach the local agent API: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(body.decode(errors="replace"))
+    if code != 200:
+        return 1
+    result = json.loads(body)
+    return 0 if not (result.get("not_on_primary") or result.get("refused")) else 1
+
+
+
+

@@ -1,0 +1,1 @@
+"""The mirror log: records (``records``) and segments (``segments``)."""

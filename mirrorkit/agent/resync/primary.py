@@ -1,0 +1,192 @@
+"""The primary's half of a difference resync (protocol and convergence
+argument: :mod:`mirrorkit.agent.resync.compare`).
+
+One resync runs inside the peer's send loop, so nothing else is sent to that
+peer meanwhile. The manifest store (sqlite) and the diff generator live on a
+single worker thread of their own (sqlite connections are bound to their
+thread); the event loop only moves frames, and sends a heartbeat whenever the
+receiver would otherwise hear nothing for a heartbeat interval (hashing a
+large tree takes longer than ``timeouts.qos``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from mirrorkit.agent.config import MirrorConfig
+from mirrorkit.agent.log.records import Op, Record
+from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.resync.compare import (
+    ManifestStore,
+    ResyncProgress,
+    ResyncReconciler,
+    count_tree,
+    diff_ops,
+)
+from mirrorkit.agent.transport.conn import Connection
+from mirrorkit.agent.transport.frames import (
+    Manifest,
+    ManifestEnd,
+    Message,
+    ProtocolError,
+    Records,
+    ResyncBegin,
+    ResyncEnd,
+)
+from mirrorkit.agent.transport.frames import ResyncProgress as ProgressMsg
+
+__all__ = ["BLOCK_SIZE", "send_resync"]
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 64 * 1024  # the capture's block size (WatchCapture default)
+BATCH_BYTES = 1 << 20
+PROGRESS_EVERY = 0.5  # seconds between RESYNC_PROGRESS frames
+T = TypeVar("T")
+
+
+class ResyncPeer(Protocol):
+    """What a resync needs of the primary's record of one receiver."""
+
+    acked_lsn: int
+    resyncing: bool
+    manifest: asyncio.Queue[Manifest | ManifestEnd] | None
+
+
+class ResyncSource(Protocol):
+    """What a resync needs of the primary (the stream's sender provides it)."""
+
+    name: str
+    cfg: MirrorConfig
+    log: MirrorLog
+
+    @property
+    def term(self) -> int: ...
+
+    def mirror_dir(self) -> Path: ...
+
+    def heartbeat_for(self, peer: Any) -> Message: ...
+
+
+class _Worker:
+    """One thread for everything that touches the manifest store."""
+
+    def __init__(self) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="resync")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float) -> tuple[list[Op], bool]:
+    """Up to ``max_bytes`` of ops or ``seconds`` of work; (batch, finished)."""
+    deadline = time.monotonic() + seconds
+    batch: list[Op] = []
+    size = 0
+    for op in ops:
+        if op is not None:
+            batch.append(op)
+            size += len(op.data) + len(op.path) + 64
+        if size >= max_bytes or time.monotonic() > deadline:
+            return batch, False
+    return batch, True
+
+
+def _progress_msg(p: ResyncProgress) -> ProgressMsg:
+    return ProgressMsg(p.files_total, p.files_done, p.bytes_total, p.bytes_done, p.bytes_sent,
+                       p.orphans)
+
+
+async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, member: str,
+                      progress: ResyncProgress) -> int:
+    """Run one resync of ``member``; return the next LSN to stream from."""
+    start = pm.log.last_lsn
+    hb = pm.cfg.timeouts.heartbeat
+    roots = [str(Path(t).resolve()) for t in pm.cfg.targets]
+    exclude = list(pm.cfg.exclude)
+    # Hold retention at S for this peer: the tail from S+1 must survive.
+    peer.acked_lsn = max(peer.acked_lsn, start)
+    peer.resyncing = True
+    peer.manifest = asyncio.Queue(maxsize=8)
+    progress.state, progress.started = "manifest", time.time()
+    log.warning("%s: resync of %s (%s, %s): snapshot after LSN %d, then the log from %d",
+                pm.name, member, progress.mode, progress.requested_by, start, start + 1)
+    worker = _Worker()
+    db = pm.mirror_dir() / f"resync-{member}.db"
+    store: ManifestStore | None = None
+    last_sent = time.monotonic()
+
+    async def send(msg: Message) -> None:
+        nonlocal last_sent
+        await conn.send(msg)
+        last_sent = time.monotonic()
+
+    try:
+        store = await worker.run(ManifestStore, db, BLOCK_SIZE)
+        await send(ResyncBegin(start, progress.mode, int(progress.keep_orphans), BLOCK_SIZE,
+                               progress.id))
+        while True:
+            try:
+                msg = await asyncio.wait_for(peer.manifest.get(), hb)
+            except TimeoutError:
+                await send(pm.heartbeat_for(peer))
+                continue
+            if isinstance(msg, ManifestEnd):
+                if msg.entries != store.count:
+                    raise ProtocolError(f"MANIFEST_END says {msg.entries} entries, got "
+                                        f"{store.count}")
+                break
+            if isinstance(msg, Manifest):
+                await worker.run(_add_items, store, msg)
+        await worker.run(store.commit)
+        progress.files_total, progress.bytes_total = await worker.run(count_tree, roots,
+                                                                      exclude)
+        progress.state = "copying"
+        log.info("%s: %s's manifest holds %d entries; comparing (%s)", pm.name, member,
+                 store.count, progress.mode)
+        ops = diff_ops(ResyncReconciler(roots, exclude, store, progress.mode, progress))
+        last_progress = 0.0
+        done = False
+        while not done:
+            batch, done = await worker.run(_take, ops, BATCH_BYTES, hb / 2)
+            if batch:
+                await send(Records(records=[Record(0, pm.term, op) for op in batch]))
+            if done or time.monotonic() - last_progress >= PROGRESS_EVERY:
+                await send(_progress_msg(progress))
+                last_progress = time.monotonic()
+            if time.monotonic() - last_sent >= hb:
+                await send(pm.heartbeat_for(peer))
+        await send(ResyncEnd(start))
+        progress.state, progress.finished = "done", time.time()
+        log.info("%s: resync of %s sent: %d files compared, %d bytes of %d sent, %d "
+                 "orphan(s); streaming from LSN %d", pm.name, member, progress.files_done,
+                 progress.bytes_sent, progress.bytes_done, progress.orphans, start + 1)
+        return start + 1
+    except BaseException as exc:
+        progress.state, progress.finished = "failed", time.time()
+        progress.error = repr(exc) if not isinstance(exc, asyncio.CancelledError) else \
+            "connection ended"
+        raise
+    finally:
+        peer.manifest = None
+        peer.resyncing = False
+        if store is not None:
+            await asyncio.shield(worker.run(store.discard))
+        await asyncio.to_thread(worker.close)
+
+
+def _add_items(store: ManifestStore, msg: Manifest) -> None:
+    for item in msg.items:
+        try:
+            store.add(item)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None

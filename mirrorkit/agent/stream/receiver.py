@@ -1,0 +1,346 @@
+"""A receiver (backup or async member): primary -> own log -> replica -> ACK.
+
+Order per received batch, so that an ACK always means "survives my crash":
+
+1. check the LSNs continue our log (a gap is a protocol error) and the term
+   is not older than the one we know (a stale primary is refused);
+2. append to our own mirror log (fsync);
+3. apply into the replica roots (``targets``) and write the new applied LSN
+   to ``applied.json``'s temp file;
+4. one durability point for both: ``syncfs`` of each file system touched
+   (replica and state directory), or an fsync per entry where syncfs is not
+   usable (:class:`~mirrorkit.agent.apply.applier.Applier`);
+5. rename the temp file over ``applied.json`` and fsync the state directory;
+6. ``ACK(applied, received)``.
+
+Batches that arrive while one is being applied wait in a bounded inbox and
+are then applied together (steps 2-6 once, one ACK for the highest LSN).
+
+On start the receiver first applies what its log holds beyond the applied LSN
+(received but not applied before a crash), then dials the primary and asks
+for everything after its last logged LSN. Reconnects use exponential backoff.
+The primary to dial is ``state.json``'s ``primary``, then the other failover
+members in config order (a member that is not primary refuses to serve us).
+
+Resync (:mod:`mirrorkit.agent.resync.compare`): at ``RESYNC_BEGIN`` the receiver
+streams the manifest of its replica (:mod:`mirrorkit.agent.resync.receiver`)
+while it keeps answering heartbeats, applies the LSN-0 records without
+logging them (orphans go to quarantine, never into the void), and at
+``RESYNC_END(S)`` persists ``S`` as applied and restarts its log at ``S+1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.log.records import Record
+from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.resync.receiver import ReceiverResync
+from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.transport.conn import (
+    Connection,
+    PeerRefused,
+    client_context,
+    client_handshake,
+    connect,
+    run_guarded,
+    serve,
+    server_context,
+    server_handshake,
+)
+from mirrorkit.agent.transport.frames import (
+    Ack,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    ProtocolError,
+    Records,
+    ResyncBegin,
+    ResyncEnd,
+    ResyncProgress,
+)
+from mirrorkit.agent.util.aio import Backoff, race
+
+__all__ = ["ReceiverMirror"]
+
+log = logging.getLogger(__name__)
+
+INBOX_MESSAGES = 16  # received, not yet handled (each at most ~1 MiB of records)
+MERGE_RECORDS = 50_000  # at most this many records in one coalesced apply
+
+
+class ReceiverMirror(MirrorWorker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mdir = self.agent.mirror_dir(self.cfg.name)
+        self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
+                             max_bytes=self.cfg.log_max_bytes)
+        self.applied = self.store.load_applied()
+        self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
+                               label=f"{self.cfg.name}:apply",
+                               # issue #3 (reporting copies): never user-writable
+                               read_only=self.cfg.kind == "reporting",
+                               sync_dirs=[self.store.directory])
+        self.connected = False
+        self.connected_to: str | None = None
+        self.primary_lsn = 0
+        self.lag_bytes = 0
+        self.lag_seconds = 0.0
+        self.received_records = 0  # since this process started
+        self.resyncing = False
+        self.resyncs = 0
+        self.resync: ReceiverResync | None = None  # the current or last resync
+        self._manifest_task: asyncio.Task[None] | None = None
+
+    def _checkpoint(self, lsn: int) -> None:
+        self.store.save_applied(lsn)
+
+    async def start(self) -> None:
+        log_first, log_last = self.log.first_lsn, self.log.last_lsn
+        if not log_first - 1 <= self.applied <= log_last:
+            # The log and applied.json disagree (crash between resync steps):
+            # applied.json is the truth about the replica; restart the log there.
+            log.warning("%s: applied LSN %d outside log %d..%d; restarting log at %d",
+                        self.name, self.applied, log_first, log_last, self.applied + 1)
+            self.log.reset(self.applied + 1)
+        await asyncio.to_thread(self._apply_backlog)
+        log.info("%s: %s of %s, term %d, log LSN %d, applied %d", self.name,
+                 self.state.role, self.cfg.name, self.state.term, self.log.last_lsn,
+                 self.applied)
+        # Listening too: a member that dials us while looking for the primary
+        # gets our HELLO (role backup/async) and moves on at once.
+        self.servers.append(await serve(self.listen_address, self.me.port,
+                                        server_context(self.cfg.tls), self._not_primary,
+                                        self.name, self.sessions))
+        self.spawn(self._connect_loop(), "receive")
+        self.start_companions()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.applier.close()
+        self.log.close()
+
+    async def _not_primary(self, conn: Connection) -> None:
+        me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
+                   self.log.last_lsn)
+        hello = await server_handshake(conn, self.cfg, me, ("primary", "backup", "async"))
+        log.info("%s: %s dialled us, but we are %s (primary: %s)", self.name, hello.member,
+                 self.state.role, self.state.primary)
+
+    def _apply_backlog(self) -> None:
+        while self.applied < self.log.last_lsn:
+            records = self.log.read(self.applied + 1)
+            self.applier.apply_batch(records)
+            self.applied = records[-1].lsn
+            self.store.save_applied(self.applied)
+            log.info("%s: applied logged backlog up to LSN %d", self.name, self.applied)
+
+    def _candidates(self) -> list[str]:
+        names = [self.state.primary] if self.state.primary else []
+        names += [n for n, m in self.cfg.members.items()
+                  if m.role in ("primary", "backup") and n != self.host and n not in names]
+        return [n for n in names if n in self.cfg.members and n != self.host]
+
+    async def _connect_loop(self) -> None:
+        ctx = client_context(self.cfg.tls)
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            for name in self._candidates():
+                member = self.cfg.members[name]
+                try:
+                    conn = await connect(member.address, member.port, ctx)
+                except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                    log.info("%s: cannot reach %s at %s:%d: %s", self.name, name,
+                             member.address, member.port, exc)
+                    continue
+                started = time.monotonic()
+                await run_guarded(conn, self._session, self.name)
+                self.connected = False
+                if time.monotonic() - started > 10.0:
+                    backoff.reset()
+            delay = backoff.next()
+            log.info("%s: reconnecting in %.1fs", self.name, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self, conn: Connection) -> None:
+        # Records logged but not applied (an apply error last time) go first.
+        await asyncio.to_thread(self._apply_backlog)
+        me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
+                   self.log.last_lsn)
+        hello = await client_handshake(conn, self.cfg, me, ("primary", "backup"))
+        if hello.role != "primary":
+            log.info("%s: %s is %s, not the primary; trying the next member", self.name,
+                     hello.member, hello.role)
+            return
+        if hello.term < self.state.term:
+            raise PeerRefused(f"{hello.member} is primary of term {hello.term}, older than "
+                              f"our term {self.state.term}")
+        self.set_term(hello.term, hello.member)
+        if self.state.primary != hello.member:
+            self.state = type(self.state)(self.state.term, self.state.role, hello.member)
+            self.store.save(self.state)
+        self.connected, self.connected_to = True, hello.member
+        self.primary_lsn = hello.last_lsn
+        log.info("%s: connected to primary %s (term %d, LSN %d); we are at LSN %d",
+                 self.name, hello.member, hello.term, hello.last_lsn, self.log.last_lsn)
+        await race(self._recv_loop(conn), self._heartbeat_loop(conn))
+
+    async def _heartbeat_loop(self, conn: Connection) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.timeouts.heartbeat)
+            await conn.send(Heartbeat(self.state.term, self.applied, self.state.role))
+
+    async def _recv_loop(self, conn: Connection) -> None:
+        try:
+            await self._recv(conn)
+        finally:
+            if self.resync is not None and self.resyncing:
+                self.resync.fail("connection ended during the resync")
+                self.resyncing = False
+            task, self._manifest_task = self._manifest_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _recv(self, conn: Connection) -> None:
+        # A reader task keeps reading while a batch is applied, so batches that
+        # arrive meanwhile are applied together: one durability point and one
+        # ACK (for the highest LSN) for all of them. The inbox is bounded, so a
+        # slow receiver still pushes back on the primary through TCP.
+        inbox: asyncio.Queue[Message] = asyncio.Queue(INBOX_MESSAGES)
+
+        async def read() -> None:
+            while True:
+                await inbox.put(await conn.recv(self.cfg.timeouts.qos))
+
+        await race(read(), self._handle(conn, inbox))
+
+    async def _handle(self, conn: Connection, inbox: asyncio.Queue[Message]) -> None:
+        resync_at: int | None = None
+        held: Message | None = None
+        while True:
+            if held is not None:
+                msg, held = held, None
+            else:
+                msg = await inbox.get()
+            if isinstance(msg, Records):
+                records = list(msg.records)
+                if resync_at is None:
+                    # Coalesce what is already waiting: consecutive, gapless batches.
+                    while not inbox.empty() and len(records) < MERGE_RECORDS:
+                        nxt = inbox.get_nowait()
+                        if (not isinstance(nxt, Records) or not nxt.records or not records
+                                or nxt.records[0].lsn != records[-1].lsn + 1):
+                            held = nxt
+                            break
+                        records.extend(nxt.records)
+                await self._records(conn, records, resync_at is not None)
+            elif isinstance(msg, Heartbeat):
+                if msg.term > self.state.term:
+                    raise PeerRefused(f"primary announces term {msg.term} without a new hello")
+                self.primary_lsn = msg.lsn
+                self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
+            elif isinstance(msg, ResyncBegin):
+                if resync_at is not None or msg.lsn < self.applied:
+                    raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
+                try:
+                    self.resync = ReceiverResync(
+                        msg, list(self.cfg.targets),
+                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
+                        exclude=list(self.cfg.exclude))
+                except ValueError as exc:
+                    raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
+                resync_at = msg.lsn
+                self.resyncing = True
+                log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
+                            self.name, msg.mode, msg.lsn, self.applied)
+                self._manifest_task = asyncio.create_task(self.resync.send_manifest(conn))
+            elif isinstance(msg, ResyncProgress):
+                if self.resync is None or resync_at is None:
+                    raise ProtocolError("RESYNC_PROGRESS outside a resync")
+                self.resync.on_progress(msg)
+            elif isinstance(msg, ResyncEnd):
+                if resync_at is None or msg.lsn != resync_at:
+                    raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
+                task = self._manifest_task
+                if task is None or not task.done() or task.exception() is not None:
+                    raise ProtocolError("RESYNC_END before our manifest was sent")
+                await asyncio.to_thread(self._finish_resync, msg.lsn)
+                resync_at = None
+                await conn.send(Ack(self.applied, self.log.last_lsn))
+            elif isinstance(msg, Error):
+                log.warning("%s: primary reports: %s", self.name, msg.reason)
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
+
+    def _finish_resync(self, lsn: int) -> None:
+        self.store.save_applied(lsn)
+        self.applied = lsn
+        self.log.reset(lsn + 1)
+        self.resyncing = False
+        self.resyncs += 1
+        if self.resync is not None:
+            self.resync.finish()
+        log.info("%s: resync complete at LSN %d", self.name, lsn)
+
+    async def _records(self, conn: Connection, records: list[Record], resync: bool) -> None:
+        if not records:
+            return
+        for r in records:
+            if r.term < self.state.term:
+                raise PeerRefused(f"record LSN {r.lsn} of term {r.term} is older than our "
+                                  f"term {self.state.term}: stale primary")
+            if (r.lsn == 0) != resync:
+                raise ProtocolError(f"record LSN {r.lsn} {'during' if resync else 'outside'} "
+                                    f"a resync")
+        if resync:
+            assert self.resync is not None
+            await asyncio.to_thread(self.resync.apply, self.applier, records)
+            self.received_records += len(records)
+            return
+        if records[0].lsn != self.log.last_lsn + 1:
+            raise ProtocolError(f"LSN gap: got {records[0].lsn}, expected "
+                                f"{self.log.last_lsn + 1}")
+        await asyncio.to_thread(self._log_and_apply, records)
+        self.received_records += len(records)
+        self.primary_lsn = max(self.primary_lsn, records[-1].lsn)
+        await conn.send(Ack(self.applied, self.log.last_lsn))
+
+    def _log_and_apply(self, records: list[Record]) -> None:
+        self.log.append(records)
+        lsn = records[-1].lsn
+        # applied.json's new contents become durable with the replica data,
+        # and only then replace the old file: never ahead of the replica.
+        self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
+        self.store.commit_applied()
+        self.applied = lsn
+        self.log.trim(self.applied, drop_unacked=False)
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        lag_records = max(0, self.primary_lsn - self.applied)
+        primary = self.connected_to or self.state.primary
+        peers: dict[str, Any] = {}
+        if primary:
+            peers[primary] = {"role": "primary", "connected": self.connected,
+                              "lsn": self.primary_lsn, "acked_lsn": self.applied}
+        peers.update(self.companion_status())
+        out.update({
+            "lsn": self.log.last_lsn, "applied_lsn": self.applied,
+            "lag_bytes": self.lag_bytes if lag_records else 0, "lag_records": lag_records,
+            "lag_seconds": self.lag_seconds if lag_records else 0.0,
+            "connected": self.connected, "peers": peers,
+            "received_records": self.received_records, "resyncing": self.resyncing,
+            "resyncs": self.resyncs, "refused": self.applier.refused,
+            "skipped": self.applier.skipped, "kind": self.cfg.kind,
+            "resync": None if self.resync is None else self.resync.status(),
+        })
+        return out

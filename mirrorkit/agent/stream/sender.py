@@ -1,0 +1,357 @@
+"""The primary: capture -> mirror log -> every connected receiver.
+
+Flow: capture emits op batches; each batch is stamped with the current term
+and the next LSNs and appended to the log with one fsync (group commit); only
+then are the records visible to the per-peer senders, so nothing that is not
+durable on the primary is ever shipped.
+
+Per receiver (one TLS connection, receiver dials us): after HELLO the sender
+streams from the receiver's last durable LSN + 1. Back-pressure: at most
+``WINDOW_BYTES`` may be unacknowledged; beyond that the sender waits for ACKs
+(and the socket's own ``drain``).
+
+Resync: when the receiver's next LSN is no longer in the log (it fell off
+the retained log, or is new and the log was trimmed), the sender runs a
+``checksum`` difference resync (:mod:`mirrorkit.agent.resync.compare`): after
+``RESYNC_BEGIN(S)`` the receiver sends its manifest, the primary sends only
+the ops that make the replica equal to its tree (records with LSN 0), then
+``RESYNC_END(S)`` and the log from ``S+1``. An operator can ask for one with
+any compare mode (:meth:`PrimaryMirror.request_resync`, ``POST /resync``);
+it runs at the top of that peer's send loop. A receiver that crashes during
+a resync asks again from its old LSN and gets a new resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirrorkit.agent.log.records import Op, Record
+from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.resync.compare import MODES, ResyncProgress
+from mirrorkit.agent.resync.primary import send_resync
+from mirrorkit.agent.state import MirrorState
+from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.transport.conn import (
+    Connection,
+    PeerRefused,
+    serve,
+    server_context,
+    server_handshake,
+)
+from mirrorkit.agent.transport.frames import (
+    Ack,
+    Error,
+    Heartbeat,
+    Hello,
+    Manifest,
+    ManifestEnd,
+    ProtocolError,
+    Records,
+)
+from mirrorkit.agent.util.aio import Backoff, race
+
+__all__ = ["PrimaryMirror"]
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 1 << 20
+WINDOW_BYTES = 8 << 20
+
+
+@dataclass
+class PeerState:
+    role: str
+    connected: bool = False
+    acked_lsn: int = 0
+    received_lsn: int = 0
+    last_seen: float = 0.0
+    resyncing: bool = False
+    # (last lsn, bytes) of each batch sent and not yet acknowledged; change it
+    # only through the methods below, which keep ``inflight_bytes`` in step.
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)
+    inflight_bytes: int = 0
+    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[Any] | None = None
+    manifest: asyncio.Queue[Manifest | ManifestEnd] | None = None  # during a resync
+    resync: ResyncProgress | None = None  # the last or current one
+    pending: ResyncProgress | None = None  # asked for, starts at the next send turn
+
+    def sent(self, last_lsn: int, nbytes: int) -> None:
+        self.inflight.append((last_lsn, nbytes))
+        self.inflight_bytes += nbytes
+
+    def acked_through(self, lsn: int) -> None:
+        while self.inflight and self.inflight[0][0] <= lsn:
+            self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def clear_inflight(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+
+class PrimaryMirror(MirrorWorker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mdir = self.agent.mirror_dir(self.cfg.name)
+        self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
+                             max_bytes=self.cfg.log_max_bytes)
+        self.index_path = mdir / "blockindex.db"
+        self.peers: dict[str, PeerState] = {
+            n: PeerState(m.role) for n, m in self.cfg.members.items()
+            if m.role in ("backup", "async") and n != self.host
+        }
+        # (first LSN of a batch, wall time appended): ages of unacked records.
+        self._times: deque[tuple[int, float]] = deque()
+        self._new_data = asyncio.Event()
+        self.emit_lock = asyncio.Lock()  # see emit()
+        self._started = time.time()  # age floor for records logged before a restart
+        self._capture: Any = None
+        self._resync_ids = 0
+
+    async def start(self) -> None:
+        if self.state.primary != self.host:
+            self.state = MirrorState(self.state.term, "primary", self.host)
+            self.store.save(self.state)
+        log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
+                 self.state.term, self.log.first_lsn, self.log.last_lsn)
+        self.servers.append(await serve(self.listen_address, self.me.port,
+                                        server_context(self.cfg.tls), self._session, self.name,
+                                        self.sessions))
+        log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
+        self.spawn(self._capture_loop(), "capture")
+        self.spawn(self._retention_loop(), "retention")
+        self.start_companions()
+
+    async def stop(self) -> None:
+        if self._capture is not None:
+            try:
+                await asyncio.wait_for(self._capture.stop(), 5.0)
+            except Exception as exc:
+                log.warning("%s: capture stop: %r", self.name, exc)
+        for peer in self.peers.values():
+            if peer.task is not None:
+                peer.task.cancel()
+        await super().stop()
+        self.log.close()
+
+    # -- capture -> log -----------------------------------------------------
+
+    async def _capture_loop(self) -> None:
+        from mirrorkit.agent.capture.watch import WatchCapture
+
+        backoff = Backoff(1.0, 30.0)
+        while True:
+            self._capture = WatchCapture(list(self.cfg.targets), list(self.cfg.exclude),
+                                         self.index_path)
+            try:
+                await self._capture.run(self.emit)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                log.error("%s: capture failed: %r; restarting in %.1fs", self.name, exc, delay,
+                          exc_info=exc)
+                await asyncio.sleep(delay)
+
+    async def emit(self, ops: list[Op]) -> None:
+        """Durably log ``ops`` (group commit), enforce retention, wake the senders.
+
+        Capture and repair both emit: ``emit_lock`` keeps appends one at a
+        time; a caller that must keep several batches together (a repair
+        re-sending a whole file) holds the lock and calls :meth:`emit_held`.
+        """
+        async with self.emit_lock:
+            await self.emit_held(ops)
+
+    async def emit_held(self, ops: list[Op]) -> None:
+        """:meth:`emit` for a caller that already holds ``emit_lock``."""
+        if not ops:
+            return
+        now = time.time()
+        floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
+        records = await asyncio.to_thread(self._append, ops, floor)
+        self._times.append((records[0].lsn, now))
+        self._new_data.set()
+        self._new_data = asyncio.Event()
+
+    def _append(self, ops: list[Op], floor: int) -> list[Record]:
+        # One worker thread at a time (capture awaits emit), so append and
+        # trim never race each other; readers in the loop are safe (see log).
+        records = self.log.append_ops(ops, self.state.term)
+        if self.log.size > self.log.max_bytes:
+            self.log.trim(floor)
+        return records
+
+    async def _retention_loop(self) -> None:
+        # Forget append times of records every peer has acknowledged.
+        while True:
+            await asyncio.sleep(10.0)
+            floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
+            while len(self._times) > 1 and self._times[1][0] <= floor + 1:
+                self._times.popleft()
+
+    # -- lag ----------------------------------------------------------------
+
+    def lag(self, acked: int) -> tuple[int, int, float]:
+        """(bytes, records, seconds) between ``acked`` and the log end."""
+        last = self.log.last_lsn
+        if acked >= last:
+            return 0, 0, 0.0
+        oldest = next((t for lsn, t in reversed(self._times) if lsn <= acked + 1), None)
+        if oldest is None:
+            oldest = self._times[0][1] if self._times else self._started
+        return (self.log.bytes_between(acked + 1, last), last - acked,
+                max(0.0, time.time() - oldest))
+
+    # -- per-peer session ---------------------------------------------------
+
+    async def _session(self, conn: Connection) -> None:
+        me = Hello(self.cfg.name, self.host, "primary", self.state.term, self.log.last_lsn)
+        hello = await server_handshake(conn, self.cfg, me, ("backup", "async"))
+        if hello.term > self.state.term:
+            raise PeerRefused(f"{hello.member} knows term {hello.term} > ours "
+                              f"({self.state.term}): not acting as its primary")
+        if hello.last_lsn > self.log.last_lsn:
+            raise PeerRefused(f"{hello.member} is ahead of the primary (LSN {hello.last_lsn}"
+                              f" > {self.log.last_lsn}): diverged history needs a rejoin")
+        peer = self.peers.setdefault(hello.member, PeerState(hello.role))
+        if peer.task is not None and not peer.task.done():
+            log.warning("%s: %s reconnected; dropping its previous connection", self.name,
+                        hello.member)
+            peer.task.cancel()
+        peer.task = asyncio.current_task()
+        peer.role, peer.connected = hello.role, True
+        peer.acked_lsn = peer.received_lsn = hello.last_lsn
+        peer.last_seen = time.monotonic()
+        peer.clear_inflight()
+        log.info("%s: %s (%s) connected at LSN %d; log holds %d..%d", self.name,
+                 hello.member, hello.role, hello.last_lsn, self.log.first_lsn,
+                 self.log.last_lsn)
+        try:
+            await race(self._send_loop(conn, peer, hello.member, hello.last_lsn + 1),
+                       self._recv_loop(conn, peer, hello.member))
+        finally:
+            if peer.task is asyncio.current_task():
+                peer.connected = False
+                peer.task = None
+
+    async def _recv_loop(self, conn: Connection, peer: PeerState, member: str) -> None:
+        while True:
+            msg = await conn.recv(self.cfg.timeouts.qos)
+            peer.last_seen = time.monotonic()
+            if isinstance(msg, Ack):
+                if msg.lsn > self.log.last_lsn or msg.received > self.log.last_lsn:
+                    raise ProtocolError(f"ACK of LSN {msg.lsn} beyond our log end")
+                peer.acked_lsn = max(peer.acked_lsn, msg.lsn)
+                peer.received_lsn = max(peer.received_lsn, msg.received)
+                peer.acked_through(peer.acked_lsn)
+                peer.acked_event.set()
+            elif isinstance(msg, Heartbeat):
+                if msg.term > self.state.term:
+                    raise PeerRefused(f"{member} reports term {msg.term} > ours")
+            elif isinstance(msg, Manifest | ManifestEnd):
+                if peer.manifest is None:
+                    raise ProtocolError(f"{type(msg).__name__} outside a resync")
+                await peer.manifest.put(msg)
+            elif isinstance(msg, Error):
+                log.warning("%s: %s reports error: %s", self.name, member, msg.reason)
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} from a receiver")
+
+    async def _send_loop(self, conn: Connection, peer: PeerState, member: str,
+                         next_lsn: int) -> None:
+        hb = self.cfg.timeouts.heartbeat
+        last_hb = 0.0
+        while True:
+            if next_lsn < self.log.first_lsn:
+                log.warning("%s: %s needs LSN %d but the log starts at %d", self.name, member,
+                            next_lsn, self.log.first_lsn)
+                next_lsn = await self._resync(conn, peer, member,
+                                              self._new_progress("checksum", "auto", False))
+            elif peer.pending is not None:
+                progress, peer.pending = peer.pending, None
+                next_lsn = await self._resync(conn, peer, member, progress)
+            if time.monotonic() - last_hb >= hb:
+                await conn.send(self.heartbeat_for(peer))
+                last_hb = time.monotonic()
+            if peer.inflight_bytes >= WINDOW_BYTES:
+                peer.acked_event.clear()
+                await _wait(peer.acked_event, hb)
+                continue
+            if next_lsn > self.log.last_lsn:
+                await _wait(self._new_data, hb)
+                continue
+            data, count = self.log.read_raw(next_lsn, BATCH_BYTES)
+            await conn.send(Records(raw=data))
+            next_lsn += count
+            peer.sent(next_lsn - 1, len(data))
+
+    def heartbeat_for(self, peer: PeerState) -> Heartbeat:
+        lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)
+        return Heartbeat(self.state.term, self.log.last_lsn, "primary", lag_bytes, lag_records,
+                         round(lag_seconds, 3))
+
+    # -- resync -------------------------------------------------------------
+
+    def _new_progress(self, mode: str, by: str, keep_orphans: bool) -> ResyncProgress:
+        self._resync_ids += 1
+        return ResyncProgress(mode, by, keep_orphans, self._resync_ids)
+
+    async def _resync(self, conn: Connection, peer: PeerState, member: str,
+                      progress: ResyncProgress) -> int:
+        peer.resync = progress
+        return await send_resync(self, conn, peer, member, progress)
+
+    def request_resync(self, member: str | None, mode: str,
+                       keep_orphans: bool) -> dict[str, int]:
+        """Ask for a resync of ``member`` (every receiver when ``None``) at
+        the next turn of its send loop; return ``{member: resync id}``.
+        Raises ValueError for an unknown mode or member."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+        if member is not None and member not in self.peers:
+            raise ValueError(f"{member!r} is not a receiver of {self.cfg.name} (receivers: "
+                             f"{', '.join(sorted(self.peers)) or 'none'})")
+        ids: dict[str, int] = {}
+        for name in [member] if member is not None else sorted(self.peers):
+            peer = self.peers[name]
+            progress = self._new_progress(mode, "operator", keep_orphans)
+            peer.pending = peer.resync = progress
+            ids[name] = progress.id
+            log.info("%s: operator asked for a %s resync of %s (id %d%s)", self.name, mode,
+                     name, progress.id, ", keeping orphans" if keep_orphans else "")
+        return ids
+
+    # -- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        peers: dict[str, Any] = {}
+        for name, p in self.peers.items():
+            lag_bytes, lag_records, lag_seconds = self.lag(p.acked_lsn)
+            peers[name] = {"role": p.role, "connected": p.connected, "acked_lsn": p.acked_lsn,
+                           "received_lsn": p.received_lsn, "lag_bytes": lag_bytes,
+                           "lag_records": lag_records, "lag_seconds": round(lag_seconds, 3),
+                           "resyncing": p.resyncing,
+                           "resync": None if p.resync is None else p.resync.as_dict()}
+        peers.update(self.companion_status())
+        out.update({
+            "lsn": self.log.last_lsn, "applied_lsn": self.log.last_lsn,
+            "log_first_lsn": self.log.first_lsn, "log_bytes": self.log.size,
+            "lag_bytes": 0, "lag_records": 0, "lag_seconds": 0.0, "connected": True,
+            "peers": peers,
+        })
+        return out
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

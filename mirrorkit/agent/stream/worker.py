@@ -1,0 +1,142 @@
+"""What every mirror worker shares: config, state, tasks, servers, status.
+
+One *worker* per mirror on this host, chosen by :mod:`mirrorkit.agent.ha.roles`
+from the mirror's runtime role:
+
+* ``primary`` -> :class:`mirrorkit.agent.stream.sender.PrimaryMirror`:
+  captures, logs and ships; listens on the mirror port for receivers;
+* ``backup`` / ``async`` -> :class:`mirrorkit.agent.stream.receiver.ReceiverMirror`:
+  dials the primary, logs, applies, acknowledges;
+* ``arbiter`` -> :class:`mirrorkit.agent.arbiter.witness.ArbiterMirror`:
+  listens for failover members and records their heartbeats.
+
+*Companions* run beside a worker for its whole life and add to its status
+``peers`` (the arbiter link of primary and backup, attached by ``ha``), so
+the stream never imports the arbiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from mirrorkit.agent.config import AgentConfig, MemberConfig, MirrorConfig
+from mirrorkit.agent.state import MirrorState, StateStore
+
+__all__ = ["Companion", "MirrorWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class Companion(Protocol):
+    """Runs beside a worker for the worker's whole life.
+
+    ``run`` never returns while the worker lives (it reconnects by itself);
+    ``status`` is merged into the worker's ``peers`` and must not raise."""
+
+    async def run(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class MirrorWorker:
+    """Base of the per-mirror workers: config, state, lifecycle, status."""
+
+    role_name = "?"
+
+    def __init__(self, agent: AgentConfig, mirror: MirrorConfig, store: StateStore,
+                 state: MirrorState) -> None:
+        self.agent = agent
+        self.cfg = mirror
+        self.host = agent.host
+        self.store = store
+        self.state = state
+        self.name = f"{mirror.name}[{state.role}]"
+        self.tasks: list[asyncio.Task[None]] = []
+        self.servers: list[asyncio.Server] = []
+        self.sessions: set[asyncio.Task[Any]] = set()  # connections served
+        self.companions: list[Companion] = []
+
+    @property
+    def term(self) -> int:
+        return self.state.term
+
+    def mirror_dir(self) -> Path:
+        return self.agent.mirror_dir(self.cfg.name)
+
+    def start_companions(self) -> None:
+        for i, companion in enumerate(self.companions):
+            self.spawn(companion.run(), f"companion-{i}")
+
+    def companion_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for companion in self.companions:
+            out.update(companion.status())
+        return out
+
+    @property
+    def me(self) -> MemberConfig:
+        return self.cfg.members[self.host]
+
+    @property
+    def listen_address(self) -> str:
+        return self.cfg.listen or self.me.address
+
+    def arbiter_member(self) -> MemberConfig | None:
+        for m in self.cfg.members.values():
+            if m.role == "arbiter":
+                return m
+        return None
+
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(coro, name=f"{self.cfg.name}:{what}")
+        task.add_done_callback(self._task_done)
+        self.tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("%s: task %s died: %r", self.name, task.get_name(), exc, exc_info=exc)
+
+    def alive(self) -> bool:
+        return all(not t.done() for t in self.tasks)
+
+    def set_term(self, term: int, primary: str | None) -> None:
+        """Adopt a higher term learnt from a peer (never go back)."""
+        if term > self.state.term:
+            log.info("%s: term %d -> %d (primary %s)", self.name, self.state.term, term, primary)
+            self.state = MirrorState(term, self.state.role, primary)
+            self.store.save(self.state)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        pending = [*self.tasks, *self.sessions]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except TimeoutError:
+                log.warning("%s: server did not close in time", self.name)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.state.role,
+            "term": self.state.term,
+            "mode": self.cfg.mode,
+            "primary": self.state.primary,
+            "fenced": False,
+            "alive": self.alive(),
+        }
+
+

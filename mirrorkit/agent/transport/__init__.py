@@ -1,0 +1,1 @@
+"""Transport: framed, versioned messages over mutual TLS."""

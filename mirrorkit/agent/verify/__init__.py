@@ -1,0 +1,1 @@
+"""Online verification: manifests, comparison, repair."""

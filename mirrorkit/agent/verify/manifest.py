@@ -1,0 +1,255 @@
+"""Online verification: manifests of a mirror's trees, and comparing them.
+
+A *manifest* describes every entry of a mirror's trees on one host: per path
+(relative to its tree root, tree by index into the mirror's ``paths``) its
+type, permission bits, size, mtime and content digest (regular files) or
+target (symlinks). It honours the mirror's exclude patterns
+(:func:`filespec.is_excluded`, the same rule capture uses), never follows a
+symlink below a tree root, and skips what capture does not mirror (fifos,
+sockets, devices).
+
+What is compared (:func:`differs`) is what replication promises to keep
+equal: for files type, mode, size, mtime and content; for symlinks the
+target; for directories type and mode (directory mtimes are not mirrored).
+
+The content digest is ``block_digest`` (blockindex's block hash) over the
+concatenation of the file's 64 KiB block digests: the same function and
+block size capture uses, so both sides hash alike.
+
+Wire form (``mirrorkit-agent manifest``): JSON lines, first a header
+``{"manifest": 1, "host", "mirror", "role", "trees", "applied_lsn"}``, then one
+object per entry ``{"tree", "path", "type", "mode", "size", "mtime_ns",
+"target", "digest"}``, then ``{"end": N}`` with the number of entries (a
+truncated manifest is detected, never read as "files missing").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirrorkit.agent.apply.applier import reporting_mode
+from mirrorkit.agent.capture.filespec import is_excluded, normalise_relpath
+from mirrorkit.agent.capture.index import DIR, FILE, LINK
+from mirrorkit.agent.util.fs import open_dir_nofollow
+from mirrorkit.agent.util.hashing import block_digest
+
+__all__ = [
+    "BLOCK_SIZE",
+    "Comparison",
+    "Key",
+    "ManifestError",
+    "build_manifest",
+    "compare",
+    "differs",
+    "file_digest",
+    "manifest_entry",
+    "parse_manifest",
+]
+
+BLOCK_SIZE = 64 * 1024  # capture's block size (WatchCapture's default)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+Key = tuple[int, str]  # (tree index, path relative to the tree root)
+Entry = dict[str, Any]
+
+
+class ManifestError(Exception):
+    """A manifest cannot be built or parsed; the message says why."""
+
+
+def file_digest(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
+    """(hex digest, bytes read) of the open file ``fd`` from offset 0."""
+    hashes = bytearray()
+    offset = 0
+    while True:
+        block = os.pread(fd, block_size, offset)
+        if not block:
+            break
+        hashes += block_digest(block)
+        offset += len(block)
+    return block_digest(bytes(hashes)).hex(), offset
+
+
+def _entry(tree: int, rel: str, dfd: int, name: str, st: os.stat_result) -> Entry | None:
+    base: Entry = {"tree": tree, "path": rel, "mode": stat.S_IMODE(st.st_mode)}
+    if stat.S_ISDIR(st.st_mode):
+        return {**base, "type": DIR}
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(name, dir_fd=dfd)
+        except OSError:
+            return None  # replaced while we looked
+        return {**base, "type": LINK, "target": target}
+    if not stat.S_ISREG(st.st_mode):
+        return None  # fifo, socket, device: not mirrored
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        fst = os.fstat(fd)  # the stat of what we hash, taken before reading
+        if not stat.S_ISREG(fst.st_mode):
+            return None
+        digest, size = file_digest(fd)
+    finally:
+        os.close(fd)
+    return {**base, "type": FILE, "mode": stat.S_IMODE(fst.st_mode), "size": size,
+            "mtime_ns": fst.st_mtime_ns, "digest": digest}
+
+
+def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str]) -> Entry | None:
+    """The entry of one path, or None when it is absent, excluded or not mirrored."""
+    rel = normalise_relpath(rel)
+    if not rel or is_excluded(rel, exclude):
+        return None
+    parent, _, name = rel.rpartition("/")
+    dfd = open_dir_nofollow(root, parent)
+    if dfd is None:
+        return None
+    try:
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return _entry(tree, rel, dfd, name, st)
+    finally:
+        os.close(dfd)
+
+
+def _walk(root: str, tree: int, exclude: Sequence[str]) -> Iterator[Entry]:
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        dfd = open_dir_nofollow(root, rel)
+        if dfd is None:
+            if not rel:
+                raise ManifestError(f"mirror tree {root} is missing or not a directory")
+            continue  # removed while we walked
+        try:
+            try:
+                names = sorted(os.listdir(f"/proc/self/fd/{dfd}"))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                child = f"{rel}/{name}" if rel else name
+                if is_excluded(child, exclude):
+                    continue
+                try:
+                    st = os.lstat(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                entry = _entry(tree, child, dfd, name, st)
+                if entry is None:
+                    continue
+                yield entry
+                if entry["type"] == DIR:
+                    stack.append(child)
+        finally:
+            os.close(dfd)
+
+
+def build_manifest(roots: Sequence[str], exclude: Sequence[str],
+                   only: Iterable[Key] | None = None) -> Iterator[Entry]:
+    """Entries of every tree (``roots[i]`` is tree ``i``), or of just the
+    paths in ``only`` (those absent produce nothing)."""
+    if only is None:
+        for tree, root in enumerate(roots):
+            yield from _walk(root, tree, exclude)
+        return
+    for tree, rel in sorted(set(only)):
+        if not 0 <= tree < len(roots):
+            raise ManifestError(f"no tree {tree} in this mirror ({len(roots)} trees)")
+        entry = manifest_entry(roots[tree], tree, rel, exclude)
+        if entry is not None:
+            yield entry
+
+
+def parse_manifest(lines: Iterable[str]) -> tuple[dict[str, Any], dict[Key, Entry]]:
+    """(header, entries by key) from JSON lines; a missing header or end
+    marker, or a count mismatch, is a ManifestError."""
+    import json
+
+    header: dict[str, Any] | None = None
+    entries: dict[Key, Entry] = {}
+    end: int | None = None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ManifestError(f"manifest line {n} is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ManifestError(f"manifest line {n} is not an object")
+        if header is None:
+            if obj.get("manifest") != 1:
+                raise ManifestError("manifest does not start with a version-1 header")
+            header = obj
+        elif "end" in obj:
+            end = int(obj["end"])
+        else:
+            entries[(int(obj["tree"]), str(obj["path"]))] = obj
+    if header is None or end is None:
+        raise ManifestError("manifest is truncated (no header or no end marker)")
+    if end != len(entries):
+        raise ManifestError(f"manifest announces {end} entries but holds {len(entries)}")
+    return header, entries
+
+
+_COMPARED = {FILE: ("type", "mode", "size", "mtime_ns", "digest"),
+             DIR: ("type", "mode"), LINK: ("type", "target")}
+
+
+def differs(primary: Mapping[str, Any], replica: Mapping[str, Any]) -> list[str]:
+    """The fields in which ``replica`` differs from ``primary`` ([] = equal).
+
+    A reporting copy (entries marked ``"ro"``) stores modes without group and
+    other write bits (and files without setuid/setgid): its mode is compared
+    with what apply makes of the primary's mode.
+    """
+    if primary.get("type") != replica.get("type"):
+        return ["type"]
+    fields = _COMPARED.get(str(primary.get("type")), ("type",))
+    expected = dict(primary)
+    if replica.get("ro") and isinstance(primary.get("mode"), int):
+        expected["mode"] = reporting_mode(int(primary["mode"]), primary.get("type") == DIR)
+    return [f for f in fields if expected.get(f) != replica.get(f)]
+
+
+@dataclass
+class Comparison:
+    """One replica against the primary. ``different`` maps a key to the
+    differing field names; ``orphans`` are on the replica only."""
+
+    compared: int = 0
+    matched: int = 0
+    different: dict[Key, list[str]] = field(default_factory=dict)
+    missing: list[Key] = field(default_factory=list)
+    orphans: list[Key] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.different or self.missing or self.orphans)
+
+
+def compare(primary: Mapping[Key, Entry], replica: Mapping[Key, Entry]) -> Comparison:
+    out = Comparison(compared=len(primary))
+    for key in sorted(primary):
+        other = replica.get(key)
+        if other is None:
+            out.missing.append(key)
+            continue
+        fields = differs(primary[key], other)
+        if fields:
+            out.different[key] = fields
+        else:
+            out.matched += 1
+    out.orphans = sorted(k for k in replica if k not in primary)
+    return out

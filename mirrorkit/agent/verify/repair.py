@@ -1,0 +1,141 @@
+"""Repair: the primary re-sends chosen paths, in full, through its mirror log.
+
+``POST /repair?mirror=M`` (body ``{"paths": ["/abs/path", ...]}``) on the
+primary's loopback API ends here. Each path is turned into the ops that set
+its whole state absolutely, whatever the replica holds now:
+
+* regular file: ``CREATE`` (empties it, sets the mode), every block as
+  ``WRITE``, ``UTIME``;
+* directory: ``MKDIR`` (replaces a non-directory, sets the mode); its
+  contents are not re-sent (verify lists each differing path itself);
+* symlink: ``SYMLINK`` (replaces whatever is there).
+
+The ops go through the running primary's ``emit`` (durable in its log, then
+shipped to every member in LSN order), so a repair reaches every member the
+same way any change does and survives restarts. Paths are re-sent parents
+first. A path no longer on the primary, excluded, or outside the mirror's
+trees is not touched and is reported. Orphans (replica-only files) are never
+touched here.
+
+Capture emits into the same log: a repair holds the primary's ``emit_lock``
+for all of its batches (``PrimaryMirror.emit_held``) so capture's ops never
+interleave with a half-sent file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mirrorkit.agent.capture.filespec import is_excluded, normalise_relpath
+from mirrorkit.agent.capture.reconcile import diff_file
+from mirrorkit.agent.log.records import Op, OpKind
+
+if TYPE_CHECKING:
+    from mirrorkit.agent.stream.sender import PrimaryMirror
+
+__all__ = ["RepairResult", "locate", "repair_ops", "resend"]
+
+BATCH_BYTES = 4 << 20
+
+
+@dataclass
+class RepairResult:
+    resent: list[str] = field(default_factory=list)
+    not_on_primary: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    ops: int = 0
+    lsn: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"resent": self.resent, "not_on_primary": self.not_on_primary,
+                "refused": self.refused, "ops": self.ops, "lsn": self.lsn}
+
+
+def locate(path: str, roots: Sequence[str]) -> tuple[int, str] | None:
+    """(tree, relative path) of absolute ``path`` under one of ``roots``."""
+    norm = os.path.normpath(path)
+    for tree, root in enumerate(roots):
+        root = os.path.normpath(root)
+        if norm.startswith(root + "/"):
+            rel = normalise_relpath(norm[len(root) + 1:])
+            if rel and ".." not in rel.split("/"):
+                return tree, rel
+    return None
+
+
+def _path_ops(root: str, tree: int, rel: str) -> Iterator[Op] | None:
+    """Full-state ops of one path, or None when it is not on the primary."""
+    parent, _, name = rel.rpartition("/")
+    full_parent = os.path.join(root, parent) if parent else root
+    # Never through a symlink: every ancestor must be a real directory.
+    probe = root
+    for part in parent.split("/") if parent else ():
+        probe = os.path.join(probe, part)
+        if not stat.S_ISDIR(os.lstat(probe).st_mode):
+            return None
+    try:
+        st = os.lstat(os.path.join(full_parent, name))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return iter([Op(OpKind.MKDIR, tree, rel, value=stat.S_IMODE(st.st_mode))])
+    if stat.S_ISLNK(st.st_mode):
+        return iter([Op(OpKind.SYMLINK, tree, rel,
+                        target=os.readlink(os.path.join(full_parent, name)))])
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    ops = diff_file(tree, rel, os.path.join(full_parent, name), None, 64 * 1024)
+    return (op for op in ops if op is not None)
+
+
+def repair_ops(roots: Sequence[str], exclude: Sequence[str], paths: Sequence[str],
+               result: RepairResult) -> Iterator[Op]:
+    """Ops re-sending ``paths`` (absolute, on the primary), parents first;
+    fills ``result``'s path lists as it goes."""
+    located: list[tuple[int, int, str, str]] = []
+    for path in paths:
+        where = locate(path, roots)
+        if where is None or is_excluded(where[1], exclude):
+            result.refused.append(path)
+            continue
+        located.append((where[0], where[1].count("/"), where[1], path))
+    for tree, _, rel, path in sorted(set(located)):
+        try:
+            ops = _path_ops(roots[tree], tree, rel)
+        except (FileNotFoundError, NotADirectoryError):
+            ops = None
+        if ops is None:
+            result.not_on_primary.append(path)
+            continue
+        result.resent.append(path)
+        yield from ops
+
+
+def _take(ops: Iterator[Op], limit: int) -> list[Op]:
+    batch: list[Op] = []
+    size = 0
+    for op in ops:
+        batch.append(op)
+        size += len(op.data) + len(op.path) + len(op.target) + 32
+        if size >= limit:
+            break
+    return batch
+
+
+async def resend(primary: PrimaryMirror, roots: Sequence[str], exclude: Sequence[str],
+                 paths: Sequence[str]) -> RepairResult:
+    """Re-send ``paths`` through ``emit``; ``lsn`` in the result is the log
+    position after the last repair op (wait for it before re-verifying)."""
+    result = RepairResult()
+    ops = repair_ops(roots, exclude, paths, result)
+    async with primary.emit_lock:
+        while batch := await asyncio.to_thread(_take, ops, BATCH_BYTES):
+            result.ops += len(batch)
+            await primary.emit_held(batch)
+        result.lsn = primary.log.last_lsn
+    return result
