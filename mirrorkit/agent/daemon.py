@@ -1,17 +1,18 @@
-"""The agent daemon: every mirror worker of this host plus the status API."""
+"""The agent daemon: every mirror of this host (a supervisor each) plus the status API."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mirrorkit import __version__
 from mirrorkit.agent.api.control import repair_handler, resync_handler
 from mirrorkit.agent.api.http import start_api
 from mirrorkit.agent.config import AgentConfig
-from mirrorkit.agent.ha.roles import create_worker
+from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
 
 __all__ = ["RETRY_SECONDS", "Agent"]
@@ -22,70 +23,54 @@ RETRY_SECONDS = 5.0
 
 
 class Agent:
-    """All mirror workers of this host plus the status API."""
+    """Every mirror of this host (one :class:`MirrorSupervisor` each) plus the API."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.workers: dict[str, MirrorWorker] = {}
-        self.failed: dict[str, str] = {}
+        self.supervisors = {name: MirrorSupervisor(cfg, m) for name, m in cfg.mirrors.items()}
         self._stop = asyncio.Event()
 
+    @property
+    def workers(self) -> Mapping[str, MirrorWorker]:
+        """The running worker of each mirror (the API's mutating routes use it)."""
+        return _Workers(self.supervisors)
+
     def status(self) -> dict[str, Any]:
-        mirrors: dict[str, Any] = {}
-        for name, worker in self.workers.items():
-            try:
-                mirrors[name] = worker.status()
-            except Exception as exc:  # status must never take the API down
-                mirrors[name] = {"role": worker.state.role, "alive": False, "error": repr(exc)}
-        for name, reason in self.failed.items():
-            mirrors[name] = {"role": self.cfg.mirrors[name].role, "alive": False,
-                             "error": reason}
+        mirrors = {name: sup.status() for name, sup in self.supervisors.items()}
         return {"host": self.cfg.host, "version": __version__, "mirrors": mirrors}
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        for name in self.cfg.mirrors:
-            await self._start_mirror(name)
+    async def run(self, *, signals: bool = True) -> None:
+        if signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        for sup in self.supervisors.values():
+            await sup.start()
         api = await self._start_api()
-        log.info("agent %s %s running %d mirror(s)", self.cfg.host, __version__,
-                 len(self.workers))
+        log.info("agent %s %s running %d of %d mirror(s)", self.cfg.host, __version__,
+                 sum(s.running for s in self.supervisors.values()), len(self.supervisors))
         retry = asyncio.create_task(self._retry_failed())
         await self._stop.wait()
         log.info("shutting down")
         retry.cancel()
         if api is not None:
             api.close()
-        await asyncio.gather(*(w.stop() for w in self.workers.values()),
+        await asyncio.gather(*(s.stop() for s in self.supervisors.values()),
                              return_exceptions=True)
         log.info("stopped")
 
-    async def _start_mirror(self, name: str) -> None:
-        worker: MirrorWorker | None = None
-        try:
-            worker = create_worker(self.cfg, self.cfg.mirrors[name])
-            await worker.start()
-        except Exception as exc:  # one broken mirror must not stop the others
-            log.error("mirror %s failed to start: %s (retrying in %.0fs)", name, exc,
-                      RETRY_SECONDS)
-            self.failed[name] = str(exc)
-            if worker is not None:
-                await worker.stop()
-            return
-        self.failed.pop(name, None)
-        self.workers[name] = worker
-
     async def _retry_failed(self) -> None:
         # A port still held by a dying predecessor, a missing certificate
-        # being deployed...: keep trying instead of needing a restart.
+        # being deployed, a state file being repaired...: keep trying instead
+        # of needing a restart.
         while True:
             await asyncio.sleep(RETRY_SECONDS)
-            for name in list(self.failed):
-                await self._start_mirror(name)
+            for sup in self.supervisors.values():
+                if not sup.running:
+                    await sup.start()
 
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:
@@ -96,3 +81,22 @@ class Agent:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)
             return None
+
+
+class _Workers(Mapping[str, MirrorWorker]):
+    """A live view: mirror name -> its worker now (absent while not running)."""
+
+    def __init__(self, supervisors: Mapping[str, MirrorSupervisor]) -> None:
+        self._sups = supervisors
+
+    def __getitem__(self, name: str) -> MirrorWorker:
+        sup = self._sups[name]
+        if sup.worker is None:
+            raise KeyError(name)
+        return sup.worker
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, s in self._sups.items() if s.worker is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._sups.values() if s.worker is not None)

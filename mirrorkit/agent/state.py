@@ -1,9 +1,16 @@
-"""Per-mirror runtime state: ``<state_dir>/<mirror>/state.json``.
+"""Per-mirror runtime state: ``<state_dir>/<mirror>/state.json``, and its one owner.
 
 ``state.json`` holds ``{term, role, primary}``: who this member *is* now. It
 outranks the config's ``role``, which is only the initial layout (so a
 re-applied config never forces the inventory's primary over a newer one).
 ``applied.json`` holds the last LSN a receiver made durable in its replica.
+
+:class:`RoleOwner` is the one owner of a mirror's role and term on this
+host: it loads them, persists every change before it takes effect, and every
+other part asks it (the worker in charge, the API, the arbiter link). When it
+cannot read its state it refuses to act (:class:`StateUnreadable`), loudly,
+rather than guessing from the inventory: a demoted former primary whose
+``state.json`` is damaged must never come back as primary.
 
 Every write is atomic and durable: temp file in the same directory, fsync,
 rename, fsync of the directory. A crash leaves either the old or the new file.
@@ -21,16 +28,19 @@ is not durable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
-__all__ = ["MirrorState", "StateStore", "atomic_write_json"]
+__all__ = ["ROLES_OF_CLASS", "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
+           "atomic_write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +53,22 @@ log = logging.getLogger(__name__)
 
 
 
+# The runtime roles a member of each class may hold (its certificate's OU).
+ROLES_OF_CLASS = {"failover": ("primary", "backup"), "arbiter": ("arbiter",),
+                  "async": ("async",)}
+RECOVERY_DOC = "docs/architecture.md, 'Damaged or missing state'"
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorState:
     term: int
     role: str
     primary: str | None
 
+
+class StateUnreadable(Exception):
+    """The mirror's state cannot be trusted; the message names the file, what
+    is wrong and how to recover. The mirror refuses to start."""
 
 
 def _encode(value: Any) -> bytes:
@@ -60,16 +80,29 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The object in ``path``; ``None`` if the file does not exist.
+    Raises :class:`StateUnreadable` for anything else: never guess."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        # A damaged state file is reported, not guessed around silently: the
-        # caller falls back to the config and says so.
-        log.error("state file %s unreadable (%s); ignoring it", path, exc)
-        return None
-    return value if isinstance(value, dict) else None
+        raise StateUnreadable(f"{path} cannot be read: {exc}") from None
+    if not isinstance(value, dict):
+        raise StateUnreadable(f"{path} does not hold a JSON object")
+    return value
+
+
+def _history_files(directory: Path) -> list[str]:
+    """What shows that this member has run before (and so must have a state)."""
+    found = []
+    log_dir = directory / "log"
+    if any(log_dir.glob("*.log")):
+        found.append(f"{log_dir}/*.log")
+    for name in ("applied.json", "terms.json", "blockindex.db"):
+        if (directory / name).exists() or (log_dir / name).exists():
+            found.append(name)
+    return found
 
 
 class StateStore:
@@ -81,31 +114,47 @@ class StateStore:
         self.state_path = directory / "state.json"
         self.applied_path = directory / "applied.json"
 
-    def load(self, default_role: str, default_primary: str | None) -> MirrorState:
-        """Return the persisted state, creating it from the config on first start."""
+    def load(self, member_class: str) -> MirrorState | None:
+        """The persisted state; ``None`` on a member that never ran this mirror.
+
+        Raises :class:`StateUnreadable` when ``state.json`` is damaged, holds
+        a role this member's class cannot have, or is missing although the
+        mirror's log or other state shows the member has run before."""
         raw = _read_json(self.state_path)
-        if raw is not None:
-            try:
-                term, role, primary = raw["term"], raw["role"], raw.get("primary")
-                if isinstance(term, int) and term >= 1 and isinstance(role, str) and (
-                    primary is None or isinstance(primary, str)
-                ):
-                    return MirrorState(term, role, primary)
-            except KeyError:
-                pass
-            log.error("state file %s malformed: %r; using the config role", self.state_path, raw)
-        state = MirrorState(1, default_role, default_primary)
-        self.save(state)
-        log.info("no state for %s: starting as %s, term 1", self.directory.name, default_role)
-        return state
+        if raw is None:
+            found = _history_files(self.directory)
+            if found:
+                raise StateUnreadable(
+                    f"{self.state_path} is missing, but this member has run this mirror "
+                    f"before ({', '.join(found)}): refusing to guess its role")
+            return None
+        term, role, primary = raw.get("term"), raw.get("role"), raw.get("primary")
+        allowed = ROLES_OF_CLASS.get(member_class, ())
+        if not (isinstance(term, int) and not isinstance(term, bool) and term >= 1):
+            raise StateUnreadable(f"{self.state_path}: term must be an integer >= 1, "
+                                  f"found {term!r}")
+        if role not in allowed:
+            raise StateUnreadable(f"{self.state_path}: role {role!r} is not one a "
+                                  f"{member_class} member can hold ({', '.join(allowed)})")
+        if primary is not None and not isinstance(primary, str):
+            raise StateUnreadable(f"{self.state_path}: primary must be a member name or "
+                                  f"null, found {primary!r}")
+        return MirrorState(term, str(role), primary)
 
     def save(self, state: MirrorState) -> None:
         atomic_write_json(self.state_path, asdict(state))
 
     def load_applied(self) -> int:
+        """The receiver's last durably applied LSN (0 when never written).
+        Raises :class:`StateUnreadable` when the file is damaged."""
         raw = _read_json(self.applied_path)
-        lsn = raw.get("lsn") if raw else 0
-        return lsn if isinstance(lsn, int) and lsn >= 0 else 0
+        if raw is None:
+            return 0
+        lsn = raw.get("lsn")
+        if not (isinstance(lsn, int) and not isinstance(lsn, bool) and lsn >= 0):
+            raise StateUnreadable(f"{self.applied_path}: lsn must be an integer >= 0, "
+                                  f"found {lsn!r}")
+        return lsn
 
     def save_applied(self, lsn: int) -> None:
         atomic_write_json(self.applied_path, {"lsn": lsn})
@@ -127,3 +176,123 @@ class StateStore:
         """Rename the durable temp file over ``applied.json``; fsync the directory."""
         os.replace(temp_path(self.applied_path), self.applied_path)
         fsync_dir(self.directory)
+
+
+# Called after a change is durable: (old state, new state, reason).
+Listener = Callable[[MirrorState, MirrorState, str], None]
+
+
+class RoleOwner:
+    """The one owner of one mirror's role and term on this host.
+
+    Every change is persisted (fsync, in a worker thread: never on the event
+    loop) before it takes effect, and then announced to the listeners (the
+    ``ha`` supervisor, which swaps the worker). Changes are serialised by a
+    lock, so two messages announcing higher terms cannot interleave.
+
+    ``writable`` turns false the moment this member learns that it may no
+    longer act as primary, *before* the new state is durable: stopping early
+    is always safe, acting late never is.
+    """
+
+    def __init__(self, store: StateStore, member_class: str, state: MirrorState) -> None:
+        self.store = store
+        self.member_class = member_class
+        self._state = state
+        self._lock = asyncio.Lock()
+        self._stepping_down = False
+        self.listeners: list[Listener] = []
+
+    @classmethod
+    def load(cls, store: StateStore, member_class: str, initial_role: str,
+             initial_primary: str | None) -> RoleOwner:
+        """Load the persisted state, or on a member's very first start take
+        the inventory's layout at term 1 and persist it. Raises
+        :class:`StateUnreadable` (never falls back to the inventory)."""
+        state = store.load(member_class)
+        if state is None:
+            state = MirrorState(1, initial_role, initial_primary)
+            store.save(state)
+            log.info("no state for %s yet: starting as %s, term 1 (from the inventory)",
+                     store.directory.name, initial_role)
+        return cls(store, member_class, state)
+
+    @property
+    def state(self) -> MirrorState:
+        return self._state
+
+    @property
+    def term(self) -> int:
+        return self._state.term
+
+    @property
+    def role(self) -> str:
+        return self._state.role
+
+    @property
+    def primary(self) -> str | None:
+        return self._state.primary
+
+    @property
+    def writable(self) -> bool:
+        """May this member act as the mirror's primary right now?"""
+        return self._state.role == "primary" and not self._stepping_down
+
+    async def observe_term(self, term: int, primary: str | None, source: str) -> bool:
+        """A message from ``source`` carried ``term``. A higher term than ours
+        means another member was promoted: a primary steps down to backup at
+        once. Returns True when our term changed."""
+        if term <= self._state.term:
+            return False
+        if self._state.role == "primary":
+            self._stepping_down = True
+        async with self._lock:
+            if term <= self._state.term:
+                return False
+            old = self._state
+            role = "backup" if old.role == "primary" else old.role
+            why = f"{source} announced term {term} > our term {old.term}"
+            if old.role == "primary":
+                why += f": another member was promoted; {self.store.directory.name} " \
+                       f"stops acting as primary"
+            await self._commit(MirrorState(term, role, primary), why)
+            return True
+
+    async def change(self, role: str, term: int, primary: str | None, why: str) -> None:
+        """Take ``role`` in ``term`` (never lower than ours; a new role for the
+        same member class only), persisted before it takes effect."""
+        allowed = ROLES_OF_CLASS.get(self.member_class, ())
+        if role not in allowed:
+            raise ValueError(f"a {self.member_class} member cannot be {role}")
+        if term < self._state.term:
+            raise ValueError(f"term {term} is older than our term {self._state.term}")
+        if role != "primary" and self._state.role == "primary":
+            self._stepping_down = True  # stop at once; durable below
+        async with self._lock:
+            if term < self._state.term:
+                raise ValueError(f"term {term} is older than our term {self._state.term}")
+            await self._commit(MirrorState(term, role, primary), why)
+
+    async def note_primary(self, primary: str) -> None:
+        """Remember who the primary of our current term is (receivers learn it
+        when they connect)."""
+        if primary == self._state.primary:
+            return
+        async with self._lock:
+            old = self._state
+            await self._commit(MirrorState(old.term, old.role, primary),
+                               f"{primary} is the primary of term {old.term}")
+
+    async def _commit(self, new: MirrorState, why: str) -> None:
+        old = self._state
+        if new == old:
+            return
+        await asyncio.to_thread(self.store.save, new)
+        self._state = new
+        self._stepping_down = False
+        level = logging.WARNING if old.role != new.role else logging.INFO
+        log.log(level, "%s: role %s -> %s, term %d -> %d, primary %s -> %s: %s",
+                self.store.directory.name, old.role, new.role, old.term, new.term,
+                old.primary, new.primary, why)
+        for listener in list(self.listeners):
+            listener(old, new, why)

@@ -459,7 +459,7 @@ def test_escaping_records_from_a_primary_certificate_are_refused(
         async def session(conn: Connection) -> None:
             await server_handshake(conn, primary_cfg, Hello(MIRROR, "node1", "primary", 1, 0),
                                    ("backup",))
-            await conn.send(Records(records=[Record(i + 1, 1, op) for i, op in enumerate(bad)]))
+            await conn.send(Records(1, records=[Record(i + 1, 1, op) for i, op in enumerate(bad)]))
             while True:
                 msg = await conn.recv(30)
                 if isinstance(msg, Ack):

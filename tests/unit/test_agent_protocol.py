@@ -13,6 +13,8 @@ from mirrorkit.agent.transport.frames import (
     FRAME,
     MAGIC,
     MAX_CONTROL,
+    PROTOCOL_VERSION,
+    TERM,
     Ack,
     Error,
     Heartbeat,
@@ -34,11 +36,12 @@ RECS = [Record(1, 2, Op(OpKind.WRITE, 0, "a", value=5, data=b"xyz")),
 
 @pytest.mark.parametrize("msg", [
     Hello("records", "node2", "backup", 3, 17),
-    Ack(10, 12),
+    Hello("records", "node2", "backup", 3, 17, [[1, 1], [3, 12]]),
+    Ack(10, 12, 3),
     Heartbeat(3, 10, "primary", 100, 2, 0.5),
-    Error("nope"),
-    ResyncBegin(5),
-    ResyncEnd(5),
+    Error("nope", 3),
+    ResyncBegin(5, 3),
+    ResyncEnd(5, 3),
 ])
 def test_roundtrip(msg: Message) -> None:
     data = encode_message(msg)
@@ -47,11 +50,31 @@ def test_roundtrip(msg: Message) -> None:
 
 def test_records_roundtrip_from_raw_log_bytes() -> None:
     raw = b"".join(encode_record(r) for r in RECS)
-    got, _ = decode_frame(encode_message(Records(raw=raw)))
-    assert isinstance(got, Records) and got.records == RECS
+    got, _ = decode_frame(encode_message(Records(7, raw=raw)))
+    assert isinstance(got, Records) and got.records == RECS and got.term == 7
 
 
-def frame(mtype: int, payload: bytes, version: int = 1, magic: bytes = MAGIC) -> bytes:
+def test_every_message_carries_the_senders_term() -> None:
+    # ACK, ERROR, resync and manifest frames did not before protocol 2.
+    for mtype, body in [(3, {"lsn": 1, "received": 1}), (5, {"reason": "x"}),
+                        (6, {"lsn": 1}), (7, {"lsn": 1}), (9, {"entries": 0})]:
+        with pytest.raises(ProtocolError, match="lacks field 'term'"):
+            decode_frame(frame(mtype, json.dumps(body).encode()))
+    with pytest.raises(ProtocolError, match="lacks the sender's term"):
+        decode_frame(frame(2, b"\x00\x01"))
+
+
+@pytest.mark.parametrize("history", [[[2, 1], [1, 5]], [[1, 5], [2, 3]], [[1]], [["1", 1]],
+                                     [[i, i] for i in range(1, 1002)]])
+def test_hello_history_is_checked(history: list[list[int]]) -> None:
+    body = {"mirror": "r", "member": "m", "role": "backup", "term": 1, "last_lsn": 0,
+            "history": history}
+    with pytest.raises(ProtocolError, match="history"):
+        decode_frame(frame(1, json.dumps(body).encode()))
+
+
+def frame(mtype: int, payload: bytes, version: int = PROTOCOL_VERSION,
+          magic: bytes = MAGIC) -> bytes:
     return FRAME.pack(magic, version, mtype, len(payload)) + payload
 
 
@@ -63,13 +86,13 @@ def frame(mtype: int, payload: bytes, version: int = 1, magic: bytes = MAGIC) ->
     (frame(1, b"[1, 2]"), "not a JSON object"),
     (frame(1, json.dumps({"mirror": "r", "member": "m", "role": "backup", "term": 1}).encode()),
      "lacks field 'last_lsn'"),
-    (frame(3, json.dumps({"lsn": "1", "received": 1}).encode()), "wrong type"),
-    (frame(3, json.dumps({"lsn": True, "received": 1}).encode()), "wrong type"),
-    (frame(3, json.dumps({"lsn": -1, "received": 1}).encode()), "negative"),
-    (frame(2, encode_record(RECS[0])[:-1]), "corrupt record"),
-    (frame(2, encode_record(RECS[0])[:-1] + b"\x00"), "corrupt record"),
-    (FRAME.pack(MAGIC, 1, 1, MAX_CONTROL + 1), "exceeds"),
-    (FRAME.pack(MAGIC, 1, 2, 1 << 31), "exceeds"),
+    (frame(3, json.dumps({"lsn": "1", "received": 1, "term": 1}).encode()), "wrong type"),
+    (frame(3, json.dumps({"lsn": True, "received": 1, "term": 1}).encode()), "wrong type"),
+    (frame(3, json.dumps({"lsn": -1, "received": 1, "term": 1}).encode()), "negative"),
+    (frame(2, TERM.pack(1) + encode_record(RECS[0])[:-1]), "corrupt record"),
+    (frame(2, TERM.pack(1) + encode_record(RECS[0])[:-1] + b"\x00"), "corrupt record"),
+    (FRAME.pack(MAGIC, PROTOCOL_VERSION, 1, MAX_CONTROL + 1), "exceeds"),
+    (FRAME.pack(MAGIC, PROTOCOL_VERSION, 2, 1 << 31), "exceeds"),
     (frame(1, b"{}")[:-1], "truncated"),
     (b"MK\x01", "truncated frame header"),
 ])
@@ -81,10 +104,10 @@ def test_malformed_frames(data: bytes, reason: str) -> None:
 def test_read_message_from_stream() -> None:
     async def go() -> None:
         reader = asyncio.StreamReader()
-        reader.feed_data(encode_message(Ack(1, 1)) + frame(5, b"{\"reason\": 3}"))
-        reader.feed_data(struct.pack(">2sBB", MAGIC, 1, 3))
+        reader.feed_data(encode_message(Ack(1, 1, 1)) + frame(5, b"{\"reason\": 3}"))
+        reader.feed_data(struct.pack(">2sBB", MAGIC, PROTOCOL_VERSION, 3))
         reader.feed_eof()
-        assert await read_message(reader) == Ack(1, 1)
+        assert await read_message(reader) == Ack(1, 1, 1)
         with pytest.raises(ProtocolError):
             await read_message(reader)
         with pytest.raises(asyncio.IncompleteReadError):

@@ -1,33 +1,96 @@
-"""Per-mirror state: config role only when no state exists; atomic writes."""
+"""Per-mirror state and its one owner: inventory role only on a member's very
+first start; a damaged or missing state is refused, never guessed around."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
-from mirrorkit.agent.state import MirrorState, StateStore
+import pytest
+
+from mirrorkit.agent.state import MirrorState, RoleOwner, StateStore, StateUnreadable
 
 
-def test_first_start_uses_config_then_state_wins(tmp_path: Path) -> None:
+def test_first_start_uses_the_inventory_then_state_wins(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "records")
-    assert store.load("backup", "node1") == MirrorState(1, "backup", "node1")
+    owner = RoleOwner.load(store, "failover", "backup", "node1")
+    assert owner.state == MirrorState(1, "backup", "node1")
     store.save(MirrorState(4, "primary", "node2"))
     # a re-applied config saying "backup" does not override the runtime state
-    assert StateStore(tmp_path / "records").load("backup", "node1") == MirrorState(
-        4, "primary", "node2")
+    again = RoleOwner.load(StateStore(tmp_path / "records"), "failover", "backup", "node1")
+    assert again.state == MirrorState(4, "primary", "node2")
     assert not list((tmp_path / "records").glob(".*.tmp"))
 
 
-def test_damaged_state_falls_back_to_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("content", "reason"), [
+    ("{not json", "cannot be read"),
+    ("[1]", "JSON object"),
+    ('{"term": "x", "role": "primary"}', "term must be an integer"),
+    ('{"term": 0, "role": "backup"}', "term must be an integer"),
+    ('{"term": 2, "role": "arbiter"}', "not one a failover member can hold"),
+    ('{"term": 2, "role": "backup", "primary": 7}', "primary must be"),
+])
+def test_a_damaged_state_is_refused_and_left_alone(tmp_path: Path, content: str,
+                                                   reason: str) -> None:
     store = StateStore(tmp_path)
-    store.state_path.write_text("{not json")
-    assert store.load("async", "node1") == MirrorState(1, "async", "node1")
-    store.state_path.write_text('{"term": "x", "role": "primary"}')
-    assert store.load("async", "node1").role == "async"
+    store.state_path.write_text(content)
+    with pytest.raises(StateUnreadable, match=reason) as info:
+        RoleOwner.load(store, "failover", "primary", "node1")
+    assert "state.json" in str(info.value)
+    assert store.state_path.read_text() == content  # never saved over
 
 
-def test_applied_lsn_roundtrip(tmp_path: Path) -> None:
+def test_a_missing_state_on_a_member_that_ran_before_is_refused(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "00000000000000000001.log").write_bytes(b"")
+    with pytest.raises(StateUnreadable, match="missing, but this member has run"):
+        RoleOwner.load(store, "failover", "primary", "node1")
+    assert not store.state_path.exists()
+
+
+def test_damaged_applied_lsn_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     assert store.load_applied() == 0
     store.save_applied(42)
     assert StateStore(tmp_path).load_applied() == 42
     assert (tmp_path / "applied.json").stat().st_mode & 0o077 == 0
+    store.applied_path.write_text('{"lsn": -3}')
+    with pytest.raises(StateUnreadable, match=r"applied\.json"):
+        store.load_applied()
+
+
+def test_a_primary_learning_a_higher_term_steps_down_and_persists_first(
+        tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    owner = RoleOwner.load(store, "failover", "primary", "node1")
+    seen: list[tuple[MirrorState, MirrorState, dict[str, object]]] = []
+    owner.listeners.append(lambda old, new, why: seen.append(
+        (old, new, json.loads(store.state_path.read_text()))))
+    assert owner.writable
+
+    async def go() -> None:
+        assert not await owner.observe_term(1, None, "node2")  # not higher: nothing
+        assert await owner.observe_term(3, "node2", "node2")
+        assert not await owner.observe_term(2, "node3", "node3")  # older: ignored
+
+    asyncio.run(go())
+    assert owner.state == MirrorState(3, "backup", "node2") and not owner.writable
+    # the listener (the supervisor swapping workers) ran after the file said so
+    assert seen == [(MirrorState(1, "primary", "node1"), MirrorState(3, "backup", "node2"),
+                     {"term": 3, "role": "backup", "primary": "node2"})]
+
+
+def test_role_changes_never_go_back_in_term_or_across_classes(tmp_path: Path) -> None:
+    owner = RoleOwner.load(StateStore(tmp_path), "failover", "backup", "node1")
+
+    async def go() -> None:
+        await owner.change("primary", 2, "node2", "test")
+        with pytest.raises(ValueError, match="older"):
+            await owner.change("backup", 1, "node1", "test")
+        with pytest.raises(ValueError, match="cannot be async"):
+            await owner.change("async", 3, "node1", "test")
+
+    asyncio.run(go())
+    assert owner.state == MirrorState(2, "primary", "node2") and owner.writable

@@ -38,8 +38,8 @@ def test_manifest_items_round_trip_through_a_frame() -> None:
     items = [ManifestItem(0, "d", "d", 0o755), ManifestItem(1, "d/l", "l", target="../x"),
              ManifestItem(0, "d/f\udcff", "f", 0o600, 9, 123, hashes=b"h" * DIGEST_SIZE * 2)]
     assert decode_items(b"".join(encode_item(i) for i in items)) == items
-    msg, _ = decode_frame(encode_message(Manifest(items)))
-    assert msg == Manifest(items)
+    msg, _ = decode_frame(encode_message(Manifest(4, items)))
+    assert msg == Manifest(4, items)
 
 
 def test_walk_lists_parents_first_and_splits_huge_hash_lists(tmp_path: Path,

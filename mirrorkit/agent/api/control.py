@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from mirrorkit.agent.api.http import Answer, PostFn
 from mirrorkit.agent.stream.sender import PrimaryMirror
@@ -58,7 +57,7 @@ def resync_handler(workers: Mapping[str, MirrorWorker], other: PostFn | None) ->
 RepairFn = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
 
 
-def repair_handler(workers: dict[str, Any]) -> RepairFn:
+def repair_handler(workers: Mapping[str, MirrorWorker]) -> RepairFn:
     """The agent's POST handler: ``/repair?mirror=M``, body ``{"paths": [...]}``."""
 
     async def post(path: str, params: dict[str, str], body: bytes) -> Answer:

@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from mirrorkit.agent.arbiter.witness import _heartbeats
 from mirrorkit.agent.config import MemberConfig
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
@@ -16,6 +15,7 @@ from mirrorkit.agent.transport.conn import (
     client_handshake,
     connect,
     run_guarded,
+    send_heartbeats,
 )
 from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
 from mirrorkit.agent.util.aio import Backoff, race
@@ -59,12 +59,14 @@ class ArbiterLink:
     async def _session(self, conn: Connection) -> None:
         w = self.worker
         me = Hello(w.cfg.name, w.host, w.state.role, w.state.term, self._lsn())
-        await client_handshake(conn, w.cfg, me, ("arbiter",))
+        hello = await client_handshake(conn, w.cfg, me, ("arbiter",))
+        conn.term_fn = lambda: w.roles.term
+        await self._learn(hello.term)
         self.connected = True
         self.last_heartbeat = time.time()
         log.info("%s: connected to arbiter %s", w.name, self.arbiter.name)
         await race(self._listen(conn),
-                   _heartbeats(conn, lambda: Heartbeat(w.state.term, self._lsn(), w.state.role),
+                   send_heartbeats(conn, lambda: Heartbeat(w.state.term, self._lsn(), w.state.role),
                                w.cfg.timeouts.heartbeat))
 
     async def _listen(self, conn: Connection) -> None:
@@ -72,11 +74,17 @@ class ArbiterLink:
             msg = await conn.recv(self.worker.cfg.timeouts.arbiter)
             if isinstance(msg, Heartbeat):
                 self.last_heartbeat = time.time()
+                await self._learn(msg.term)
             elif isinstance(msg, Error):
                 log.warning("%s: arbiter reports: %s", self.worker.name, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the arbiter")
+
+    async def _learn(self, term: int) -> None:
+        # The arbiter has seen a higher term: another member was promoted.
+        # A primary steps down at once (the role owner swaps the worker).
+        await self.worker.roles.observe_term(term, None, f"arbiter {self.arbiter.name}")
 
     def status(self) -> dict[str, Any]:
         age = round(time.time() - self.last_heartbeat, 3) if self.last_heartbeat else None

@@ -22,6 +22,7 @@ from typing import Any
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
+    send_heartbeats,
     serve,
     server_context,
     server_handshake,
@@ -44,18 +45,14 @@ class SeenMember:
     task: asyncio.Task[Any] | None = None
 
 
-async def _heartbeats(conn: Connection, make: Any, interval: float) -> None:
-    while True:
-        await conn.send(make())
-        await asyncio.sleep(interval)
 
 
 class ArbiterMirror(MirrorWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.seen: dict[str, SeenMember] = {
-            n: SeenMember(m.role) for n, m in self.cfg.members.items()
-            if m.role in ("primary", "backup")
+            n: SeenMember("backup") for n, m in self.cfg.members.items()
+            if m.member_class == "failover"
         }
 
     async def start(self) -> None:
@@ -76,14 +73,13 @@ class ArbiterMirror(MirrorWorker):
         m.task = asyncio.current_task()
         m.role, m.term, m.lsn, m.connected = hello.role, hello.term, hello.last_lsn, True
         m.last_heartbeat = time.time()
-        self.state = type(self.state)(max(self.state.term, hello.term), "arbiter",
-                                      hello.member if hello.role == "primary"
-                                      else self.state.primary)
+        conn.term_fn = lambda: self.roles.term
+        await self._learn(hello.term, hello.role, hello.member)
         log.info("%s: %s connected as %s (term %d)", self.name, hello.member, hello.role,
                  hello.term)
         try:
             await race(self._listen(conn, m, hello.member),
-                       _heartbeats(conn, lambda: Heartbeat(self.state.term, 0, "arbiter"),
+                       send_heartbeats(conn, lambda: Heartbeat(self.state.term, 0, "arbiter"),
                                    self.cfg.timeouts.heartbeat))
         finally:
             if m.task is asyncio.current_task():
@@ -98,11 +94,21 @@ class ArbiterMirror(MirrorWorker):
                 m.term, m.lsn, m.last_heartbeat = msg.term, msg.lsn, time.time()
                 if msg.role in ("primary", "backup"):
                     m.role = msg.role
+                await self._learn(msg.term, msg.role, member)
             elif isinstance(msg, Error):
                 log.warning("%s: %s reports: %s", self.name, member, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from {member}")
+
+    async def _learn(self, term: int, role: str, member: str) -> None:
+        # The arbiter persists the highest term it has seen, and who claimed
+        # to be primary in it; every heartbeat it sends carries that term, so
+        # a primary of an older term learns at once that it was replaced.
+        if term > self.roles.term:
+            await self.roles.observe_term(term, member if role == "primary" else None, member)
+        elif term == self.roles.term and role == "primary":
+            await self.roles.note_primary(member)
 
     def status(self) -> dict[str, Any]:
         out = super().status()

@@ -54,8 +54,8 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--api-port", type=int, default=0)
 
 
-def _mirror(config: str, name: str) -> tuple[MirrorConfig, int] | str:
-    """(mirror config, API port), or what is wrong."""
+def _mirror(config: str, name: str) -> tuple[MirrorConfig, int, str] | str:
+    """(mirror config, API port, this host), or what is wrong."""
     try:
         cfg = load_config(Path(config))
     except ConfigError as exc:
@@ -63,7 +63,17 @@ def _mirror(config: str, name: str) -> tuple[MirrorConfig, int] | str:
     if name not in cfg.mirrors:
         return (f"this host serves no mirror {name!r} (it serves: "
                 f"{', '.join(sorted(cfg.mirrors)) or 'none'})")
-    return cfg.mirrors[name], cfg.api_port
+    return cfg.mirrors[name], cfg.api_port, cfg.host
+
+
+def _live_role(port: int, mirror: str) -> str:
+    """This member's role now, as its agent says (the config's is only the
+    inventory's initial layout); ``unknown`` when the agent cannot say."""
+    try:
+        role = _status(port)["mirrors"][mirror]["role"]
+    except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
+        return "unknown"
+    return str(role)
 
 
 def _status(port: int) -> dict[str, Any]:
@@ -95,9 +105,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     if isinstance(found, str):
         print(f"mirrorkit-agent: {found}", file=sys.stderr)
         return 2
-    mirror, port = found
+    mirror, port, host = found
     port = args.api_port or port
-    if mirror.role == "arbiter":
+    if mirror.members[host].member_class == "arbiter":
         print(f"mirrorkit-agent: {args.mirror}: an arbiter holds no data", file=sys.stderr)
         return 2
     only = None
@@ -114,8 +124,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             applied = _wait_applied(port, args.mirror, args.at_lsn, args.timeout)
         roots = [os.path.realpath(t) for t in mirror.targets]
         out = sys.stdout
-        out.write(json.dumps({"manifest": 1, "mirror": args.mirror, "role": mirror.role,
-                              "trees": roots, "applied_lsn": applied}) + "\n")
+        out.write(json.dumps({"manifest": 1, "mirror": args.mirror,
+                              "role": _live_role(port, args.mirror), "trees": roots,
+                              "applied_lsn": applied}) + "\n")
         count = 0
         read_only = mirror.kind == "reporting"  # its modes are locked down: see verify.differs
         for entry in build_manifest(roots, mirror.exclude, only):

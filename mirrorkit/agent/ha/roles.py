@@ -5,7 +5,7 @@ from __future__ import annotations
 from mirrorkit.agent.arbiter.link import ArbiterLink
 from mirrorkit.agent.arbiter.witness import ArbiterMirror
 from mirrorkit.agent.config import AgentConfig, MirrorConfig
-from mirrorkit.agent.state import StateStore
+from mirrorkit.agent.state import RoleOwner
 from mirrorkit.agent.stream.receiver import ReceiverMirror
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.stream.worker import MirrorWorker
@@ -13,19 +13,18 @@ from mirrorkit.agent.stream.worker import MirrorWorker
 __all__ = ["create_worker"]
 
 
-def create_worker(agent: AgentConfig, mirror: MirrorConfig) -> MirrorWorker:
-    """Build the worker for ``mirror`` according to its persisted runtime role."""
-    store = StateStore(agent.mirror_dir(mirror.name))
-    default_primary = next((n for n, m in mirror.members.items() if m.role == "primary"), None)
-    state = store.load(mirror.role, default_primary)
+def create_worker(agent: AgentConfig, mirror: MirrorConfig, roles: RoleOwner) -> MirrorWorker:
+    """The worker for ``roles``' current role (not started). Opening the
+    mirror log scans it, so call this from a worker thread."""
+    role = roles.role
     worker: MirrorWorker
-    if mirror.role == "arbiter" or state.role == "arbiter":
-        return ArbiterMirror(agent, mirror, store, state)
-    if state.role == "primary":
-        worker = PrimaryMirror(agent, mirror, store, state)
+    if role == "arbiter":
+        return ArbiterMirror(agent, mirror, roles)
+    if role == "primary":
+        worker = PrimaryMirror(agent, mirror, roles)
     else:
-        worker = ReceiverMirror(agent, mirror, store, state)
+        worker = ReceiverMirror(agent, mirror, roles)
     arbiter = worker.arbiter_member()
-    if arbiter is not None and state.role in ("primary", "backup"):
+    if arbiter is not None and role in ("primary", "backup"):
         worker.companions.append(ArbiterLink(worker, arbiter))
     return worker

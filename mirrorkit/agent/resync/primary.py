@@ -101,9 +101,9 @@ def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float) -> tuple[lis
     return batch, True
 
 
-def _progress_msg(p: ResyncProgress) -> ProgressMsg:
+def _progress_msg(p: ResyncProgress, term: int) -> ProgressMsg:
     return ProgressMsg(p.files_total, p.files_done, p.bytes_total, p.bytes_done, p.bytes_sent,
-                       p.orphans)
+                       p.orphans, term)
 
 
 async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, member: str,
@@ -132,8 +132,8 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
 
     try:
         store = await worker.run(ManifestStore, db, BLOCK_SIZE)
-        await send(ResyncBegin(start, progress.mode, int(progress.keep_orphans), BLOCK_SIZE,
-                               progress.id))
+        await send(ResyncBegin(start, pm.term, progress.mode, int(progress.keep_orphans),
+                               BLOCK_SIZE, progress.id))
         while True:
             try:
                 msg = await asyncio.wait_for(peer.manifest.get(), hb)
@@ -159,13 +159,13 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
         while not done:
             batch, done = await worker.run(_take, ops, BATCH_BYTES, hb / 2)
             if batch:
-                await send(Records(records=[Record(0, pm.term, op) for op in batch]))
+                await send(Records(pm.term, records=[Record(0, pm.term, op) for op in batch]))
             if done or time.monotonic() - last_progress >= PROGRESS_EVERY:
-                await send(_progress_msg(progress))
+                await send(_progress_msg(progress, pm.term))
                 last_progress = time.monotonic()
             if time.monotonic() - last_sent >= hb:
                 await send(pm.heartbeat_for(peer))
-        await send(ResyncEnd(start))
+        await send(ResyncEnd(start, pm.term))
         progress.state, progress.finished = "done", time.time()
         log.info("%s: resync of %s sent: %d files compared, %d bytes of %d sent, %d "
                  "orphan(s); streaming from LSN %d", pm.name, member, progress.files_done,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class ReceiverResync:
         self.orphans_kept = 0
         self.manifest_entries = 0
 
-    async def send_manifest(self, conn: Connection) -> None:
+    async def send_manifest(self, conn: Connection, term: Callable[[], int]) -> None:
         items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum",
                              self.exclude)
         while True:
@@ -70,8 +71,8 @@ class ReceiverResync:
             if not batch:
                 break
             self.manifest_entries += sum(1 for i in batch if i.first_block == 0)
-            await conn.send(Manifest(batch))
-        await conn.send(ManifestEnd(self.manifest_entries))
+            await conn.send(Manifest(term(), batch))
+        await conn.send(ManifestEnd(self.manifest_entries, term()))
         self.progress.state = "copying"
         log.info("%s: manifest sent (%d entries, mode %s)", self.label, self.manifest_entries,
                  self.begin.mode)

@@ -40,7 +40,9 @@ from typing import Any
 from mirrorkit.agent.apply.applier import Applier
 from mirrorkit.agent.log.records import Record
 from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.receiver import ReceiverResync
+from mirrorkit.agent.stream.divergence import DivergenceUnknown, undo_divergent_tail
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -81,6 +83,10 @@ class ReceiverMirror(MirrorWorker):
         mdir = self.agent.mirror_dir(self.cfg.name)
         self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
                              max_bytes=self.cfg.log_max_bytes)
+        self.history = TermHistory.load(mdir / "terms.json", self.log)
+        self.primary_history: list[tuple[int, int]] = []  # from the primary's HELLO
+        self.divergences = 0
+        self.last_divergence: dict[str, Any] | None = None
         self.applied = self.store.load_applied()
         self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
                                label=f"{self.cfg.name}:apply",
@@ -126,9 +132,15 @@ class ReceiverMirror(MirrorWorker):
         self.applier.close()
         self.log.close()
 
+    def last_lsn(self) -> int:
+        return self.log.last_lsn
+
+    def _hello(self) -> Hello:
+        return Hello(self.cfg.name, self.host, self.state.role, self.state.term,
+                     self.log.last_lsn, [list(e) for e in self.history.entries])
+
     async def _not_primary(self, conn: Connection) -> None:
-        me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
-                   self.log.last_lsn)
+        me = self._hello()
         hello = await server_handshake(conn, self.cfg, me, ("primary", "backup", "async"))
         log.info("%s: %s dialled us, but we are %s (primary: %s)", self.name, hello.member,
                  self.state.role, self.state.primary)
@@ -144,13 +156,13 @@ class ReceiverMirror(MirrorWorker):
     def _candidates(self) -> list[str]:
         names = [self.state.primary] if self.state.primary else []
         names += [n for n, m in self.cfg.members.items()
-                  if m.role in ("primary", "backup") and n != self.host and n not in names]
+                  if m.member_class == "failover" and n != self.host and n not in names]
         return [n for n in names if n in self.cfg.members and n != self.host]
 
     async def _connect_loop(self) -> None:
         ctx = client_context(self.cfg.tls)
         backoff = Backoff(0.2, 5.0)
-        while True:
+        while self.error is None:
             for name in self._candidates():
                 member = self.cfg.members[name]
                 try:
@@ -162,6 +174,10 @@ class ReceiverMirror(MirrorWorker):
                 started = time.monotonic()
                 await run_guarded(conn, self._session, self.name)
                 self.connected = False
+                if self.error is not None:
+                    log.error("%s: replication stopped on this member: %s", self.name,
+                              self.error)
+                    return
                 if time.monotonic() - started > 10.0:
                     backoff.reset()
             delay = backoff.next()
@@ -171,9 +187,8 @@ class ReceiverMirror(MirrorWorker):
     async def _session(self, conn: Connection) -> None:
         # Records logged but not applied (an apply error last time) go first.
         await asyncio.to_thread(self._apply_backlog)
-        me = Hello(self.cfg.name, self.host, self.state.role, self.state.term,
-                   self.log.last_lsn)
-        hello = await client_handshake(conn, self.cfg, me, ("primary", "backup"))
+        hello = await client_handshake(conn, self.cfg, self._hello(), ("primary", "backup"))
+        conn.term_fn = lambda: self.term
         if hello.role != "primary":
             log.info("%s: %s is %s, not the primary; trying the next member", self.name,
                      hello.member, hello.role)
@@ -181,10 +196,13 @@ class ReceiverMirror(MirrorWorker):
         if hello.term < self.state.term:
             raise PeerRefused(f"{hello.member} is primary of term {hello.term}, older than "
                               f"our term {self.state.term}")
-        self.set_term(hello.term, hello.member)
-        if self.state.primary != hello.member:
-            self.state = type(self.state)(self.state.term, self.state.role, hello.member)
-            self.store.save(self.state)
+        await self.roles.observe_term(hello.term, hello.member, hello.member)
+        await self.roles.note_primary(hello.member)
+        self.primary_history = [(t, f) for t, f in hello.history]
+        shared = last_shared(self.primary_history, hello.last_lsn, self.history.entries,
+                             self.log.last_lsn)
+        if shared < self.log.last_lsn:
+            await self._undo_divergent(shared, hello.member)
         self.connected, self.connected_to = True, hello.member
         self.primary_lsn = hello.last_lsn
         log.info("%s: connected to primary %s (term %d, LSN %d); we are at LSN %d",
@@ -194,7 +212,7 @@ class ReceiverMirror(MirrorWorker):
     async def _heartbeat_loop(self, conn: Connection) -> None:
         while True:
             await asyncio.sleep(self.cfg.timeouts.heartbeat)
-            await conn.send(Heartbeat(self.state.term, self.applied, self.state.role))
+            await conn.send(Heartbeat(self.term, self.applied, self.state.role))
 
     async def _recv_loop(self, conn: Connection) -> None:
         try:
@@ -230,6 +248,11 @@ class ReceiverMirror(MirrorWorker):
                 msg, held = held, None
             else:
                 msg = await inbox.get()
+            if msg.term != self.term:
+                # Older: a deposed primary (we learnt a newer term meanwhile,
+                # e.g. from the arbiter). Newer: it must say so in a new HELLO.
+                raise PeerRefused(f"primary sent term {msg.term}, ours is {self.term}: "
+                                  f"{'stale primary' if msg.term < self.term else 'reconnect'}")
             if isinstance(msg, Records):
                 records = list(msg.records)
                 if resync_at is None:
@@ -243,8 +266,6 @@ class ReceiverMirror(MirrorWorker):
                         records.extend(nxt.records)
                 await self._records(conn, records, resync_at is not None)
             elif isinstance(msg, Heartbeat):
-                if msg.term > self.state.term:
-                    raise PeerRefused(f"primary announces term {msg.term} without a new hello")
                 self.primary_lsn = msg.lsn
                 self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
             elif isinstance(msg, ResyncBegin):
@@ -261,7 +282,8 @@ class ReceiverMirror(MirrorWorker):
                 self.resyncing = True
                 log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
                             self.name, msg.mode, msg.lsn, self.applied)
-                self._manifest_task = asyncio.create_task(self.resync.send_manifest(conn))
+                self._manifest_task = asyncio.create_task(
+                    self.resync.send_manifest(conn, lambda: self.term))
             elif isinstance(msg, ResyncProgress):
                 if self.resync is None or resync_at is None:
                     raise ProtocolError("RESYNC_PROGRESS outside a resync")
@@ -274,17 +296,35 @@ class ReceiverMirror(MirrorWorker):
                     raise ProtocolError("RESYNC_END before our manifest was sent")
                 await asyncio.to_thread(self._finish_resync, msg.lsn)
                 resync_at = None
-                await conn.send(Ack(self.applied, self.log.last_lsn))
+                await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
             elif isinstance(msg, Error):
                 log.warning("%s: primary reports: %s", self.name, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
+    async def _undo_divergent(self, shared: int, primary: str) -> None:
+        try:
+            undone = await asyncio.to_thread(
+                undo_divergent_tail, self.log, self.history, list(self.cfg.targets),
+                self.mirror_dir() / "quarantine", shared, primary, self.name)
+        except DivergenceUnknown as exc:
+            self.error = str(exc)
+            log.error("%s: %s", self.name, exc)
+            raise
+        self.applied = min(self.applied, shared)
+        await asyncio.to_thread(self.store.save_applied, self.applied)
+        self.divergences += 1
+        self.last_divergence = {"shared_lsn": shared, "lsn_range": [undone.first, undone.last],
+                                "terms": undone.terms, "paths": len(undone.moved),
+                                "report": str(undone.report), "time": time.time()}
+
     def _finish_resync(self, lsn: int) -> None:
         self.store.save_applied(lsn)
         self.applied = lsn
         self.log.reset(lsn + 1)
+        # Our replica is now the primary's at LSN `lsn`: so is our history.
+        self.history.adopt(self.primary_history, lsn)
         self.resyncing = False
         self.resyncs += 1
         if self.resync is not None:
@@ -312,9 +352,12 @@ class ReceiverMirror(MirrorWorker):
         await asyncio.to_thread(self._log_and_apply, records)
         self.received_records += len(records)
         self.primary_lsn = max(self.primary_lsn, records[-1].lsn)
-        await conn.send(Ack(self.applied, self.log.last_lsn))
+        await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
 
     def _log_and_apply(self, records: list[Record]) -> None:
+        for r in records:  # a new term's start is durable before its records
+            if r.term > self.history.last_term:
+                self.history.note(r.term, r.lsn)
         self.log.append(records)
         lsn = records[-1].lsn
         # applied.json's new contents become durable with the replica data,
@@ -342,5 +385,6 @@ class ReceiverMirror(MirrorWorker):
             "resyncs": self.resyncs, "refused": self.applier.refused,
             "skipped": self.applier.skipped, "kind": self.cfg.kind,
             "resync": None if self.resync is None else self.resync.status(),
+            "divergences": self.divergences, "last_divergence": self.last_divergence,
         })
         return out

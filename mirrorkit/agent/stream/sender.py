@@ -33,9 +33,9 @@ from typing import Any
 
 from mirrorkit.agent.log.records import Op, Record
 from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.compare import MODES, ResyncProgress
 from mirrorkit.agent.resync.primary import send_resync
-from mirrorkit.agent.state import MirrorState
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -101,10 +101,14 @@ class PrimaryMirror(MirrorWorker):
         mdir = self.agent.mirror_dir(self.cfg.name)
         self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
                              max_bytes=self.cfg.log_max_bytes)
+        self.history = TermHistory.load(mdir / "terms.json", self.log)
         self.index_path = mdir / "blockindex.db"
+        # Every member that can receive from us: the other failover members
+        # (whichever the inventory made primary) and the async ones.
         self.peers: dict[str, PeerState] = {
-            n: PeerState(m.role) for n, m in self.cfg.members.items()
-            if m.role in ("backup", "async") and n != self.host
+            n: PeerState("async" if m.member_class == "async" else "backup")
+            for n, m in self.cfg.members.items()
+            if m.member_class in ("failover", "async") and n != self.host
         }
         # (first LSN of a batch, wall time appended): ages of unacked records.
         self._times: deque[tuple[int, float]] = deque()
@@ -115,9 +119,7 @@ class PrimaryMirror(MirrorWorker):
         self._resync_ids = 0
 
     async def start(self) -> None:
-        if self.state.primary != self.host:
-            self.state = MirrorState(self.state.term, "primary", self.host)
-            self.store.save(self.state)
+        await self.roles.note_primary(self.host)
         log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
         self.servers.append(await serve(self.listen_address, self.me.port,
@@ -184,7 +186,11 @@ class PrimaryMirror(MirrorWorker):
     def _append(self, ops: list[Op], floor: int) -> list[Record]:
         # One worker thread at a time (capture awaits emit), so append and
         # trim never race each other; readers in the loop are safe (see log).
-        records = self.log.append_ops(ops, self.state.term)
+        term = self.state.term
+        # The term history says where our term starts before any record of it
+        # is in the log (log/terms.py): durable first, then the records.
+        self.history.note(term, self.log.last_lsn + 1)
+        records = self.log.append_ops(ops, term)
         if self.log.size > self.log.max_bytes:
             self.log.trim(floor)
         return records
@@ -212,15 +218,27 @@ class PrimaryMirror(MirrorWorker):
 
     # -- per-peer session ---------------------------------------------------
 
+    def last_lsn(self) -> int:
+        return self.log.last_lsn
+
+    async def _check_term(self, term: int, member: str) -> None:
+        """Every message carries its sender's term: a higher one means another
+        member was promoted, so we stop acting as primary at once."""
+        if term > self.term:
+            await self.roles.observe_term(term, None, member)
+            raise PeerRefused(f"{member} knows term {term} > ours: we are no longer its "
+                              f"primary")
+
     async def _session(self, conn: Connection) -> None:
-        me = Hello(self.cfg.name, self.host, "primary", self.state.term, self.log.last_lsn)
+        me = Hello(self.cfg.name, self.host, "primary", self.state.term, self.log.last_lsn,
+                   [list(e) for e in self.history.entries])
         hello = await server_handshake(conn, self.cfg, me, ("backup", "async"))
-        if hello.term > self.state.term:
-            raise PeerRefused(f"{hello.member} knows term {hello.term} > ours "
-                              f"({self.state.term}): not acting as its primary")
-        if hello.last_lsn > self.log.last_lsn:
-            raise PeerRefused(f"{hello.member} is ahead of the primary (LSN {hello.last_lsn}"
-                              f" > {self.log.last_lsn}): diverged history needs a rejoin")
+        conn.term_fn = lambda: self.term
+        await self._check_term(hello.term, hello.member)
+        if not self.roles.writable:
+            raise PeerRefused("this member is stepping down as primary")
+        theirs = [(t, f) for t, f in hello.history]
+        shared = last_shared(self.history.entries, self.log.last_lsn, theirs, hello.last_lsn)
         peer = self.peers.setdefault(hello.member, PeerState(hello.role))
         if peer.task is not None and not peer.task.done():
             log.warning("%s: %s reconnected; dropping its previous connection", self.name,
@@ -228,14 +246,22 @@ class PrimaryMirror(MirrorWorker):
             peer.task.cancel()
         peer.task = asyncio.current_task()
         peer.role, peer.connected = hello.role, True
-        peer.acked_lsn = peer.received_lsn = hello.last_lsn
+        peer.acked_lsn = peer.received_lsn = shared
         peer.last_seen = time.monotonic()
         peer.clear_inflight()
-        log.info("%s: %s (%s) connected at LSN %d; log holds %d..%d", self.name,
-                 hello.member, hello.role, hello.last_lsn, self.log.first_lsn,
+        if shared < hello.last_lsn:
+            # Its log holds LSN shared+1.. that we never wrote (log/terms.py):
+            # it quarantines them itself (stream/divergence.py); we bring its
+            # replica back to our version.
+            log.warning("%s: %s diverged after LSN %d (it holds %d, our log %d): it "
+                        "quarantines its tail; checksum resync follows", self.name,
+                        hello.member, shared, hello.last_lsn, self.log.last_lsn)
+            peer.pending = peer.resync = self._new_progress("checksum", "divergence", False)
+        log.info("%s: %s (%s) connected at LSN %d (shared %d); log holds %d..%d", self.name,
+                 hello.member, hello.role, hello.last_lsn, shared, self.log.first_lsn,
                  self.log.last_lsn)
         try:
-            await race(self._send_loop(conn, peer, hello.member, hello.last_lsn + 1),
+            await race(self._send_loop(conn, peer, hello.member, shared + 1),
                        self._recv_loop(conn, peer, hello.member))
         finally:
             if peer.task is asyncio.current_task():
@@ -246,6 +272,8 @@ class PrimaryMirror(MirrorWorker):
         while True:
             msg = await conn.recv(self.cfg.timeouts.qos)
             peer.last_seen = time.monotonic()
+            if not isinstance(msg, Records):
+                await self._check_term(msg.term, member)
             if isinstance(msg, Ack):
                 if msg.lsn > self.log.last_lsn or msg.received > self.log.last_lsn:
                     raise ProtocolError(f"ACK of LSN {msg.lsn} beyond our log end")
@@ -254,8 +282,7 @@ class PrimaryMirror(MirrorWorker):
                 peer.acked_through(peer.acked_lsn)
                 peer.acked_event.set()
             elif isinstance(msg, Heartbeat):
-                if msg.term > self.state.term:
-                    raise PeerRefused(f"{member} reports term {msg.term} > ours")
+                pass
             elif isinstance(msg, Manifest | ManifestEnd):
                 if peer.manifest is None:
                     raise ProtocolError(f"{type(msg).__name__} outside a resync")
@@ -289,8 +316,10 @@ class PrimaryMirror(MirrorWorker):
             if next_lsn > self.log.last_lsn:
                 await _wait(self._new_data, hb)
                 continue
+            if not self.roles.writable:
+                raise PeerRefused("no longer the primary (a higher term exists)")
             data, count = self.log.read_raw(next_lsn, BATCH_BYTES)
-            await conn.send(Records(raw=data))
+            await conn.send(Records(self.term, raw=data))
             next_lsn += count
             peer.sent(next_lsn - 1, len(data))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mirrorkit.agent.config import AgentConfig, MemberConfig, MirrorConfig
-from mirrorkit.agent.state import MirrorState, StateStore
+from mirrorkit.agent.state import MirrorState, RoleOwner, StateStore
 
 __all__ = ["Companion", "MirrorWorker"]
 
@@ -47,22 +47,35 @@ class MirrorWorker:
 
     role_name = "?"
 
-    def __init__(self, agent: AgentConfig, mirror: MirrorConfig, store: StateStore,
-                 state: MirrorState) -> None:
+    def __init__(self, agent: AgentConfig, mirror: MirrorConfig, roles: RoleOwner) -> None:
         self.agent = agent
         self.cfg = mirror
         self.host = agent.host
-        self.store = store
-        self.state = state
-        self.name = f"{mirror.name}[{state.role}]"
+        self.roles = roles  # the one owner of role and term: ask it, never cache
+        self.name = f"{mirror.name}[{roles.role}]"
         self.tasks: list[asyncio.Task[None]] = []
         self.servers: list[asyncio.Server] = []
         self.sessions: set[asyncio.Task[Any]] = set()  # connections served
         self.companions: list[Companion] = []
+        # Set when the mirror must stop on this member until an operator acts
+        # (the reason says what to do): not alive, /health 503.
+        self.error: str | None = None
+
+    @property
+    def state(self) -> MirrorState:
+        return self.roles.state
+
+    @property
+    def store(self) -> StateStore:
+        return self.roles.store
 
     @property
     def term(self) -> int:
-        return self.state.term
+        return self.roles.term
+
+    def last_lsn(self) -> int:
+        """The last LSN in this member's mirror log (0 without one)."""
+        return 0
 
     def mirror_dir(self) -> Path:
         return self.agent.mirror_dir(self.cfg.name)
@@ -87,7 +100,7 @@ class MirrorWorker:
 
     def arbiter_member(self) -> MemberConfig | None:
         for m in self.cfg.members.values():
-            if m.role == "arbiter":
+            if m.member_class == "arbiter":
                 return m
         return None
 
@@ -104,14 +117,7 @@ class MirrorWorker:
             log.error("%s: task %s died: %r", self.name, task.get_name(), exc, exc_info=exc)
 
     def alive(self) -> bool:
-        return all(not t.done() for t in self.tasks)
-
-    def set_term(self, term: int, primary: str | None) -> None:
-        """Adopt a higher term learnt from a peer (never go back)."""
-        if term > self.state.term:
-            log.info("%s: term %d -> %d (primary %s)", self.name, self.state.term, term, primary)
-            self.state = MirrorState(term, self.state.role, primary)
-            self.store.save(self.state)
+        return self.error is None and all(not t.done() for t in self.tasks)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -135,8 +141,9 @@ class MirrorWorker:
             "term": self.state.term,
             "mode": self.cfg.mode,
             "primary": self.state.primary,
-            "fenced": False,
+            "fenced": self.state.role == "primary" and not self.roles.writable,
             "alive": self.alive(),
+            **({"error": self.error} if self.error else {}),
         }
 
 

@@ -154,6 +154,9 @@ class Connection:
         self.writer = writer
         self.label = label  # for log lines: "member@address:port" once known
         self.identity: PeerIdentity | None = None
+        # Our term, stamped on the ERROR sent at close; the handshake sets it
+        # from our HELLO, a worker may point it at its role owner.
+        self.term_fn: Callable[[], int] = lambda: 0
 
     async def send(self, msg: Message) -> None:
         self.writer.write(encode_message(msg))
@@ -167,7 +170,7 @@ class Connection:
     async def close(self, reason: str | None = None) -> None:
         if reason is not None and not self.writer.is_closing():
             try:
-                self.writer.write(encode_message(Error(reason[:500])))
+                self.writer.write(encode_message(Error(reason[:500], self.term_fn())))
                 await asyncio.wait_for(self.writer.drain(), 2.0)
             except (OSError, TimeoutError, ProtocolError):
                 pass
@@ -179,6 +182,7 @@ class Connection:
 async def server_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
                            accept_roles: tuple[str, ...]) -> Hello:
     """Read the client's HELLO, verify it, answer with ``me``."""
+    conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
     msg = await conn.recv(HANDSHAKE_TIMEOUT)
     if not isinstance(msg, Hello):
@@ -192,6 +196,7 @@ async def server_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
 async def client_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
                            accept_roles: tuple[str, ...]) -> Hello:
     """Send ``me``, read and verify the server's HELLO."""
+    conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
     await conn.send(me)
     msg = await conn.recv(HANDSHAKE_TIMEOUT)
@@ -278,3 +283,11 @@ async def run_guarded(conn: Connection, handler: Handler, name: str) -> None:
         log.error("%s: connection with %s failed: %r", name, conn.label, exc,
                   exc_info=log.isEnabledFor(logging.DEBUG))
     await conn.close(reason)
+
+
+async def send_heartbeats(conn: Connection, make: Callable[[], Message],
+                          interval: float) -> None:
+    """Send ``make()`` every ``interval`` seconds until cancelled."""
+    while True:
+        await conn.send(make())
+        await asyncio.sleep(interval)

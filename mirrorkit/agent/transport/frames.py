@@ -34,6 +34,7 @@ from typing import Any
 
 from mirrorkit.agent.log.records import Record, RecordCorrupt, encode_record
 from mirrorkit.agent.log.segments import decode_all
+from mirrorkit.agent.log.terms import valid_history
 from mirrorkit.agent.transport.manifest_items import (
     ManifestCorrupt,
     ManifestItem,
@@ -44,6 +45,7 @@ from mirrorkit.agent.transport.manifest_items import (
 __all__ = [
     "MAX_FRAME",
     "PROTOCOL_VERSION",
+    "TERM",
     "Ack",
     "Error",
     "Heartbeat",
@@ -62,11 +64,13 @@ __all__ = [
     "read_message",
 ]
 
-# Still 1: the difference resync's messages were added before any release;
-# agents of one mirror are deployed together (same wheel).
-PROTOCOL_VERSION = 1
+# 2: every message carries the sender's term and HELLO its term history.
+# Agents of one mirror run the same version (the role ships one wheel); a
+# member speaking another version is refused with that reason.
+PROTOCOL_VERSION = 2
 MAGIC = b"MK"
 FRAME = struct.Struct(">2sBBI")
+TERM = struct.Struct(">Q")  # binary payloads (RECORDS, MANIFEST) start with it
 # One batch of at most ~1 MiB, or a single record of up to 16 MiB, plus slack.
 MAX_FRAME = 20 << 20
 MAX_CONTROL = 64 << 10
@@ -96,10 +100,13 @@ class Hello:
     role: str
     term: int
     last_lsn: int
+    # The sender's term history (log/terms.py): [[term, first LSN], ...].
+    history: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Records:
+    term: int
     records: list[Record] = field(default_factory=list)
     raw: bytes = b""  # already-encoded records (primary ships log bytes as-is)
 
@@ -108,6 +115,7 @@ class Records:
 class Ack:
     lsn: int  # durably applied
     received: int  # durably logged
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +131,13 @@ class Heartbeat:
 @dataclass(frozen=True, slots=True)
 class Error:
     reason: str
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
 class ResyncBegin:
     lsn: int  # the log position the snapshot starts from
+    term: int
     mode: str = "checksum"  # all | different | newer | checksum
     keep_orphans: int = 0  # 1: report replica-only files, do not move them
     block_size: int = 64 * 1024  # for the manifest's block hashes
@@ -136,12 +146,14 @@ class ResyncBegin:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    term: int
     items: list[ManifestItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class ManifestEnd:
     entries: int
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +164,13 @@ class ResyncProgress:
     bytes_done: int
     bytes_sent: int
     orphans: int
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
 class ResyncEnd:
     lsn: int  # after applying the snapshot the receiver is at this LSN
+    term: int
 
 
 Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd | Manifest
@@ -164,31 +178,32 @@ Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd |
 
 _FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
     MsgType.HELLO: (Hello, {"mirror": str, "member": str, "role": str, "term": int,
-                            "last_lsn": int}),
-    MsgType.ACK: (Ack, {"lsn": int, "received": int}),
+                            "last_lsn": int, "history": list}),
+    MsgType.ACK: (Ack, {"lsn": int, "received": int, "term": int}),
     MsgType.HEARTBEAT: (Heartbeat, {"term": int, "lsn": int, "role": str, "lag_bytes": int,
                                     "lag_records": int, "lag_seconds": (int, float)}),
-    MsgType.ERROR: (Error, {"reason": str}),
-    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": int, "mode": str, "keep_orphans": int,
-                                         "block_size": int, "id": int}),
-    MsgType.RESYNC_END: (ResyncEnd, {"lsn": int}),
-    MsgType.MANIFEST_END: (ManifestEnd, {"entries": int}),
+    MsgType.ERROR: (Error, {"reason": str, "term": int}),
+    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": int, "term": int, "mode": str,
+                                         "keep_orphans": int, "block_size": int, "id": int}),
+    MsgType.RESYNC_END: (ResyncEnd, {"lsn": int, "term": int}),
+    MsgType.MANIFEST_END: (ManifestEnd, {"entries": int, "term": int}),
     MsgType.RESYNC_PROGRESS: (ResyncProgress, {
         "files_total": int, "files_done": int, "bytes_total": int, "bytes_done": int,
-        "bytes_sent": int, "orphans": int}),
+        "bytes_sent": int, "orphans": int, "term": int}),
 }
 _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
 _BINARY = (MsgType.RECORDS, MsgType.MANIFEST)
 _OPTIONAL = {"role", "lag_bytes", "lag_records", "lag_seconds", "mode", "keep_orphans",
-             "block_size", "id"}
+             "block_size", "id", "history"}
 
 
 def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Records):
-        payload = msg.raw or b"".join(encode_record(r) for r in msg.records)
+        payload = TERM.pack(msg.term) + (msg.raw or b"".join(encode_record(r)
+                                                             for r in msg.records))
         mtype = MsgType.RECORDS
     elif isinstance(msg, Manifest):
-        payload = b"".join(encode_item(i) for i in msg.items)
+        payload = TERM.pack(msg.term) + b"".join(encode_item(i) for i in msg.items)
         mtype = MsgType.MANIFEST
     else:
         mtype = _TYPES[type(msg)]
@@ -217,15 +232,20 @@ def _check_header(header: bytes) -> tuple[MsgType, int]:
 
 
 def _decode_payload(kind: MsgType, payload: bytes) -> Message:
+    if kind in _BINARY:
+        if len(payload) < TERM.size:
+            raise ProtocolError(f"{kind.name} payload lacks the sender's term")
+        (term,) = TERM.unpack_from(payload)
+        body = payload[TERM.size:]
     if kind is MsgType.RECORDS:
         try:
-            records = decode_all(payload)
+            records = decode_all(body)
         except RecordCorrupt as exc:
             raise ProtocolError(f"corrupt record in RECORDS: {exc}") from None
-        return Records(records=records)
+        return Records(term, records=records)
     if kind is MsgType.MANIFEST:
         try:
-            return Manifest(decode_items(payload))
+            return Manifest(term, decode_items(body))
         except ManifestCorrupt as exc:
             raise ProtocolError(f"corrupt MANIFEST: {exc}") from None
     try:
@@ -247,6 +267,10 @@ def _decode_payload(kind: MsgType, payload: bytes) -> Message:
         if isinstance(value, int) and value < 0:
             raise ProtocolError(f"{kind.name}.{name} is negative")
         args[name] = value
+    if kind is MsgType.HELLO and "history" in args:
+        problem = valid_history(args["history"])
+        if problem is not None:
+            raise ProtocolError(f"HELLO.history: {problem}")
     msg: Message = cls(**args)
     return msg
 

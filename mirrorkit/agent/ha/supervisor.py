@@ -1,0 +1,173 @@
+"""One mirror on this host: its role owner and the worker for its current role.
+
+The supervisor loads the mirror's :class:`~mirrorkit.agent.state.RoleOwner`
+and starts the worker that role calls for. When the role changes (a higher
+term was learnt, or, with the failover issue, a promotion), the owner has
+already persisted the change; the supervisor then stops the old worker and
+starts the new one inside the running agent: no process restart, the other
+mirrors of the host are untouched.
+
+A mirror whose state cannot be read (:class:`StateUnreadable`) does not
+start: its status says why (``alive: false``, ``error`` names the file and
+the recovery), so ``/health`` and ``/primary`` answer 503. The daemon asks
+:meth:`MirrorSupervisor.start` again every few seconds, so a repaired state
+file is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mirrorkit.agent.config import AgentConfig, MirrorConfig
+from mirrorkit.agent.ha.roles import create_worker
+from mirrorkit.agent.state import (
+    RECOVERY_DOC,
+    MirrorState,
+    RoleOwner,
+    StateStore,
+    StateUnreadable,
+)
+from mirrorkit.agent.stream.worker import MirrorWorker
+
+__all__ = ["MirrorSupervisor"]
+
+log = logging.getLogger(__name__)
+
+
+class MirrorSupervisor:
+    """Runs one mirror: owns its :class:`RoleOwner` and the current worker."""
+
+    def __init__(self, agent: AgentConfig, mirror: MirrorConfig) -> None:
+        self.agent = agent
+        self.cfg = mirror
+        self.name = mirror.name
+        self.roles: RoleOwner | None = None
+        self.worker: MirrorWorker | None = None
+        self.error: str | None = None
+        self.role_changes = 0
+        self.failed_starts = 0  # since the last successful start
+        self._lock = asyncio.Lock()  # one start/swap/stop at a time
+        self._swap_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    async def start(self) -> bool:
+        """Start the mirror if it is not running; False (and ``error`` set) if
+        it cannot start now."""
+        async with self._lock:
+            if self.worker is None and not self._stopping:
+                await self._start_locked("start")
+            return self.worker is not None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._swap_task is not None:
+            self._swap_task.cancel()
+        async with self._lock:
+            await self._stop_worker()
+
+    async def _start_locked(self, why: str) -> None:
+        worker: MirrorWorker | None = None
+        try:
+            if self.roles is None:
+                self.roles = await asyncio.to_thread(self._load_roles)
+                self.roles.listeners.append(self._on_change)
+            worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
+            await worker.start()
+        except Exception as exc:  # one broken mirror must not stop the others
+            self._fail(exc)
+            if worker is not None:
+                await worker.stop()
+            return
+        if self.error is not None:
+            log.info("mirror %s started after: %s", self.name, self.error)
+        self.error = None
+        self.failed_starts = 0
+        self.worker = worker
+        log.info("mirror %s: %s worker running (term %d, %s)", self.name, self.roles.role,
+                 self.roles.term, why)
+
+    def _load_roles(self) -> RoleOwner:
+        store = StateStore(self.agent.mirror_dir(self.name))
+        me = self.cfg.members[self.agent.host]
+        initial_primary = next((n for n, m in self.cfg.members.items()
+                                if m.role == "primary"), None)
+        return RoleOwner.load(store, me.member_class, self.cfg.role, initial_primary)
+
+    def _fail(self, exc: Exception) -> None:
+        self.failed_starts += 1
+        if isinstance(exc, StateUnreadable):
+            reason = (f"state unreadable: {exc}. This mirror will not start until it is "
+                      f"repaired; see {RECOVERY_DOC}")
+        else:
+            reason = str(exc) or repr(exc)
+        if reason != self.error:
+            log.error("mirror %s failed to start: %s (retrying every few seconds)",
+                      self.name, reason)
+        else:
+            log.debug("mirror %s still cannot start: %s", self.name, reason)
+        self.error = reason
+
+    async def _stop_worker(self) -> MirrorWorker | None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            await worker.stop()
+        return worker
+
+    # -- role changes ---------------------------------------------------------
+
+    def _on_change(self, old: MirrorState, new: MirrorState, why: str) -> None:
+        if old.role == new.role or self._stopping:
+            return
+        self.role_changes += 1
+        previous = self._swap_task
+        self._swap_task = asyncio.get_running_loop().create_task(
+            self._swap(old, new, why, previous), name=f"{self.name}:swap")
+
+    async def _swap(self, old: MirrorState, new: MirrorState, why: str,
+                    previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.gather(previous, return_exceptions=True)
+        async with self._lock:
+            if self._stopping:
+                return
+            log.warning("mirror %s: swapping the %s worker for a %s worker (term %d): %s",
+                        self.name, old.role, new.role, new.term, why)
+            gone = await self._stop_worker()
+            if old.role == "primary" and gone is not None:
+                await asyncio.to_thread(self._hand_over, gone)
+            await self._start_locked(f"role change: {why}")
+
+    def _hand_over(self, former: MirrorWorker) -> None:
+        # A primary's tree already holds everything in its log: as a receiver
+        # it has applied all of it (replaying its own log over the tree would
+        # undo later changes). Anything it logged that the new primary never
+        # received is found as a divergent tail when it connects.
+        last = former.last_lsn()
+        assert self.roles is not None
+        self.roles.store.save_applied(last)
+        log.info("mirror %s: former primary's log ends at LSN %d; applied LSN set to it",
+                 self.name, last)
+
+    # -- status ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        if self.worker is not None:
+            try:
+                out = self.worker.status()
+            except Exception as exc:  # status must never take the API down
+                out = {"role": self.worker.state.role, "alive": False, "error": repr(exc)}
+        else:
+            roles = self.roles
+            out = {"role": roles.role if roles is not None else "unknown",
+                   "term": roles.term if roles is not None else None,
+                   "primary": roles.primary if roles is not None else None,
+                   "fenced": True, "alive": False,
+                   "error": self.error or "starting", "failed_starts": self.failed_starts}
+        out["role_changes"] = self.role_changes
+        return out
