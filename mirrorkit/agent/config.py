@@ -20,23 +20,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 __all__ = [
+    "RELOAD_IN_PLACE",
     "ROLES",
     "AgentConfig",
     "ConfigError",
     "ConfigIssue",
     "MemberConfig",
     "MirrorConfig",
+    "ReloadPlan",
     "Timeouts",
     "TlsConfig",
     "load_config",
     "parse_config",
+    "plan_reload",
 ]
 
 ROLES = ("primary", "backup", "arbiter", "async")
@@ -388,3 +391,41 @@ def _kind(value: Any) -> str:
 
 def _choices(choices: tuple[str, ...] | None) -> str | None:
     return None if choices is None else "one of " + ", ".join(choices)
+
+
+# Mirror settings a running worker reads each time it needs them, so a reload
+# applies them in place (no reconnect, no restart of the mirror's worker).
+RELOAD_IN_PLACE = frozenset({"timeouts", "hooks"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload of ``old`` into ``new`` must do (see :func:`plan_reload`)."""
+
+    unchanged: tuple[str, ...]
+    in_place: tuple[str, ...]  # only RELOAD_IN_PLACE fields changed
+    restart: tuple[str, ...]  # the mirror's worker restarts (role and term are kept)
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    api: bool  # the API listener moves
+    everything: bool  # host or state_dir changed: every mirror restarts
+
+
+def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
+    """Compare two configs of this host, mirror by mirror."""
+    everything = (old.host, old.state_dir) != (new.host, new.state_dir)
+    unchanged, in_place, restart = [], [], []
+    for name in sorted(old.mirrors.keys() & new.mirrors.keys()):
+        a, b = old.mirrors[name], new.mirrors[name]
+        changed = {f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+        if everything or changed - RELOAD_IN_PLACE:
+            restart.append(name)
+        elif changed:
+            in_place.append(name)
+        else:
+            unchanged.append(name)
+    return ReloadPlan(tuple(unchanged), tuple(in_place), tuple(restart),
+                      tuple(sorted(new.mirrors.keys() - old.mirrors.keys())),
+                      tuple(sorted(old.mirrors.keys() - new.mirrors.keys())),
+                      (old.api_listen, old.api_port) != (new.api_listen, new.api_port),
+                      everything)

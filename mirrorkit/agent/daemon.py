@@ -6,12 +6,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from mirrorkit import __version__
 from mirrorkit.agent.api.control import repair_handler, resync_handler
 from mirrorkit.agent.api.http import start_api
-from mirrorkit.agent.config import AgentConfig
+from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
 
@@ -25,10 +26,14 @@ RETRY_SECONDS = 5.0
 class Agent:
     """Every mirror of this host (one :class:`MirrorSupervisor` each) plus the API."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP (reload)
         self.supervisors = {name: MirrorSupervisor(cfg, m) for name, m in cfg.mirrors.items()}
         self._stop = asyncio.Event()
+        self._api: asyncio.base_events.Server | None = None
+        self._reloading = asyncio.Lock()
+        self.reloads = 0
 
     @property
     def workers(self) -> Mapping[str, MirrorWorker]:
@@ -37,7 +42,8 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         mirrors = {name: sup.status() for name, sup in self.supervisors.items()}
-        return {"host": self.cfg.host, "version": __version__, "mirrors": mirrors}
+        return {"host": self.cfg.host, "version": __version__, "reloads": self.reloads,
+                "mirrors": mirrors}
 
     def stop(self) -> None:
         self._stop.set()
@@ -47,20 +53,61 @@ class Agent:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         for sup in self.supervisors.values():
             await sup.start()
-        api = await self._start_api()
+        self._api = await self._start_api()
         log.info("agent %s %s running %d of %d mirror(s)", self.cfg.host, __version__,
                  sum(s.running for s in self.supervisors.values()), len(self.supervisors))
         retry = asyncio.create_task(self._retry_failed())
         await self._stop.wait()
         log.info("shutting down")
         retry.cancel()
-        if api is not None:
-            api.close()
+        if self._api is not None:
+            self._api.close()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()),
                              return_exceptions=True)
         log.info("stopped")
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        task.add_done_callback(_log_failure)
+
+    async def reload(self) -> bool:
+        """Read the config file again and apply it, keeping roles, terms and
+        connections where it can (docs/architecture.md, "Reload"): unchanged
+        mirrors are not touched; a change of timeouts or hooks is applied in
+        place; any other change restarts only that mirror's worker (its role
+        and term are persisted, so they stay). A config that does not
+        validate changes nothing. Returns whether it was applied."""
+        async with self._reloading:
+            if self.config_path is None:
+                log.error("reload: the agent was started without a config file")
+                return False
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return False
+            plan = plan_reload(self.cfg, new)
+            log.info("reload of %s: unchanged %s, in place %s, restart %s, added %s, "
+                     "removed %s%s", self.config_path, list(plan.unchanged),
+                     list(plan.in_place), list(plan.restart), list(plan.added),
+                     list(plan.removed), ", API moves" if plan.api else "")
+            self.cfg = new
+            for name in plan.in_place:
+                self.supervisors[name].reconfigure(new.mirrors[name])
+            for name in (*plan.restart, *plan.removed):
+                await self.supervisors.pop(name).stop()
+            for name in (*plan.restart, *plan.added):
+                self.supervisors[name] = MirrorSupervisor(new, new.mirrors[name])
+                await self.supervisors[name].start()
+            if plan.api:
+                if self._api is not None:
+                    self._api.close()
+                self._api = await self._start_api()
+            self.reloads += 1
+            return True
 
     async def _retry_failed(self) -> None:
         # A port still held by a dying predecessor, a missing certificate
@@ -100,3 +147,8 @@ class _Workers(Mapping[str, MirrorWorker]):
 
     def __len__(self) -> int:
         return sum(1 for s in self._sups.values() if s.worker is not None)
+
+
+def _log_failure(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload failed: %r", task.exception())

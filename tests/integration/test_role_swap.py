@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_loopback import differences, make_cluster
+from test_loopback import differences, make_cluster, wait_for
 
 from mirrorkit.agent import daemon
 from mirrorkit.agent.api.http import check_health, check_primary
@@ -138,3 +139,64 @@ def test_a_damaged_state_file_stops_only_its_mirror(tmp_path: Path,
             await run
 
     asyncio.run(main())
+
+
+def test_reload_keeps_what_it_can(tmp_path: Path) -> None:
+    c = make_cluster(tmp_path, {"node1": ("primary", None), "node2": ("backup", None)})
+    agents = {n: Agent(load_config(node.config), node.config) for n, node in c.nodes.items()}
+    root = {n: node.root for n, node in c.nodes.items()}
+    config = c.nodes["node1"].config
+
+    def sup(name: str) -> Any:
+        return agents[name].supervisors[M]
+
+    def rewrite(change: Callable[[dict[str, Any]], None]) -> None:
+        cfg = yaml.safe_load(config.read_text())
+        change(cfg["mirrors"][M])
+        config.write_text(yaml.safe_dump(cfg))
+
+    async def main() -> None:
+        runs = [asyncio.create_task(a.run(signals=False)) for a in agents.values()]
+        try:
+            await until(lambda: sup("node2").worker is not None
+                        and sup("node2").worker.connected, "node2 connects")
+            worker, session = sup("node1").worker, sup("node1").worker.peers["node2"].task
+            # a timeout change is applied in place: same worker, same connection
+            rewrite(lambda m: m["timeouts"].update(heartbeat=0.25))
+            assert await agents["node1"].reload()
+            assert sup("node1").worker is worker and worker.cfg.timeouts.heartbeat == 0.25
+            assert worker.peers["node2"].task is session
+            # a config that does not validate changes nothing
+            good = config.read_text()
+            config.write_text(good.replace("mode: async", "mode: sideways"))
+            assert not await agents["node1"].reload()
+            assert sup("node1").worker is worker
+            config.write_text(good)
+            # anything else restarts that mirror's worker; role and term stay
+            rewrite(lambda m: m.update(exclude=["*.tmp", "*.bak"]))
+            assert await agents["node1"].reload()
+            assert sup("node1").worker is not worker
+            assert sup("node1").roles.state.role == "primary" and sup("node1").roles.term == 1
+            (root["node1"] / "after-reload.txt").write_text("still replicating\n")
+            await until(lambda: (root["node2"] / "after-reload.txt").exists(),
+                        "replication after the restart")
+            assert agents["node1"].status()["reloads"] == 2
+        finally:
+            for a in agents.values():
+                a.stop()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_sighup_reloads_a_running_agent(tmp_path: Path) -> None:
+    c = make_cluster(tmp_path, {"node1": ("primary", None), "node2": ("backup", None)})
+    try:
+        node = c.start("node1")
+        wait_for(lambda: c.mirror("node1").get("role") == "primary", "node1 runs")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: (c.status("node1") or {}).get("reloads") == 1, "the reload")
+        assert node.proc.poll() is None and "reload of" in node.log_text()
+    finally:
+        c.stop_all()

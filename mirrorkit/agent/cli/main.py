@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     try:
-        asyncio.run(Agent(cfg).run())
+        asyncio.run(Agent(cfg, Path(args.config)).run())
     except KeyboardInterrupt:
         return 130
     return 0

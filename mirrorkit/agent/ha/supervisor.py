@@ -119,6 +119,13 @@ class MirrorSupervisor:
             await worker.stop()
         return worker
 
+    def reconfigure(self, mirror: MirrorConfig) -> None:
+        """Apply settings the worker reads as it goes (timeouts, hooks: see
+        ``config.RELOAD_IN_PLACE``) without stopping it."""
+        self.cfg = mirror
+        if self.worker is not None:
+            self.worker.cfg = mirror
+
     # -- role changes ---------------------------------------------------------
 
     def _on_change(self, old: MirrorState, new: MirrorState, why: str) -> None:
