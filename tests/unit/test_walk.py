@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
+from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.capture.watch import scan_full
+from mirrorkit.agent.log.records import Op, OpKind, Record
+from mirrorkit.agent.resync.compare import count_tree
+from mirrorkit.agent.resync.manifest import walk_replica
 from mirrorkit.agent.util.hashing import block_digest, read_blocks
 from mirrorkit.agent.util.walk import DIR, END, FILE, LINK, lookup, walk
+from mirrorkit.agent.verify.manifest import build_manifest
 
 
 def rels(root: Path, top: str = "", **kw: Any) -> list[str]:
@@ -214,6 +220,29 @@ def test_levels_reopened_on_the_way_back_up_keep_the_fd_bound(tmp_path: Path) ->
     expected_z = ["a/" * k + "z" for k in range(60)]
     assert [r for r in got if r.endswith("z")] == expected_z[::-1]  # deepest first
     assert len(got) == 120 and most <= 4 + 1 and open_fds() == before
+
+
+def test_every_caller_walks_a_tree_too_deep_for_recursion(deep: tuple[Path, int]) -> None:
+    root, depth = deep
+    ops = list(scan_full([root], []))
+    assert [op.kind for op in ops].count(OpKind.MKDIR) == depth
+    assert sum(1 for _ in walk_replica([root], 4096, True)) == depth + 1
+    assert sum(1 for _ in build_manifest([str(root)], [])) == depth + 1
+    assert count_tree([str(root)], []) == (1, 0)
+
+
+def test_apply_removes_a_tree_too_deep_for_shutil_rmtree(tmp_path: Path) -> None:
+    replica, outside = tmp_path / "replica", tmp_path / "outside"
+    make_chain(replica, "d", 1200)
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    os.symlink(outside, replica / "d" / "d" / "link")
+    os.mkfifo(replica / "d" / "fifo")
+    applier = Applier([replica])
+    applier.apply_batch([Record(1, 1, Op(OpKind.RMDIR, 0, "d"))])
+    applier.close()
+    assert applier.skipped == 0 and os.listdir(replica) == []
+    assert (outside / "keep").exists()
 
 
 def test_a_path_no_record_can_carry_is_skipped_and_logged(
