@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.apply.applier import Applier, PathRefused, split_relpath
+from mirrorkit.agent.apply.applier import Applier
 from mirrorkit.agent.log.records import Op, OpKind, Record
 
 
@@ -146,8 +146,10 @@ def test_unlink_of_root_is_refused(env: tuple[Applier, Path, Path]) -> None:
     assert a.refused == 2 and root.is_dir()
 
 
-def test_split_relpath() -> None:
-    assert split_relpath("a//b/./c") == ("a", "b", "c")
-    assert split_relpath("") == ()
-    with pytest.raises(PathRefused):
-        split_relpath("/a")
+@pytest.mark.parametrize("path", ["a//b", "./a", "a/", "a/./b", "x" * 256, "d/" * 2048 + "f"])
+def test_non_canonical_or_too_long_paths_are_refused(env: tuple[Applier, Path, Path],
+                                                     path: str) -> None:
+    """One spelling per path (util.fs.safe_parts): no alias of another entry."""
+    a, root, _ = env
+    apply(a, Op(OpKind.CREATE, 0, path, value=0o644), Op(OpKind.MKDIR, 0, "ok", value=0o755))
+    assert a.refused == 1 and os.listdir(root) == ["ok"]

@@ -3,8 +3,10 @@
 Confinement: each op's ``path`` (and a RENAME's ``target``) is resolved
 component by component from an open descriptor of the replica root
 (``targets[tree]``), openat-style, with ``O_NOFOLLOW`` on every directory
-component. A record is **refused** if its path is absolute, contains ``..``
-or NUL, names a tree the mirror does not have, or passes through *any*
+component. A record is **refused** if its path fails the one path sanitiser
+(:func:`~mirrorkit.agent.util.fs.safe_parts`: absolute, ``..`` or ``.``, NUL,
+an empty component, longer than PATH_MAX or a name longer than NAME_MAX),
+names a tree the mirror does not have, or passes through *any*
 symlink (inside or outside the root: capture never follows symlinks, so a
 legitimate record never goes through one, and refusing them all closes
 rename races that a realpath-then-open check would leave open). The final
@@ -54,15 +56,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit.agent.log.records import Op, OpKind, Record
-from mirrorkit.agent.util.fs import syncfs, syncfs_supported
+from mirrorkit.agent.util.fs import UnsafePath, safe_parts, syncfs, syncfs_supported
+from mirrorkit.agent.util.walk import remove_tree
 
-__all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
+__all__ = ["Applier", "ApplyError", "PathRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +88,6 @@ class PathRefused(Exception):
 
 class ApplyError(Exception):
     """A resource error: the batch is not durable and must not be acknowledged."""
-
-
-def split_relpath(path: str) -> tuple[str, ...]:
-    """Components of a relative record path; raise :class:`PathRefused`."""
-    if path.startswith("/"):
-        raise PathRefused(f"absolute path {path!r}")
-    if "\0" in path:
-        raise PathRefused(f"NUL byte in path {path!r}")
-    parts = tuple(p for p in path.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise PathRefused(f"'..' in path {path!r}")
-    return parts
 
 
 class Applier:
@@ -168,7 +158,7 @@ class Applier:
         op = record.op
         try:
             self._dispatch(op)
-        except PathRefused as exc:
+        except (PathRefused, UnsafePath) as exc:
             self.refused += 1
             log.error("%s: REFUSED record LSN %d (%s %r): %s", self.label, record.lsn,
                       op.kind.name, op.path, exc)
@@ -275,7 +265,7 @@ class Applier:
 
     def _entry(self, tree: int, path: str, create: bool) -> tuple[int | None, str,
                                                                   tuple[str, ...]]:
-        parts = split_relpath(path)
+        parts = safe_parts(path, allow_root=True)
         if not parts:
             return self._root(tree), ".", parts
         return self._dir(tree, parts[:-1], create), parts[-1], parts
@@ -294,7 +284,7 @@ class Applier:
         if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=d)  # fd-based: never follows symlinks
+            remove_tree(d, name)  # fd-based, iterative: never follows symlinks
         else:
             os.unlink(name, dir_fd=d)
         self._dirty_dirs.add(d)
@@ -420,7 +410,8 @@ class Applier:
 
     def _rename(self, op: Op) -> None:
         self.flush()  # paths change: cached descriptors would point elsewhere
-        src_parts, dst_parts = split_relpath(op.path), split_relpath(op.target)
+        src_parts = safe_parts(op.path, allow_root=True)
+        dst_parts = safe_parts(op.target, allow_root=True)
         if not src_parts or not dst_parts:
             raise PathRefused("RENAME of or onto the replica root")
         sd = self._dir(op.tree, src_parts[:-1], create=False)

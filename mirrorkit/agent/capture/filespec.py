@@ -1,7 +1,8 @@
 """Exclude patterns: which paths of a mirror tree are not mirrored.
 
-One function, :func:`is_excluded`, used by capture, the full scan and verify,
-so that every part agrees on what belongs to the mirror.
+One function, :func:`is_excluded`, used by capture, the full scan, resync and
+verify (through :func:`excluder`, the tree walker's ``skip``), so that every
+part agrees on what belongs to the mirror.
 
 Pattern rules (paths are relative to the tree root, ``/``-separated):
 
@@ -29,13 +30,7 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 
-__all__ = ["is_excluded", "normalise_relpath"]
-
-
-def normalise_relpath(relpath: str) -> str:
-    """Strip ``./``, leading/trailing and doubled slashes."""
-    parts = [p for p in relpath.split("/") if p and p != "."]
-    return "/".join(parts)
+__all__ = ["excluder", "is_excluded"]
 
 
 def _translate_anchored(pattern: str) -> str:
@@ -103,16 +98,23 @@ def _compile(pattern: str) -> Callable[[list[str]], bool] | None:
 
 
 def is_excluded(relpath: str, patterns: Sequence[str]) -> bool:
-    """True when ``relpath`` (relative to a tree root) or one of its ancestor
-    directories matches one of ``patterns``. The tree root itself
-    (``""``) is never excluded."""
-    if not patterns:
+    """True when ``relpath`` (relative to a tree root, canonical: ``a/b``, as
+    the walker and :func:`~mirrorkit.agent.util.fs.safe_parts` give it) or
+    one of its ancestor directories matches one of ``patterns``. The tree
+    root itself (``""``) is never excluded."""
+    if not patterns or not relpath:
         return False
-    parts = normalise_relpath(relpath).split("/")
-    if parts == [""]:
-        return False
+    parts = relpath.split("/")
     for pattern in patterns:
         matcher = _compile(pattern)
         if matcher is not None and matcher(parts):
             return True
     return False
+
+
+def excluder(patterns: Sequence[str]) -> Callable[[str], bool] | None:
+    """``patterns`` as the walker's ``skip`` predicate (None: nothing excluded)."""
+    if not patterns:
+        return None
+    frozen = tuple(patterns)
+    return lambda relpath: is_excluded(relpath, frozen)

@@ -29,16 +29,11 @@ from pathlib import Path
 from typing import Protocol
 
 from mirrorkit.agent.util.hashing import HASH_NAME
+from mirrorkit.agent.util.walk import DIR, FILE, LINK
 
 __all__ = ["DIR", "FILE", "HASH_NAME", "LINK", "BlockIndex", "Entry", "IndexStore", "NullIndex"]
 
 log = logging.getLogger(__name__)
-
-FILE, DIR, LINK = "f", "d", "l"
-
-
-
-
 
 
 def _b(path: str) -> bytes:

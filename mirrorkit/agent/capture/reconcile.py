@@ -4,7 +4,7 @@ full scan and resync."""
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import logging
 import os
 import stat
@@ -13,20 +13,17 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from enum import IntEnum
 
-from mirrorkit.agent.capture.filespec import is_excluded
+from mirrorkit.agent.capture.filespec import excluder, is_excluded
 from mirrorkit.agent.capture.index import DIR, FILE, LINK, Entry, IndexStore
 from mirrorkit.agent.log.records import Op, OpKind
-from mirrorkit.agent.util.fs import open_dir_nofollow
-from mirrorkit.agent.util.hashing import DIGEST_SIZE, block_digest
+from mirrorkit.agent.util.fs import UnsafePath, open_file_nofollow, safe_parts
+from mirrorkit.agent.util.hashing import DIGEST_SIZE, read_blocks
+from mirrorkit.agent.util.walk import END, WalkEntry, lookup, walk
 from mirrorkit.errors import MirrorkitError
 
 __all__ = ["CaptureError", "How", "Reconciler", "diff_file", "removal_op", "touch_entry"]
 
 log = logging.getLogger(__name__)
-
-
-
-_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def removal_op(tree: int, path: str, old: Entry) -> Op:
@@ -46,63 +43,50 @@ def diff_file(
     The stat recorded is the one taken *before* reading, so a write racing
     with the read leaves a stat that no longer matches and gets rehashed.
     """
-    try:
-        fd = os.open(
-            abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
-        )
-    except (FileNotFoundError, NotADirectoryError):
+    opened = open_file_nofollow(abspath, dir_fd)
+    if opened is None:
         return None
-    except OSError as exc:
-        # ELOOP: it became a symlink; ENXIO/EACCES etc.: not something we read.
-        if exc.errno in (errno.ELOOP, errno.ENXIO):
-            return None
-        raise
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-    except OSError:
+        return (yield from _diff_blocks(tree, path, fd, st, old, block_size))
+    finally:
         os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as f:
-        hashed_ns = time.time_ns()
-        mode = stat.S_IMODE(st.st_mode)
-        fresh = old is None or old.kind != FILE
-        if fresh:
-            if old is not None:
-                yield removal_op(tree, path, old)
-            yield Op(OpKind.CREATE, tree, path, value=mode)
-            old_hashes, old_size = b"", 0
-        else:
-            assert old is not None
-            old_hashes, old_size = old.hashes, old.size
-        hashes = bytearray()
-        offset = 0
-        changed = False
-        while block := f.read(block_size):
-            digest = block_digest(block)
-            at = len(hashes)
-            hashes += digest
-            if old_hashes[at : at + DIGEST_SIZE] != digest:
-                changed = True
-                yield Op(OpKind.WRITE, tree, path, value=offset, data=block)
-            else:
-                yield None
-            offset += len(block)
-    if not fresh:
-        assert old is not None
-        if offset < old_size:
+
+
+def _diff_blocks(
+    tree: int, path: str, fd: int, st: os.stat_result, old: Entry | None, block_size: int,
+) -> Generator[Op | None, None, Entry]:
+    hashed_ns = time.time_ns()
+    mode = stat.S_IMODE(st.st_mode)
+    fresh = old is None or old.kind != FILE
+    if fresh:
+        if old is not None:
+            yield removal_op(tree, path, old)
+        yield Op(OpKind.CREATE, tree, path, value=mode)
+    old_hashes = b"" if fresh or old is None else old.hashes
+    hashes = bytearray()
+    size = 0
+    changed = False
+    for offset, block, digest in read_blocks(fd, block_size):
+        at = len(hashes)
+        hashes += digest
+        if old_hashes[at : at + DIGEST_SIZE] != digest:
             changed = True
-            yield Op(OpKind.TRUNCATE, tree, path, value=offset)
+            yield Op(OpKind.WRITE, tree, path, value=offset, data=bytes(block))
+        else:
+            yield None
+        size = offset + len(block)
+    if not fresh and old is not None:
+        if size < old.size:
+            changed = True
+            yield Op(OpKind.TRUNCATE, tree, path, value=size)
         if mode != old.mode:
             yield Op(OpKind.CHMOD, tree, path, value=mode)
     # Our WRITE/TRUNCATE moved the replica's mtime: always restore it after.
     if fresh or changed or old is None or st.st_mtime_ns != old.mtime_ns:
         yield Op(OpKind.UTIME, tree, path, value=st.st_mtime_ns)
     return Entry(
-        FILE, mode, offset, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, hashed_ns, "",
-        bytes(hashes),
+        FILE, mode, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, hashed_ns, "", bytes(hashes),
     )
 
 
@@ -127,14 +111,20 @@ class How(IntEnum):
 
 class Reconciler:
     """Diffs disk against an index; yields ops (``None`` = progress tick) and
-    updates the index *after* yielding the ops that justify each change."""
+    updates the index *after* yielding the ops that justify each change.
+
+    The trees are read with the one walker (:mod:`mirrorkit.agent.util.walk`):
+    a subtree's entries in walk order, each compared with its index entry,
+    and at the end of each directory's listing (``END``) the index's children
+    that the walk did not yield (gone, excluded, or of a kind not mirrored)
+    are removed."""
 
     def __init__(
         self,
         roots: list[str],
         exclude: list[str],
         index: IndexStore,
-        on_dir: Callable[[int, str, int], None],
+        on_dir: Callable[[int, str, int], None] | None = None,
     ) -> None:
         self.roots = roots
         self.exclude = exclude
@@ -147,95 +137,90 @@ class Reconciler:
         return os.path.join(self.roots[tree], rel) if rel else self.roots[tree]
 
     def reconcile(self, tree: int, rel: str, how: How) -> Iterator[Op | None]:
-        stack = [rel]
-        while stack:
-            yield from self._one(tree, stack.pop(), how, stack)
-
-    def _open_dir(self, tree: int, rel: str) -> int | None:
-        return open_dir_nofollow(self.roots[tree], rel)
-
-    def _one(self, tree: int, rel: str, how: How, stack: list[str]) -> Iterator[Op | None]:
-        parent, _, name = rel.rpartition("/")
-        pfd = None
-        if rel and not is_excluded(rel, self.exclude):
-            pfd = self._open_dir(tree, parent)
-        try:
-            st: os.stat_result | None = None
-            if not rel:
-                try:
-                    st = os.stat(self.roots[tree])
-                except OSError:
-                    st = None
-                if st is None or not stat.S_ISDIR(st.st_mode):
-                    raise CaptureError(
-                        f"mirror tree {self.roots[tree]} is missing or not a directory"
-                    )
-                yield from self._dir(tree, rel, None, self.roots[tree], st, None, how, stack)
-                return
-            if pfd is not None:
-                try:
-                    st = os.lstat(name, dir_fd=pfd)
-                except (FileNotFoundError, NotADirectoryError):
-                    st = None
-            old = self.index.get(tree, rel)
-            if pfd is None or st is None or not (
-                stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
-            ):
+        """The ops for path ``rel`` of ``tree`` (``""``: the whole tree) and,
+        for a directory that is new or with ``How.SCAN``, everything below."""
+        if not rel:
+            try:
+                st = os.stat(self.roots[tree])
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                raise CaptureError(f"mirror tree {self.roots[tree]} is missing or not a directory")
+            if how == How.SCAN:
+                yield from self._below(tree, "", how)
+            return
+        old = self.index.get(tree, rel)
+        with self._lookup(tree, rel) as found:
+            if found is None:
                 # Gone, excluded, or a kind we do not mirror (fifo, socket, device).
                 if old is not None:
                     yield removal_op(tree, rel, old)
                     self.index.delete_subtree(tree, rel)
                 return
-            if stat.S_ISDIR(st.st_mode):
-                yield from self._dir(tree, rel, pfd, name, st, old, how, stack)
-            elif stat.S_ISLNK(st.st_mode):
-                yield from self._link(tree, rel, pfd, name, old)
-            else:
-                yield from self._file(tree, rel, pfd, name, st, old, how)
-        finally:
-            if pfd is not None:
-                os.close(pfd)
+            yield from self._entry(found, old, how)
+        if found.kind == DIR and found.descend:
+            yield from self._below(tree, rel, how)
 
-    def _dir(
-        self, tree: int, rel: str, pfd: int | None, name: str, st: os.stat_result,
-        old: Entry | None, how: How, stack: list[str],
-    ) -> Iterator[Op | None]:
-        mode = stat.S_IMODE(st.st_mode)
-        fresh = bool(rel) and (old is None or old.kind != DIR)
-        if rel:
-            if fresh:
-                if old is not None:
-                    yield removal_op(tree, rel, old)
-                    self.index.delete_subtree(tree, rel)
-                yield Op(OpKind.MKDIR, tree, rel, value=mode)
-                self.index.put(tree, rel, Entry(DIR, mode))
-            elif old is not None and old.mode != mode:
-                yield Op(OpKind.CHMOD, tree, rel, value=mode)
-                self.index.put(tree, rel, Entry(DIR, mode))
-        if not (fresh or how == How.SCAN):
+    @contextlib.contextmanager
+    def _lookup(self, tree: int, rel: str) -> Iterator[WalkEntry | None]:
+        try:
+            safe_parts(rel)
+        except UnsafePath as exc:  # a path no record can carry (too long)
+            log.error("capture: %s not mirrored: %s", self.abspath(tree, rel), exc)
+            yield None
             return
-        try:
-            dfd = os.open(name, _LIST_FLAGS, dir_fd=pfd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return  # replaced meanwhile; its parent's watch reports that
-            raise
-        try:
-            self.on_dir(tree, rel, dfd)  # before listing: anything created after is an event
-            names = set(os.listdir(dfd))
-        finally:
-            os.close(dfd)
+        if is_excluded(rel, self.exclude):
+            yield None
+            return
+        with lookup(self.roots[tree], rel, tree=tree) as found:
+            yield found
+
+    def _below(self, tree: int, top: str, how: How) -> Iterator[Op | None]:
+        for entry in walk(self.roots[tree], top, tree=tree, skip=excluder(self.exclude),
+                          on_dir=self.on_dir, listing=True):
+            if entry.kind == END:
+                yield from self._vanished(tree, entry.rel, entry.names)
+            else:
+                yield from self._entry(entry, self.index.get(tree, entry.rel), how)
+
+    def _vanished(self, tree: int, rel: str, present: frozenset[str]) -> Iterator[Op | None]:
+        """Remove what the index holds below ``rel`` that the listing lacked."""
         known = self.index.children(tree, rel)
         prefix = f"{rel}/" if rel else ""
-        stack.extend(prefix + name for name in sorted(known.keys() - names, reverse=True))
-        stack.extend(prefix + name for name in sorted(names, reverse=True))
+        for name in sorted(known.keys() - present):
+            yield removal_op(tree, prefix + name, known[name])
+            self.index.delete_subtree(tree, prefix + name)
         yield None
 
-    def _link(
-        self, tree: int, rel: str, pfd: int, name: str, old: Entry | None
-    ) -> Iterator[Op | None]:
+    def _entry(self, entry: WalkEntry, old: Entry | None, how: How) -> Iterator[Op | None]:
+        if entry.kind == DIR:
+            entry.descend = yield from self._dir(entry, old, how)
+        elif entry.kind == LINK:
+            yield from self._link(entry, old)
+        else:
+            yield from self._file(entry, old, how)
+
+    def _dir(self, entry: WalkEntry, old: Entry | None, how: How) -> Generator[Op, None, bool]:
+        """The ops of one directory; returns whether to look inside it."""
+        assert entry.st is not None
+        tree, rel = entry.tree, entry.rel
+        mode = stat.S_IMODE(entry.st.st_mode)
+        fresh = old is None or old.kind != DIR
+        if fresh:
+            if old is not None:
+                yield removal_op(tree, rel, old)
+                self.index.delete_subtree(tree, rel)
+            yield Op(OpKind.MKDIR, tree, rel, value=mode)
+            self.index.put(tree, rel, Entry(DIR, mode))
+        elif old is not None and old.mode != mode:
+            yield Op(OpKind.CHMOD, tree, rel, value=mode)
+            self.index.put(tree, rel, Entry(DIR, mode))
+        return fresh or how == How.SCAN
+
+    def _link(self, entry: WalkEntry, old: Entry | None) -> Iterator[Op | None]:
+        tree, rel = entry.tree, entry.rel
         try:
-            target = os.readlink(name, dir_fd=pfd)
+            target = os.readlink(entry.name, dir_fd=entry.dir_fd)
         except OSError:
             return  # replaced meanwhile; an event follows
         if old is not None and old.kind == LINK and old.target == target:
@@ -247,10 +232,10 @@ class Reconciler:
         yield Op(OpKind.SYMLINK, tree, rel, target=target)
         self.index.put(tree, rel, Entry(LINK, target=target))
 
-    def _file(
-        self, tree: int, rel: str, pfd: int, name: str, st: os.stat_result, old: Entry | None,
-        how: How,
-    ) -> Iterator[Op | None]:
+    def _file(self, entry: WalkEntry, old: Entry | None, how: How) -> Iterator[Op | None]:
+        st = entry.st
+        assert st is not None
+        tree, rel = entry.tree, entry.rel
         if old is not None and old.kind == FILE:
             if how == How.SCAN and old.same_stat(st):
                 yield None
@@ -266,12 +251,13 @@ class Reconciler:
                 self.index.put(tree, rel, touch_entry(old, st))
                 return
         try:
-            new = yield from diff_file(tree, rel, name, old, self.index.block_size, dir_fd=pfd)
+            new = yield from diff_file(tree, rel, entry.name, old, self.index.block_size,
+                                       dir_fd=entry.dir_fd)
         except OSError as exc:
-            full = self.abspath(tree, rel)
             # Unreadable (EACCES, EIO): loud, and the index keeps the old entry
             # so the next scan retries; verify reports the difference.
-            log.error("capture: cannot read %s: %s; not mirrored until readable", full, exc)
+            log.error("capture: cannot read %s: %s; not mirrored until readable",
+                      self.abspath(tree, rel), exc)
             return
         if new is not None:
             self.index.put(tree, rel, new)

@@ -67,17 +67,13 @@ class Capture(Protocol):
     async def stop(self) -> None: ...
 
 
-def _no_watch(tree: int, rel: str, fd: int) -> None:
-    pass
-
-
 def scan_full(
     trees: list[Path], exclude: list[str], block_size: int = 64 * 1024
 ) -> Iterator[Op]:
     """The ops that recreate every tree on an empty replica: per directory,
     MKDIR before its contents; per file CREATE, WRITE blocks, UTIME; SYMLINK."""
     roots = [os.path.realpath(t) for t in trees]
-    rec = Reconciler(roots, exclude, NullIndex(block_size), _no_watch)
+    rec = Reconciler(roots, exclude, NullIndex(block_size))
     for tree in range(len(roots)):
         for op in rec.reconcile(tree, "", How.SCAN):
             if op is not None:

@@ -44,21 +44,20 @@ needed).
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mirrorkit.agent.capture.filespec import is_excluded
-from mirrorkit.agent.capture.index import FILE, BlockIndex, Entry
+from mirrorkit.agent.capture.filespec import excluder
+from mirrorkit.agent.capture.index import FILE, LINK, BlockIndex, Entry
 from mirrorkit.agent.capture.reconcile import How, Reconciler
 from mirrorkit.agent.log.records import Op, OpKind
 from mirrorkit.agent.transport.manifest_items import ManifestItem
 from mirrorkit.agent.util.hashing import DIGEST_SIZE
+from mirrorkit.agent.util.walk import WalkEntry, lookup, walk
 
 __all__ = [
     "MODES",
@@ -140,22 +139,20 @@ class ManifestStore(BlockIndex):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
-def _no_watch(tree: int, rel: str, fd: int) -> None:
-    pass
-
-
 class ResyncReconciler(Reconciler):
     """The capture's reconciler, with the compare mode deciding whether a
     regular file's content is compared, and progress counted per file."""
 
     def __init__(self, roots: list[str], exclude: list[str], index: ManifestStore, mode: str,
                  progress: ResyncProgress) -> None:
-        super().__init__(roots, exclude, index, _no_watch)
+        super().__init__(roots, exclude, index)
         self.mode = mode
         self.progress = progress
 
-    def _file(self, tree: int, rel: str, pfd: int, name: str, st: os.stat_result,
-              old: Entry | None, how: How) -> Iterator[Op | None]:
+    def _file(self, entry: WalkEntry, old: Entry | None, how: How) -> Iterator[Op | None]:
+        st = entry.st
+        assert st is not None
+        tree, rel = entry.tree, entry.rel
         try:
             if old is not None and old.kind == FILE and self.mode != "checksum":
                 same = (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns)
@@ -168,14 +165,13 @@ class ResyncReconciler(Reconciler):
                     yield None
                     return
                 old = replace(old, hashes=b"")  # content differs: send it whole
-            yield from super()._file(tree, rel, pfd, name, st, old, How.CONTENT)
+            yield from super()._file(entry, old, How.CONTENT)
         finally:
             self.progress.files_done += 1
             self.progress.bytes_done += st.st_size
 
-    def _link(self, tree: int, rel: str, pfd: int, name: str,
-              old: Entry | None) -> Iterator[Op | None]:
-        yield from super()._link(tree, rel, pfd, name, old)
+    def _link(self, entry: WalkEntry, old: Entry | None) -> Iterator[Op | None]:
+        yield from super()._link(entry, old)
         self.progress.files_done += 1
 
 
@@ -210,63 +206,32 @@ def diff_ops(rec: ResyncReconciler) -> Iterator[Op | None]:
 
 def count_tree(roots: list[str], exclude: list[str]) -> tuple[int, int]:
     """(files + symlinks, bytes of regular files) below ``roots``, as the
-    reconciler will see them (excludes applied, symlinks not followed)."""
+    reconciler will see them (the same walk: excludes applied, symlinks not
+    followed)."""
     files = size = 0
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            rel_dir = "" if rel_dir == "." else rel_dir
-            keep = []
-            for name in dirnames:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if os.path.islink(os.path.join(dirpath, name)):
-                    files += 1
-                elif not is_excluded(rel, exclude):
-                    keep.append(name)
-            dirnames[:] = keep
-            for name in filenames:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if is_excluded(rel, exclude):
-                    continue
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    files += 1
-                    size += st.st_size
-                elif stat.S_ISLNK(st.st_mode):
-                    files += 1
+    for tree, root in enumerate(roots):
+        for entry in walk(root, tree=tree, skip=excluder(exclude)):
+            if entry.kind == FILE:
+                assert entry.st is not None
+                files += 1
+                size += entry.st.st_size
+            elif entry.kind == LINK:
+                files += 1
     return files, size
-
-
-def _safe_parts(rel: str) -> list[str] | None:
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\0" in rel or any(p in ("", ".", "..") for p in parts):
-        return None
-    return parts
 
 
 def quarantine_path(root: Path, tree: int, rel: str, dest: Path) -> Path | None:
     """Move ``root/rel`` (not following any symlink on the way, moving a final
     symlink as a link) to ``dest/<tree>/rel``; return where it went, or
-    ``None`` if there is nothing there. Raises ValueError on an unsafe path."""
-    parts = _safe_parts(rel)
-    if parts is None:
-        raise ValueError(f"unsafe path {rel!r}")
-    cur = str(root)
-    for part in parts[:-1]:
-        cur = os.path.join(cur, part)
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
+    ``None`` if there is nothing there (or only a fifo, socket or device).
+    Raises :class:`~mirrorkit.agent.util.fs.UnsafePath` (a ValueError) on an
+    unsafe path."""
+    with lookup(root, rel, tree=tree) as found:
+        if found is None:
             return None
-        if not stat.S_ISDIR(st.st_mode):
-            return None  # through a symlink or a file: not ours to move
-    src = os.path.join(cur, parts[-1])
-    if not os.path.lexists(src):
-        return None
-    target = dest / str(tree) / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(src, target)
+        target = dest / str(tree) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Through the parent's descriptor: an ancestor replaced by a symlink
+        # since the lookup cannot redirect the move.
+        shutil.move(f"/proc/self/fd/{found.dir_fd}/{found.name}", target)
     return target

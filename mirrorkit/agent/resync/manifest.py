@@ -20,91 +20,73 @@ Wire encoding of one item (big-endian), concatenated in a ``MANIFEST`` frame::
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mirrorkit.agent.capture.filespec import is_excluded
+from mirrorkit.agent.capture.filespec import excluder
 from mirrorkit.agent.capture.index import DIR, FILE, LINK
 from mirrorkit.agent.transport.manifest_items import MAX_HASHES_PER_ITEM, ManifestItem
-from mirrorkit.agent.util.hashing import DIGEST_SIZE, block_digest
+from mirrorkit.agent.util.fs import open_file_nofollow
+from mirrorkit.agent.util.hashing import DIGEST_SIZE, read_blocks
+from mirrorkit.agent.util.walk import WalkEntry, walk
 
 __all__ = ["MAX_HASHES_PER_ITEM", "ManifestItem", "walk_replica"]
-
-
-
-
-
-
-
-
-
-
-
-
 
 def _file_hashes(dir_fd: int, name: str, block_size: int) -> Iterator[bytes]:
     """Block hashes of one file, in chunks of at most MAX_HASHES_PER_ITEM."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
+        opened = open_file_nofollow(name, dir_fd)
     except OSError:
+        opened = None
+    if opened is None:
         return  # unreadable here: no hashes, so the primary sends every block
-    with os.fdopen(fd, "rb") as f:
+    fd = opened[0]
+    try:
         chunk = bytearray()
-        while block := f.read(block_size):
-            chunk += block_digest(block)
+        for _, _, digest in read_blocks(fd, block_size):
+            chunk += digest
             if len(chunk) >= MAX_HASHES_PER_ITEM * DIGEST_SIZE:
                 yield bytes(chunk)
                 chunk.clear()
         if chunk:
             yield bytes(chunk)
+    finally:
+        os.close(fd)
+
+
+def _file_items(entry: WalkEntry, block_size: int, with_hashes: bool) -> Iterator[ManifestItem]:
+    assert entry.st is not None
+    st = entry.st
+    mode = stat.S_IMODE(st.st_mode)
+    chunks = _file_hashes(entry.dir_fd, entry.name, block_size) if with_hashes else iter(())
+    head = next(chunks, b"")
+    yield ManifestItem(entry.tree, entry.rel, FILE, mode, st.st_size, st.st_mtime_ns, hashes=head)
+    first = len(head) // DIGEST_SIZE
+    for more in chunks:
+        yield ManifestItem(entry.tree, entry.rel, FILE, mode, st.st_size, st.st_mtime_ns,
+                           first_block=first, hashes=more)
+        first += len(more) // DIGEST_SIZE
 
 
 def walk_replica(roots: list[Path], block_size: int, with_hashes: bool,
                  exclude: Sequence[str] = ()) -> Iterator[ManifestItem]:
     """Every directory, regular file and symlink below ``roots`` (not the roots
-    themselves), parents before children, except what ``exclude`` leaves out
-    (the mirror's patterns, as capture applies them). Other kinds (fifos,
-    sockets, device nodes) are not mirrored and not listed."""
+    themselves), in the one walker's order (parents before children), except
+    what ``exclude`` leaves out (the mirror's patterns, as capture applies
+    them). Other kinds (fifos, sockets, device nodes) are not mirrored and
+    not listed; a missing root lists nothing."""
     for tree, root in enumerate(roots):
-        stack = [""]
-        while stack:
-            rel_dir = stack.pop()
-            path = os.path.join(root, rel_dir) if rel_dir else str(root)
-            try:
-                dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    continue
-                raise
-            try:
-                for name in sorted(os.listdir(dfd)):
-                    rel = f"{rel_dir}/{name}" if rel_dir else name
-                    if exclude and is_excluded(rel, exclude):
-                        continue
-                    try:
-                        st = os.lstat(name, dir_fd=dfd)
-                    except FileNotFoundError:
-                        continue
-                    mode = stat.S_IMODE(st.st_mode)
-                    if stat.S_ISDIR(st.st_mode):
-                        yield ManifestItem(tree, rel, DIR, mode)
-                        stack.append(rel)
-                    elif stat.S_ISLNK(st.st_mode):
-                        yield ManifestItem(tree, rel, LINK, target=os.readlink(name, dir_fd=dfd))
-                    elif stat.S_ISREG(st.st_mode):
-                        first = 0
-                        chunks = _file_hashes(dfd, name, block_size) if with_hashes else iter(())
-                        head = next(chunks, b"")
-                        yield ManifestItem(tree, rel, FILE, mode, st.st_size, st.st_mtime_ns,
-                                           hashes=head)
-                        first = len(head) // DIGEST_SIZE
-                        for more in chunks:
-                            yield ManifestItem(tree, rel, FILE, mode, st.st_size,
-                                               st.st_mtime_ns, first_block=first, hashes=more)
-                            first += len(more) // DIGEST_SIZE
-            finally:
-                os.close(dfd)
+        for entry in walk(root, tree=tree, skip=excluder(exclude)):
+            assert entry.st is not None
+            if entry.kind == DIR:
+                yield ManifestItem(tree, entry.rel, DIR, stat.S_IMODE(entry.st.st_mode))
+            elif entry.kind == LINK:
+                try:
+                    target = os.readlink(entry.name, dir_fd=entry.dir_fd)
+                except OSError:
+                    continue  # replaced while we looked
+                yield ManifestItem(tree, entry.rel, LINK, target=target)
+            else:
+                yield from _file_items(entry, block_size, with_hashes)

@@ -6,8 +6,25 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 
-__all__ = ["open_dir_nofollow", "syncfs", "syncfs_supported"]
+__all__ = [
+    "NAME_MAX",
+    "PATH_MAX",
+    "UnsafePath",
+    "length_problem",
+    "open_dir_nofollow",
+    "open_file_nofollow",
+    "safe_parts",
+    "show_path",
+    "syncfs",
+    "syncfs_supported",
+]
+
+# Linux's limits, in bytes (UTF-8 with surrogateescape, as records carry
+# paths): a path of PATH_MAX bytes or more has no room for its NUL.
+PATH_MAX = 4096
+NAME_MAX = 255
 
 
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -47,21 +64,82 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+class UnsafePath(ValueError):
+    """A relative path that could leave its tree, or that no record may carry;
+    the message says what is wrong with it."""
+
+
+def show_path(path: str) -> str:
+    """``repr(path)``, shortened in the middle when long (for messages)."""
+    return repr(path if len(path) <= 80 else path[:60] + "..." + path[-16:])
+
+
+def length_problem(path_bytes: int, name_bytes: int) -> str | None:
+    """What is too long about a path of ``path_bytes`` whose longest name has
+    ``name_bytes`` (None when both fit): the one length rule of the walker
+    and of :func:`safe_parts`."""
+    if name_bytes > NAME_MAX:
+        return f"has a name of {name_bytes} bytes (NAME_MAX is {NAME_MAX})"
+    if path_bytes >= PATH_MAX:
+        return f"is {path_bytes} bytes long (PATH_MAX is {PATH_MAX}, with its NUL)"
+    return None
+
+
+def safe_parts(relpath: str, *, allow_root: bool = False) -> tuple[str, ...]:
+    """The components of ``relpath``, a path relative to a tree root in its
+    one canonical form (``a/b``: no leading, trailing or doubled ``/``, no
+    ``.`` or ``..``, no NUL, within PATH_MAX and NAME_MAX); ``""`` (the root
+    itself, ``()``) only with ``allow_root``. Raises :class:`UnsafePath`.
+
+    The one sanitiser of every path that comes from outside the walk: record
+    paths (apply, resync's quarantine), repair requests and verify's path
+    lists. Resolve the parts one at a time with ``O_NOFOLLOW``; this check
+    alone does not stop a symlink."""
+    if not relpath:
+        if allow_root:
+            return ()
+        raise UnsafePath("empty path")
+    if relpath.startswith("/"):
+        raise UnsafePath(f"absolute path {show_path(relpath)}")
+    if "\0" in relpath:
+        raise UnsafePath(f"NUL byte in path {show_path(relpath)}")
+    parts = tuple(relpath.split("/"))
+    for bad, what in (("", "empty component"), (".", "'.' component"),
+                      ("..", "'..' component")):
+        if bad in parts:
+            raise UnsafePath(f"{what} in path {show_path(relpath)}")
+    try:
+        sizes = [len(p.encode("utf-8", "surrogateescape")) for p in parts]
+    except UnicodeEncodeError:
+        raise UnsafePath(f"path {show_path(relpath)} is not a file name (unpaired surrogate)") \
+            from None
+    problem = length_problem(sum(sizes) + len(sizes) - 1, max(sizes))
+    if problem:
+        raise UnsafePath(f"path {show_path(relpath)} {problem}")
+    return parts
+
+
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def open_dir_nofollow(root: str | os.PathLike[str], rel: str) -> int | None:
-    """An O_PATH fd of directory ``rel`` below ``root``, reached one component
-    at a time without following any symlink; ``None`` if that path is not (or
-    no longer) a directory. A stale path through a directory since replaced by
-    a symlink must never lead outside the tree (capture, verify)."""
+def open_dir_nofollow(root: str | os.PathLike[str] | int, rel: str) -> int | None:
+    """An O_PATH fd of directory ``rel`` below ``root`` (a path, or an open
+    directory's fd), reached one component at a time without following any
+    symlink; ``None`` if that path is not (or no longer) a directory. A stale
+    path through a directory since replaced by a symlink must never lead
+    outside the tree. ``rel`` must pass :func:`safe_parts` (``""`` is the
+    root)."""
+    parts = safe_parts(rel, allow_root=True)
     try:
-        fd = os.open(root, _PATH_FLAGS)
+        if isinstance(root, int):
+            fd = os.open(".", _PATH_FLAGS, dir_fd=root)
+        else:
+            fd = os.open(root, _PATH_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return None
         raise
-    for part in rel.split("/") if rel else ():
+    for part in parts:
         try:
             nfd = os.open(part, _PATH_FLAGS, dir_fd=fd)
         except OSError as exc:
@@ -72,3 +150,27 @@ def open_dir_nofollow(root: str | os.PathLike[str], rel: str) -> int | None:
         os.close(fd)
         fd = nfd
     return fd
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_file_nofollow(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
+    """``name`` (below ``dir_fd``) opened for reading if it is a regular file,
+    with the ``fstat`` taken before any read; None when it is gone, became a
+    symlink or something else meanwhile. Other errors (EACCES, EIO) raise."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st

@@ -4,8 +4,9 @@ A *manifest* describes every entry of a mirror's trees on one host: per path
 (relative to its tree root, tree by index into the mirror's ``paths``) its
 type, permission bits, size, mtime and content digest (regular files) or
 target (symlinks). It honours the mirror's exclude patterns
-(:func:`filespec.is_excluded`, the same rule capture uses), never follows a
-symlink below a tree root, and skips what capture does not mirror (fifos,
+(:func:`filespec.is_excluded`, the same rule capture uses) and reads the
+trees with capture's walker (:mod:`mirrorkit.agent.util.walk`: never follows
+a symlink below a tree root, skips what capture does not mirror: fifos,
 sockets, devices).
 
 What is compared (:func:`differs`) is what replication promises to keep
@@ -25,7 +26,6 @@ truncated manifest is detected, never read as "files missing").
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.apply.applier import reporting_mode
-from mirrorkit.agent.capture.filespec import is_excluded, normalise_relpath
+from mirrorkit.agent.capture.filespec import excluder, is_excluded
 from mirrorkit.agent.capture.index import DIR, FILE, LINK
-from mirrorkit.agent.util.fs import open_dir_nofollow
-from mirrorkit.agent.util.hashing import block_digest
+from mirrorkit.agent.util.fs import UnsafePath, open_dir_nofollow, open_file_nofollow, safe_parts
+from mirrorkit.agent.util.hashing import block_digest, read_blocks
+from mirrorkit.agent.util.walk import WalkEntry, lookup, walk
 
 __all__ = [
     "BLOCK_SIZE",
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 64 * 1024  # capture's block size (WatchCapture's default)
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Key = tuple[int, str]  # (tree index, path relative to the tree root)
 Entry = dict[str, Any]
@@ -65,38 +65,30 @@ class ManifestError(Exception):
 def file_digest(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
     """(hex digest, bytes read) of the open file ``fd`` from offset 0."""
     hashes = bytearray()
-    offset = 0
-    while True:
-        block = os.pread(fd, block_size, offset)
-        if not block:
-            break
-        hashes += block_digest(block)
-        offset += len(block)
-    return block_digest(bytes(hashes)).hex(), offset
+    size = 0
+    for offset, block, digest in read_blocks(fd, block_size):
+        hashes += digest
+        size = offset + len(block)
+    return block_digest(bytes(hashes)).hex(), size
 
 
-def _entry(tree: int, rel: str, dfd: int, name: str, st: os.stat_result) -> Entry | None:
-    base: Entry = {"tree": tree, "path": rel, "mode": stat.S_IMODE(st.st_mode)}
-    if stat.S_ISDIR(st.st_mode):
+def _entry(found: WalkEntry) -> Entry | None:
+    st, dfd, name = found.st, found.dir_fd, found.name
+    assert st is not None
+    base: Entry = {"tree": found.tree, "path": found.rel, "mode": stat.S_IMODE(st.st_mode)}
+    if found.kind == DIR:
         return {**base, "type": DIR}
-    if stat.S_ISLNK(st.st_mode):
+    if found.kind == LINK:
         try:
             target = os.readlink(name, dir_fd=dfd)
         except OSError:
             return None  # replaced while we looked
         return {**base, "type": LINK, "target": target}
-    if not stat.S_ISREG(st.st_mode):
-        return None  # fifo, socket, device: not mirrored
+    opened = open_file_nofollow(name, dfd)
+    if opened is None:
+        return None
+    fd, fst = opened  # the stat of what we hash, taken before reading
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.ENOTDIR):
-            return None
-        raise
-    try:
-        fst = os.fstat(fd)  # the stat of what we hash, taken before reading
-        if not stat.S_ISREG(fst.st_mode):
-            return None
         digest, size = file_digest(fd)
     finally:
         os.close(fd)
@@ -105,54 +97,27 @@ def _entry(tree: int, rel: str, dfd: int, name: str, st: os.stat_result) -> Entr
 
 
 def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str]) -> Entry | None:
-    """The entry of one path, or None when it is absent, excluded or not mirrored."""
-    rel = normalise_relpath(rel)
-    if not rel or is_excluded(rel, exclude):
-        return None
-    parent, _, name = rel.rpartition("/")
-    dfd = open_dir_nofollow(root, parent)
-    if dfd is None:
-        return None
+    """The entry of one path, or None when it is absent, excluded or not
+    mirrored. A path that could leave the tree is a ManifestError."""
     try:
-        try:
-            st = os.lstat(name, dir_fd=dfd)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return _entry(tree, rel, dfd, name, st)
-    finally:
-        os.close(dfd)
+        safe_parts(rel)
+    except UnsafePath as exc:
+        raise ManifestError(f"refused path in tree {tree}: {exc}") from None
+    if is_excluded(rel, exclude):
+        return None
+    with lookup(root, rel, tree=tree) as found:
+        return None if found is None else _entry(found)
 
 
 def _walk(root: str, tree: int, exclude: Sequence[str]) -> Iterator[Entry]:
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        dfd = open_dir_nofollow(root, rel)
-        if dfd is None:
-            if not rel:
-                raise ManifestError(f"mirror tree {root} is missing or not a directory")
-            continue  # removed while we walked
-        try:
-            try:
-                names = sorted(os.listdir(f"/proc/self/fd/{dfd}"))
-            except FileNotFoundError:
-                continue
-            for name in names:
-                child = f"{rel}/{name}" if rel else name
-                if is_excluded(child, exclude):
-                    continue
-                try:
-                    st = os.lstat(name, dir_fd=dfd)
-                except FileNotFoundError:
-                    continue
-                entry = _entry(tree, child, dfd, name, st)
-                if entry is None:
-                    continue
-                yield entry
-                if entry["type"] == DIR:
-                    stack.append(child)
-        finally:
-            os.close(dfd)
+    fd = open_dir_nofollow(root, "")
+    if fd is None:
+        raise ManifestError(f"mirror tree {root} is missing or not a directory")
+    os.close(fd)
+    for found in walk(root, tree=tree, skip=excluder(exclude)):
+        entry = _entry(found)
+        if entry is not None:
+            yield entry
 
 
 def build_manifest(roots: Sequence[str], exclude: Sequence[str],

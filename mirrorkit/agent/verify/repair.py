@@ -31,9 +31,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mirrorkit.agent.capture.filespec import is_excluded, normalise_relpath
+from mirrorkit.agent.capture.filespec import is_excluded
 from mirrorkit.agent.capture.reconcile import diff_file
 from mirrorkit.agent.log.records import Op, OpKind
+from mirrorkit.agent.util.fs import UnsafePath, safe_parts
+from mirrorkit.agent.util.walk import DIR, LINK, WalkEntry, lookup
 
 if TYPE_CHECKING:
     from mirrorkit.agent.stream.sender import PrimaryMirror
@@ -57,40 +59,37 @@ class RepairResult:
 
 
 def locate(path: str, roots: Sequence[str]) -> tuple[int, str] | None:
-    """(tree, relative path) of absolute ``path`` under one of ``roots``."""
+    """(tree, relative path) of absolute ``path`` under one of ``roots``
+    (normalised first: ``/srv/a/x/../y`` is ``y`` of ``/srv/a``); None when
+    it is under none of them, or its relative part fails
+    :func:`~mirrorkit.agent.util.fs.safe_parts`."""
     norm = os.path.normpath(path)
     for tree, root in enumerate(roots):
         root = os.path.normpath(root)
         if norm.startswith(root + "/"):
-            rel = normalise_relpath(norm[len(root) + 1:])
-            if rel and ".." not in rel.split("/"):
-                return tree, rel
+            rel = norm[len(root) + 1:]
+            try:
+                safe_parts(rel)
+            except UnsafePath:
+                return None
+            return tree, rel
     return None
 
 
-def _path_ops(root: str, tree: int, rel: str) -> Iterator[Op] | None:
-    """Full-state ops of one path, or None when it is not on the primary."""
-    parent, _, name = rel.rpartition("/")
-    full_parent = os.path.join(root, parent) if parent else root
-    # Never through a symlink: every ancestor must be a real directory.
-    probe = root
-    for part in parent.split("/") if parent else ():
-        probe = os.path.join(probe, part)
-        if not stat.S_ISDIR(os.lstat(probe).st_mode):
-            return None
-    try:
-        st = os.lstat(os.path.join(full_parent, name))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        return iter([Op(OpKind.MKDIR, tree, rel, value=stat.S_IMODE(st.st_mode))])
-    if stat.S_ISLNK(st.st_mode):
-        return iter([Op(OpKind.SYMLINK, tree, rel,
-                        target=os.readlink(os.path.join(full_parent, name)))])
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    ops = diff_file(tree, rel, os.path.join(full_parent, name), None, 64 * 1024)
-    return (op for op in ops if op is not None)
+def _path_ops(found: WalkEntry) -> Iterator[Op]:
+    """Full-state ops of one path, read from its parent's descriptor (the
+    walker's :func:`~mirrorkit.agent.util.walk.lookup`: never through a
+    symlink)."""
+    assert found.st is not None
+    tree, rel = found.tree, found.rel
+    if found.kind == DIR:
+        yield Op(OpKind.MKDIR, tree, rel, value=stat.S_IMODE(found.st.st_mode))
+    elif found.kind == LINK:
+        yield Op(OpKind.SYMLINK, tree, rel, target=os.readlink(found.name, dir_fd=found.dir_fd))
+    else:
+        for op in diff_file(tree, rel, found.name, None, 64 * 1024, dir_fd=found.dir_fd):
+            if op is not None:
+                yield op
 
 
 def repair_ops(roots: Sequence[str], exclude: Sequence[str], paths: Sequence[str],
@@ -105,15 +104,12 @@ def repair_ops(roots: Sequence[str], exclude: Sequence[str], paths: Sequence[str
             continue
         located.append((where[0], where[1].count("/"), where[1], path))
     for tree, _, rel, path in sorted(set(located)):
-        try:
-            ops = _path_ops(roots[tree], tree, rel)
-        except (FileNotFoundError, NotADirectoryError):
-            ops = None
-        if ops is None:
-            result.not_on_primary.append(path)
-            continue
-        result.resent.append(path)
-        yield from ops
+        with lookup(roots[tree], rel, tree=tree) as found:
+            if found is None:
+                result.not_on_primary.append(path)
+                continue
+            result.resent.append(path)
+            yield from _path_ops(found)
 
 
 def _take(ops: Iterator[Op], limit: int) -> list[Op]:
