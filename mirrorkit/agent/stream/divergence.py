@@ -31,6 +31,7 @@ from mirrorkit.agent.log.records import OpKind, Record
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.log.terms import TermHistory
 from mirrorkit.agent.resync.compare import quarantine_path
+from mirrorkit.agent.util.fs import UnsafePath, safe_parts
 
 __all__ = ["DivergenceUnknown", "Undone", "undo_divergent_tail"]
 
@@ -80,7 +81,9 @@ def _touched(mirror_log: MirrorLog, first: int, last: int
 
 
 def _should_move(root: Path, path: str, ops: set[str]) -> bool:
-    if not path or path.startswith("/") or "\0" in path or ".." in path.split("/"):
+    try:
+        safe_parts(path)
+    except UnsafePath:
         return False  # never applied (refused): nothing of it is on disk
     try:
         st = os.lstat(root / path)
