@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -51,6 +51,13 @@ molecule:
 # Not part of `make test`: figures are measurements, not pass/fail checks.
 bench: deps
 	$(BIN)/python bench/run.py
+
+# Event-loop stall and /health latency of a primary under a 100k-file rescan and a
+# 1 GiB checksum resync (issue 6 part 4); adds rows labelled $(LABEL) to bench/RESULTS.md.
+# `make bench-loop LABEL=after`; ARGS=--quick for a smoke run (into bench/work/).
+LABEL ?= run
+bench-loop: deps
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/loopstall.py --label $(LABEL) $(ARGS)
 
 clean-lab:
 	$(BIN)/mirrorkit lab down inventories/lab.yml
