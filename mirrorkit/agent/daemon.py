@@ -54,9 +54,11 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
-        for sup in self.supervisors.values():
-            await sup.start()
+        # The API first: while mirrors open their logs (a scan that can take
+        # seconds) /health and /primary answer 503 "starting" instead of
+        # refusing connections.
         self._api = await self._start_api()
+        await asyncio.gather(*(sup.start() for sup in self.supervisors.values()))
         log.info("agent %s %s running %d of %d mirror(s)", self.cfg.host, __version__,
                  sum(s.running for s in self.supervisors.values()), len(self.supervisors))
         retry = asyncio.create_task(self._retry_failed())
