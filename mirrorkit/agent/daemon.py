@@ -1,4 +1,5 @@
-"""The agent daemon: every mirror worker of this host plus the status API."""
+"""The agent daemon: every mirror worker of this host, the read-only status
+API on loopback TCP and the root-only control socket."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import signal
 from typing import Any
 
 from mirrorkit import __version__
-from mirrorkit.agent.api.control import repair_handler, resync_handler
+from mirrorkit.agent.api.control import control_routes
+from mirrorkit.agent.api.control_socket import ControlSocket, start_control
 from mirrorkit.agent.api.http import start_api
 from mirrorkit.agent.config import AgentConfig
 from mirrorkit.agent.ha.roles import create_worker
@@ -22,7 +24,7 @@ RETRY_SECONDS = 5.0
 
 
 class Agent:
-    """All mirror workers of this host plus the status API."""
+    """All mirror workers of this host plus the status API and control socket."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -52,6 +54,7 @@ class Agent:
         for name in self.cfg.mirrors:
             await self._start_mirror(name)
         api = await self._start_api()
+        control = await self._start_control()
         log.info("agent %s %s running %d mirror(s)", self.cfg.host, __version__,
                  len(self.workers))
         retry = asyncio.create_task(self._retry_failed())
@@ -60,6 +63,8 @@ class Agent:
         retry.cancel()
         if api is not None:
             api.close()
+        if control is not None:
+            control.close()
         await asyncio.gather(*(w.stop() for w in self.workers.values()),
                              return_exceptions=True)
         log.info("stopped")
@@ -90,9 +95,20 @@ class Agent:
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
-                                   resync_handler(self.workers,
-                                                  repair_handler(self.workers)))
+                                   str(self.cfg.control_socket))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)
             return None
+
+    async def _start_control(self) -> ControlSocket | None:
+        # Replication goes on without it; only resync and repair wait for a restart.
+        path, routes = self.cfg.control_socket, control_routes(self.workers)
+        try:
+            control = await start_control(path, routes)
+        except OSError as exc:
+            log.error("control socket %s: cannot listen: %s (resync and repair are "
+                      "unavailable until the agent restarts)", path, exc)
+            return None
+        log.info("control socket %s: serving %s to root", path, ", ".join(sorted(routes)))
+        return control
