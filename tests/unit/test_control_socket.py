@@ -27,27 +27,7 @@ from mirrorkit.agent.api.http import MAX_BODY
 
 T = TypeVar("T")
 Calls = list[tuple[str, dict[str, str], bytes]]
-
-# A client with nothing but the standard library, run as another user:
-# prints {"connect": errno name | "ok", "answer": raw answer, "pid": its pid}.
-CLIENT = r"""
-import errno, json, os, socket, sys
-s = socket.socket(socket.AF_UNIX)
-out = {"pid": os.getpid(), "uid": os.getuid()}
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    out["connect"] = errno.errorcode[exc.errno]
-else:
-    out["connect"] = "ok"
-    s.sendall(sys.argv[2].encode())
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    out["answer"] = data.decode()
-print(json.dumps(out))
-"""
-
+NobodyRequest = Callable[[str | int, bytes], dict[str, Any]]  # tests/conftest.py
 
 @pytest.fixture
 def base() -> Iterator[Path]:
@@ -168,23 +148,20 @@ def test_a_uid_not_allowed_is_refused_with_403_and_one_warning(
 
 
 def test_nobody_cannot_even_connect_with_the_socket_s_modes(
-        base: Path, as_nobody: list[str]) -> None:
+        base: Path, nobody_request: NobodyRequest) -> None:
     path = base / "run" / "control.sock"
     calls: Calls = []
 
     async def check(control: ControlSocket) -> dict[str, Any]:
-        code, out, err = await run(*as_nobody, "-c", CLIENT, str(path),
-                                   post("/resync?mirror=records").decode())
-        assert code == 0, err
-        got: dict[str, Any] = json.loads(out)
-        return got
+        return await asyncio.to_thread(nobody_request, str(path),
+                                       post("/resync?mirror=records"))
 
     got = serve(path, calls, check)
     assert got["uid"] != 0 and got["connect"] == "EACCES" and calls == []
 
 
 def test_nobody_is_refused_by_credentials_when_the_modes_are_opened(
-        base: Path, as_nobody: list[str], caplog: pytest.LogCaptureFixture) -> None:
+        base: Path, nobody_request: NobodyRequest, caplog: pytest.LogCaptureFixture) -> None:
     path = base / "run" / "control.sock"
     calls: Calls = []
     routes = sorted(recording_routes([]))
@@ -194,10 +171,8 @@ def test_nobody_is_refused_by_credentials_when_the_modes_are_opened(
         path.chmod(0o666)
         answers = []
         for route in routes:
-            code, out, err = await run(*as_nobody, "-c", CLIENT, str(path),
-                                       post(f"{route}?mirror=records", b"{}").decode())
-            assert code == 0, err
-            answers.append(json.loads(out))
+            answers.append(await asyncio.to_thread(
+                nobody_request, str(path), post(f"{route}?mirror=records", b"{}")))
         return answers
 
     with caplog.at_level(logging.WARNING, logger="mirrorkit.agent.api.control_socket"):

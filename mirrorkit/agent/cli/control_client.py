@@ -1,6 +1,7 @@
-"""The agent commands' client of the root-only control socket (standard
-library only): ``mirrorkit-agent resync`` and ``mirrorkit-agent repair``
-post to it; see ``api/control_socket.py`` for the server.
+"""The agent commands' client of the root-only control socket
+(``http.client`` over ``AF_UNIX``): ``mirrorkit-agent resync`` and
+``mirrorkit-agent repair`` post to it; see ``api/control_socket.py`` for
+the server.
 
 The socket is the one named by ``--control-socket``, else by the agent's
 config (``control_socket`` in ``--config``), else the default
