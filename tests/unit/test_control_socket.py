@@ -271,3 +271,25 @@ def test_a_stale_socket_is_replaced_a_live_one_or_a_file_is_not(base: Path) -> N
     with pytest.raises(OSError, match="exists and is not a socket"):
         serve(path, [], first)
     assert path.read_text() == "not a socket"
+
+
+def test_the_controller_shows_the_agent_s_refusal() -> None:
+    # `mirrorkit resync` / `mirrorkit verify --repair` over SSH as a user who is not root
+    from rich.console import Console
+
+    from mirrorkit.commands.resync import follow
+    from mirrorkit.commands.verify import repair_answer
+    from mirrorkit.verification import VerifyFailed
+
+    refusal = ("mirrorkit-agent: must be run as root: the control socket "
+               "/run/mirrorkit/control.sock is root-only (Permission denied)")
+    console = Console(record=True, width=200)
+    code = follow(lambda cmd: (1, json.dumps({"error": refusal[17:]}) + "\n", refusal + "\n"),
+                  "agent resync ...", "agent status --json", "records", console)
+    assert code == 1 and "resync refused: must be run as root" in console.export_text()
+    with pytest.raises(VerifyFailed, match="repair on node1 refused: must be run as root"):
+        repair_answer("node1", 1, json.dumps({"error": refusal[17:]}), refusal)
+    with pytest.raises(VerifyFailed, match="repair on node1 refused: mirrorkit-agent: boom"):
+        repair_answer("node1", 1, "", "mirrorkit-agent: boom\n")
+    result = {"resent": [], "not_on_primary": ["/srv/x"], "refused": [], "ops": 0, "lsn": 9}
+    assert repair_answer("node1", 1, json.dumps(result), "") == result  # a result, not a refusal
