@@ -320,6 +320,7 @@ def make_pair(base: Path, primary_root: Path, replica_root: Path,
             mirror.update(primary_extra)
         api_port = free_port()
         cfg = {"host": name, "api": {"listen": "127.0.0.1", "port": api_port},
+               "control_socket": str(home / "run" / "control.sock"),
                "state_dir": str(home / "state"), "mirrors": {MIRROR: mirror}}
         config = home / "agent.yml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -346,15 +347,15 @@ def caught_up(p: Agent, r: Agent) -> bool:
                 and not rm.get("resyncing"))
 
 
-def api_post(port: int, path: str) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
+def control_post(a: Agent, path: str) -> tuple[int, str]:
+    """POST ``path`` on the agent's root-only control socket."""
+    from mirrorkit.agent.cli.control_client import ControlUnavailable, post
+
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except (OSError, urllib.error.URLError) as e:
+        code, answer = post(a.config.parent / "run" / "control.sock", path, timeout=5)
+    except ControlUnavailable as e:
         return 0, str(e)
+    return code, json.dumps(answer)
 
 
 # --------------------------------------------------------------------------- profiling
@@ -731,7 +732,7 @@ def bench_resync(ctx: Ctx) -> None:
         raise RuntimeError("primary did not finish its scan")
     # Probe the on-demand endpoint with an invalid mode: 400 = the route exists (and nothing
     # is started), 404/405 = not there. The resync measured below is the automatic one.
-    code, _body = api_post(p.api_port, f"/resync?mirror={MIRROR}&member=node2&mode=__probe__")
+    code, _body = control_post(p, f"/resync?mirror={MIRROR}&member=node2&mode=__probe__")
     row["endpoint"] = f"POST /resync?…&mode=__probe__ → {code or 'no answer'}"
     endpoint = code == 400
     # The receiver starts with an empty state dir: its next LSN (1) is no longer in the

@@ -14,6 +14,10 @@ behaviour; tests use them to run several agents on one loopback address):
   ``port``;
 * ``mirrors.M.log_max_bytes`` / ``log_segment_bytes``: mirror log retention
   limit (default 1 GiB) and segment size (default 64 MiB).
+
+``control_socket`` (default ``/run/mirrorkit/control.sock``) is the agent's
+root-only control socket (``api/control_socket.py``); tests give every agent
+its own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "DEFAULT_CONTROL_SOCKET",
     "RELOAD_IN_PLACE",
     "ROLES",
     "AgentConfig",
@@ -48,6 +53,9 @@ MODES = ("sync", "async")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 DEFAULT_LOG_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_CONTROL_SOCKET = Path("/run/mirrorkit/control.sock")
+# sun_path holds 108 bytes, the terminating NUL included.
+MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +132,7 @@ class AgentConfig:
     api_port: int
     state_dir: Path
     mirrors: dict[str, MirrorConfig]
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
 
     def mirror_dir(self, mirror: str) -> Path:
         return self.state_dir / mirror
@@ -223,7 +232,7 @@ class _Validator:
         top = self.mapping(data, "(top)")
         if top is None:
             return None
-        self.unknown(top, {"host", "api", "state_dir", "mirrors"}, "(top)")
+        self.unknown(top, {"host", "api", "control_socket", "state_dir", "mirrors"}, "(top)")
         host = self.string(top, "host", "(top)")
         api_listen, api_port = "127.0.0.1", 7480
         if "api" in top:
@@ -233,6 +242,8 @@ class _Validator:
                 api_listen = self.address(api.get("listen", api_listen), "api.listen") or api_listen
                 api_port = self.port(api.get("port", api_port), "api.port") or api_port
         state_dir = self.abspath(top.get("state_dir", "/var/lib/mirrorkit"), "state_dir")
+        control = self.socket_path(top.get("control_socket", str(DEFAULT_CONTROL_SOCKET)),
+                                   "control_socket")
         mirrors: dict[str, MirrorConfig] = {}
         raw = self.mapping(top.get("mirrors"), "mirrors")
         if raw is not None:
@@ -246,9 +257,24 @@ class _Validator:
                 if mirror is not None:
                     mirrors[name] = mirror
         self.cross_mirror(mirrors, host)
-        if host is None or state_dir is None or self.issues:
+        if host is None or state_dir is None or control is None or self.issues:
             return None
-        return AgentConfig(host, api_listen, api_port, state_dir, mirrors)
+        return AgentConfig(host, api_listen, api_port, state_dir, mirrors, control)
+
+    def socket_path(self, value: Any, path: str) -> Path | None:
+        expected = (f"an absolute path to a socket file, at most {MAX_SOCKET_PATH} bytes "
+                    "(default /run/mirrorkit/control.sock)")
+        if isinstance(value, str) and (value.endswith("/") or value.rstrip("/") == ""):
+            self.err(path, f"{value!r} names a directory", expected)
+            return None
+        if isinstance(value, str) and len(value.encode()) > MAX_SOCKET_PATH:
+            self.err(path, f"is {len(value.encode())} bytes long", expected)
+            return None
+        sock = self.abspath(value, path)
+        if sock is not None and str(sock) != value:
+            self.err(path, f"{value!r} is not normalised", f"{str(sock)!r}")
+            return None
+        return sock
 
     def mirror(self, name: str, body: Any, host: str | None) -> MirrorConfig | None:
         p = f"mirrors.{name}"
@@ -407,7 +433,7 @@ class ReloadPlan:
     restart: tuple[str, ...]  # the mirror's worker restarts (role and term are kept)
     added: tuple[str, ...]
     removed: tuple[str, ...]
-    api: bool  # the API listener moves
+    api: bool  # the API listener or the control socket moves
     everything: bool  # host or state_dir changed: every mirror restarts
 
 
@@ -427,5 +453,6 @@ def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
     return ReloadPlan(tuple(unchanged), tuple(in_place), tuple(restart),
                       tuple(sorted(new.mirrors.keys() - old.mirrors.keys())),
                       tuple(sorted(old.mirrors.keys() - new.mirrors.keys())),
-                      (old.api_listen, old.api_port) != (new.api_listen, new.api_port),
+                      (old.api_listen, old.api_port, old.control_socket)
+                      != (new.api_listen, new.api_port, new.control_socket),
                       everything)

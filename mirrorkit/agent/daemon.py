@@ -1,4 +1,5 @@
-"""The agent daemon: every mirror of this host (a supervisor each) plus the status API."""
+"""The agent daemon: every mirror of this host (a supervisor each), the
+read-only status API on loopback TCP and the root-only control socket."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit import __version__
-from mirrorkit.agent.api.control import repair_handler, resync_handler
+from mirrorkit.agent.api.control import control_routes
+from mirrorkit.agent.api.control_socket import ControlSocket, start_control
 from mirrorkit.agent.api.http import start_api
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
@@ -24,7 +26,8 @@ RETRY_SECONDS = 5.0
 
 
 class Agent:
-    """Every mirror of this host (one :class:`MirrorSupervisor` each) plus the API."""
+    """Every mirror of this host (one :class:`MirrorSupervisor` each), the
+    status API and the control socket."""
 
     def __init__(self, cfg: AgentConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -32,6 +35,7 @@ class Agent:
         self.supervisors = {name: MirrorSupervisor(cfg, m) for name, m in cfg.mirrors.items()}
         self._stop = asyncio.Event()
         self._api: asyncio.base_events.Server | None = None
+        self._control: ControlSocket | None = None
         self._reloading = asyncio.Lock()
         self.reloads = 0
 
@@ -58,6 +62,7 @@ class Agent:
         # seconds) /health and /primary answer 503 "starting" instead of
         # refusing connections.
         self._api = await self._start_api()
+        self._control = await self._start_control()
         await asyncio.gather(*(sup.start() for sup in self.supervisors.values()))
         log.info("agent %s %s running %d of %d mirror(s)", self.cfg.host, __version__,
                  sum(s.running for s in self.supervisors.values()), len(self.supervisors))
@@ -67,6 +72,8 @@ class Agent:
         retry.cancel()
         if self._api is not None:
             self._api.close()
+        if self._control is not None:
+            self._control.close()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()),
                              return_exceptions=True)
         log.info("stopped")
@@ -107,7 +114,10 @@ class Agent:
             if plan.api:
                 if self._api is not None:
                     self._api.close()
+                if self._control is not None:
+                    self._control.close()
                 self._api = await self._start_api()
+                self._control = await self._start_control()
             self.reloads += 1
             return True
 
@@ -124,12 +134,23 @@ class Agent:
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
-                                   resync_handler(self.workers,
-                                                  repair_handler(self.workers)))
+                                   str(self.cfg.control_socket))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)
             return None
+
+    async def _start_control(self) -> ControlSocket | None:
+        # Replication goes on without it; only resync and repair wait for a restart.
+        path, routes = self.cfg.control_socket, control_routes(self.workers)
+        try:
+            control = await start_control(path, routes)
+        except OSError as exc:
+            log.error("control socket %s: cannot listen: %s (resync and repair are "
+                      "unavailable until the agent restarts)", path, exc)
+            return None
+        log.info("control socket %s: serving %s to root", path, ", ".join(sorted(routes)))
+        return control
 
 
 class _Workers(Mapping[str, MirrorWorker]):

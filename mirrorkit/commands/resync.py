@@ -2,7 +2,8 @@
 
 Finds the live primary of M (asking the failover members' agents over SSH,
 like ``mirrorkit status``), starts the resync there with
-``mirrorkit-agent resync`` (which POSTs to the primary's loopback API), then
+``mirrorkit-agent resync`` (which POSTs to the primary's root-only control
+socket, so the inventory's SSH user must be root), then
 polls the primary's status and shows a progress bar (bytes, files, rate,
 ETA) until every asked member is done. Exit 0 when all finished, 1 when one
 failed or the primary cannot be found or reached, 2 for a usage error

@@ -111,10 +111,23 @@ class SshTransport:
             with connect(self.inventory.hosts[host]) as conn:
                 result = conn.run(cmd, hide=True, warn=True, timeout=600,
                                   in_stream=io.StringIO("".join(p + "\n" for p in paths)))
-            answer: dict[str, Any] = json.loads(result.stdout)
         except Exception as exc:
             raise VerifyFailed(f"repair on {host} failed: {exc}") from None
-        return answer
+        return repair_answer(host, result.exited, result.stdout, result.stderr)
+
+
+def repair_answer(host: str, code: int, out: str, err: str) -> dict[str, Any]:
+    """The primary's repair result from ``mirrorkit-agent repair``'s output;
+    raises VerifyFailed with the agent's own words when it refused (not the
+    primary, not root: the control socket is root-only, ...)."""
+    try:
+        answer: dict[str, Any] = json.loads(out)
+    except ValueError:
+        answer = {}
+    if code != 0 and (not answer or "error" in answer):
+        detail = answer.get("error") or (err.strip().splitlines() or [f"exit status {code}"])[-1]
+        raise VerifyFailed(f"repair on {host} refused: {detail}")
+    return answer
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

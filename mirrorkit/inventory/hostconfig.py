@@ -18,6 +18,9 @@ from mirrorkit.inventory.validate import MIRRORS_KEY, InventoryVars, validate
 AGENT_PKI_DIR = "/etc/mirrorkit/pki"
 STATE_DIR = "/var/lib/mirrorkit"
 API_LISTEN = "127.0.0.1"
+# The agent's root-only control socket; the role's unit makes /run/mirrorkit
+# its RuntimeDirectory (mode 0700).
+CONTROL_SOCKET = "/run/mirrorkit/control.sock"
 # keepalived priorities: the inventory's primary is preferred at start; who
 # really holds the VIP is decided by the agent through the tracking script.
 VRRP_PRIORITY = {"primary": 150, "backup": 100}
@@ -52,6 +55,7 @@ def host_config(inventory: Inventory, host: str) -> dict[str, Any]:
     return {
         "host": host,
         "api": {"listen": API_LISTEN, "port": inventory.api_port},
+        "control_socket": CONTROL_SOCKET,
         "state_dir": STATE_DIR,
         "mirrors": {m.name: _mirror_config(inventory, m, host) for m in inventory.mirrors_of(host)},
     }

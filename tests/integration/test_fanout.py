@@ -143,6 +143,7 @@ def add_node(c: Cluster, name: str, role: str, root: Path, mirrors: dict[str, An
     home.mkdir(parents=True, exist_ok=True)
     api_port = free_port()
     cfg = {"host": name, "api": {"listen": "127.0.0.1", "port": api_port},
+           "control_socket": str(home / "run" / "control.sock"),
            "state_dir": str(home / "state"), "mirrors": mirrors}
     (home / "agent.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     c.nodes[name] = Node(name, role, home / "agent.yml", home / "state", root, api_port,

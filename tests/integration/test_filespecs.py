@@ -112,7 +112,7 @@ def test_two_paths_with_excludes_everywhere(cluster_factory: Callable[..., Clust
         write(replicas[0] / "local.tmp", "the backup's own scratch file")
         write(replicas[1] / "b.txt", "damaged")
         proc = agent(c.nodes["node1"], "resync", "--mirror", "records", "--member", "node2",
-                     "--json", "--api-port", str(c.nodes["node1"].api_port))
+                     "--json")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         wait_for(lambda: (replicas[1] / "b.txt").read_text() == "b", "resync repairs b.txt",
                  timeout=60)

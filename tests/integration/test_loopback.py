@@ -132,6 +132,11 @@ class Node:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def control_socket(self) -> Path:
+        """This agent's own control socket (its config's ``control_socket``)."""
+        return self.config.parent / "run" / "control.sock"
+
 
 @dataclass
 class Cluster:
@@ -235,6 +240,7 @@ def make_cluster(base: Path, members: dict[str, tuple[str, str | None]],
             del mirror["paths"], mirror["targets"]
         api_port = free_port()
         cfg = {"host": name, "api": {"listen": "127.0.0.1", "port": api_port},
+               "control_socket": str(home / "run" / "control.sock"),
                "state_dir": str(home / "state"), "mirrors": {MIRROR: mirror}}
         config = home / "agent.yml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -59,8 +59,8 @@ def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def resync(c: Cluster, mode: str, *extra: str) -> dict[str, Any]:
     """Start a resync of dr1 through ``mirrorkit-agent resync`` on node1 and
     wait until dr1 reports it done; return dr1's resync status."""
-    got = agent_cli("resync", "--mirror", MIRROR, "--member", "dr1", "--mode", mode,
-                    "--json", "--api-port", str(c.nodes["node1"].api_port), *extra)
+    got = agent_cli("--config", str(c.nodes["node1"].config), "resync", "--mirror", MIRROR,
+                    "--member", "dr1", "--mode", mode, "--json", *extra)
     assert got.returncode == 0, got.stdout + got.stderr
     rid = json.loads(got.stdout)["resyncs"]["dr1"]
 
@@ -157,10 +157,10 @@ def test_catch_up_after_log_trimming_is_a_checksum_resync(
 
 def test_resync_command_refuses_clearly(pair: Cluster) -> None:
     c = pair
-    api = str(c.nodes["node1"].api_port)
-    got = agent_cli("resync", "--mirror", MIRROR, "--member", "nope", "--api-port", api)
+    primary = str(c.nodes["node1"].config)
+    got = agent_cli("--config", primary, "resync", "--mirror", MIRROR, "--member", "nope")
     assert got.returncode == 1 and "not a receiver" in got.stderr
-    got = agent_cli("resync", "--mirror", MIRROR, "--api-port", str(c.nodes["dr1"].api_port))
+    got = agent_cli("--config", str(c.nodes["dr1"].config), "resync", "--mirror", MIRROR)
     assert got.returncode == 1 and "not the primary" in got.stderr
-    got = agent_cli("resync", "--mirror", MIRROR, "--mode", "bogus", "--api-port", api)
+    got = agent_cli("--config", primary, "resync", "--mirror", MIRROR, "--mode", "bogus")
     assert got.returncode == 2  # argparse usage error

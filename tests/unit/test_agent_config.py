@@ -116,3 +116,34 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "mirrors.records.mode: is 'eventually' (expected one of sync, async)" in err
     assert "Traceback" not in err
     assert load_config(good).host == "node1"
+
+
+def test_control_socket_defaults_to_run_mirrorkit() -> None:
+    assert parse_config(GOOD).control_socket == Path("/run/mirrorkit/control.sock")
+    cfg = parse_config({**GOOD, "control_socket": "/tmp/t1/agent.sock"})
+    assert cfg.control_socket == Path("/tmp/t1/agent.sock")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("run/control.sock", "is 'run/control.sock'"),
+        ("/run/../etc/control.sock", "contains '..'"),
+        ("/run/mirrorkit/", "names a directory"),
+        ("/", "names a directory"),
+        ("/run//mirrorkit/control.sock", "is not normalised"),
+        ("/run/" + "x" * 110, "bytes long"),
+        (7, "is 7"),
+        (None, "is None"),
+    ],
+)
+def test_bad_control_socket_is_reported_clearly(tmp_path: Path, value: Any, problem: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    found = issues({**GOOD, "control_socket": value})
+    assert len(found) == 1 and found[0].startswith("control_socket: ") and problem in found[0]
+    assert "absolute path" in found[0] or "expected '/" in found[0]
+    bad = tmp_path / "agent.yml"
+    bad.write_text(yaml.safe_dump({**GOOD, "control_socket": value}))
+    assert main(["--check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "control_socket: " in err and problem in err and "Traceback" not in err

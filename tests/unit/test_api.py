@@ -168,6 +168,35 @@ def test_unknown_path_and_methods() -> None:
     assert results[1][1]["allow"] == "GET"
 
 
+@pytest.mark.parametrize("route", ["/resync?mirror=records", "/repair?mirror=records",
+                                   "/switchover", "/status"])
+def test_post_on_tcp_is_refused_and_points_to_the_control_socket(route: str) -> None:
+    calls: list[int] = []
+
+    def status() -> dict[str, Any]:
+        calls.append(1)
+        return primary_status()
+
+    body = b'{"paths": ["/srv/records/a"]}'
+    async def main() -> list[tuple[int, dict[str, str], bytes]]:
+        server = await start_api("127.0.0.1", 0, status, "/run/mirrorkit/control.sock")
+        port = server.sockets[0].getsockname()[1]
+        try:
+            post = (f"POST {route} HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n"
+                    .encode() + body)
+            return [await request(port, post), await request(port, get("/health"))]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    (code, headers, answer), (health, _, _) = asyncio.run(main())
+    assert code == 405 and headers["allow"] == "GET"
+    message = json.loads(answer)["error"]
+    assert "read-only" in message and "/run/mirrorkit/control.sock" in message
+    assert "mirrorkit-agent resync" in message and "as root" in message
+    assert health == 200 and len(calls) == 1  # the POST asked nothing of the agent
+
+
 @pytest.mark.parametrize(
     "raw",
     [

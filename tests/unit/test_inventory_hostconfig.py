@@ -27,6 +27,7 @@ PLUGINS = ROOT / "roles" / "mirrorkit_agent" / "filter_plugins"
 EXPECTED_NODE1 = yaml.safe_load("""
 host: node1
 api: {listen: 127.0.0.1, port: 7480}
+control_socket: /run/mirrorkit/control.sock
 state_dir: /var/lib/mirrorkit
 mirrors:
   records:
@@ -161,3 +162,48 @@ def test_filters_in_a_real_playbook(tmp_path: Path) -> None:
         "records"]["members"]
     assert msg["vip"][0]["unicast_peers"] == ["198.18.7.11"]
     assert msg["pki"]["records"]["dr1"] == ["198.18.7.14", "async"]
+
+
+def render_unit(tmp_path: Path, control_socket: str, sandbox: bool = True) -> str:
+    """The agent's systemd unit as the role renders it (a real Ansible run)."""
+    config = {**EXPECTED_NODE1, "control_socket": control_socket}
+    extra = {"__mirrorkit_agent_config": config, "__mirrorkit_agent_data_dirs": ["/srv/records"],
+             "__mirrorkit_agent_bin": "/opt/mirrorkit/venv/bin/mirrorkit-agent",
+             "__mirrorkit_agent_config_file": "/etc/mirrorkit/agent.yml",
+             "mirrorkit_agent_sandbox": sandbox, "mirrorkit_agent_extra_rw_paths": [],
+             "mirrorkit_agent_service_extra": []}
+    template = ROOT / "roles" / "mirrorkit_agent" / "templates" / "mirrorkit-agent.service.j2"
+    playbook = tmp_path / "unit.yml"
+    playbook.write_text(f"""
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - ansible.builtin.debug:
+        msg: "{{{{ lookup('ansible.builtin.template', '{template}') }}}}"
+""")
+    (tmp_path / "vars.json").write_text(json.dumps(extra))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    proc = subprocess.run([str(playbook_bin), "-i", "localhost,", str(playbook),
+                           "-e", f"@{tmp_path / 'vars.json'}"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    body = proc.stdout.split("ok: [localhost] => ", 1)[1].split("\nPLAY RECAP", 1)[0]
+    unit: str = json.loads(body)["msg"]
+    return unit
+
+
+def test_unit_gives_the_control_socket_a_0700_runtime_directory(tmp_path: Path) -> None:
+    unit = render_unit(tmp_path, "/run/mirrorkit/control.sock").splitlines()
+    assert "RuntimeDirectory=mirrorkit" in unit and "RuntimeDirectoryMode=0700" in unit
+    rw = next(line for line in unit if line.startswith("ReadWritePaths="))
+    assert rw == "ReadWritePaths=/var/lib/mirrorkit /srv/records"
+    assert "ProtectSystem=strict" in unit
+    unit = render_unit(tmp_path, "/run/mirrorkit/control.sock", sandbox=False).splitlines()
+    assert "RuntimeDirectory=mirrorkit" in unit and "ProtectSystem=strict" not in unit
+    # elsewhere than /run: no RuntimeDirectory, but writable in the sandbox
+    unit = render_unit(tmp_path, "/var/lib/mirrorkit-ctl/control.sock").splitlines()
+    assert not any(line.startswith("RuntimeDirectory") for line in unit)
+    assert "ReadWritePaths=/var/lib/mirrorkit /srv/records /var/lib/mirrorkit-ctl" in unit

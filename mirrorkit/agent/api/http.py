@@ -13,18 +13,18 @@ and playbooks need not parse anything:
   ``async``, ``connected``, and ``lag_seconds <= S`` when ``lag`` is given;
   without ``mirror``: all served mirrors (at least one).
 * ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text.
-* ``POST /repair?mirror=M`` with a JSON body — handed to the agent's
-  ``post`` callback (the primary re-sends paths, see ``agent/repair.py``);
-  and ``POST /resync?mirror=M[&member=H][&mode=…][&keep_orphans=1]`` (on-demand
-  resync, ``agent/resynccli.py``): the only POST routes, and only when the
-  agent wired one.
 
-Deliberately minimal and hard to break: GET only (405 otherwise) except the
-POST routes above (body at most ``_MAX_BODY`` bytes), one request
-per connection (``Connection: close``), bounded line length, header count and
-time; malformed input gets 400 with a message, never a traceback. An unknown
-query parameter is a 400 rather than ignored, so a typo in a health check
-(``?lagg=5``) cannot silently pass.
+Read-only: every other method is 405 ``Allow: GET``. What changes state
+(``POST /resync``, ``POST /repair``, and every later mutating route) is
+served only on the root-only control socket (``api/control_socket.py``,
+routes in ``api/control.py``); a POST here answers 405 with a pointer to it.
+
+Deliberately minimal and hard to break: one request per connection
+(``Connection: close``), bounded line length, header count, body size
+(``MAX_BODY``) and time; malformed input gets 400 with a message, never a
+traceback. An unknown query parameter is a 400 rather than ignored, so a
+typo in a health check (``?lagg=5``) cannot silently pass. The control
+socket speaks the same dialect through the same :class:`HttpServer`.
 """
 
 from __future__ import annotations
@@ -34,35 +34,33 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from mirrorkit.agent.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from mirrorkit.agent.api.metrics import render_metrics
 
-__all__ = ["BadRequest", "check_health", "check_primary", "check_replica", "start_api"]
+__all__ = ["LINE_LIMIT", "MAX_BODY", "Answer", "BadRequest", "HttpServer", "Response",
+           "check_health", "check_primary", "check_replica", "discard_body", "error_body",
+           "json_body", "parse_params", "read_body", "start_api"]
 
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
 Answer = tuple[int, dict[str, Any]]
-# post(path, params, body) -> answer; raises BadRequest for malformed input.
-PostFn = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
-POST_ROUTES = ("/repair", "/resync")
-# Query parameters each POST route accepts (/resync: agent/resynccli.py).
-_POST_PARAMS = {"/repair": ("mirror",),
-                "/resync": ("mirror", "member", "mode", "keep_orphans")}
+# (code, content type, body) of one answer.
+Response = tuple[int, str, bytes]
 
-_LINE_LIMIT = 8192
+LINE_LIMIT = 8192
 _MAX_HEADERS = 100
 _REQUEST_TIMEOUT = 10.0
 _MAX_CONNECTIONS = 64
-_MAX_BODY = 16 << 20
+MAX_BODY = 16 << 20
 _REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
-    431: "Request Header Fields Too Large",
+    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    413: "Content Too Large", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
 _JSON = "application/json"
@@ -147,7 +145,9 @@ def check_health(status: Mapping[str, Any]) -> Answer:
     return 200, {"ok": True}
 
 
-def _params(query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+def parse_params(query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query string as a dict; raises BadRequest for an unknown, repeated
+    or malformed parameter and for an empty ``mirror``."""
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:
@@ -201,16 +201,25 @@ def route(target: str, status: StatusFn) -> tuple[int, str, bytes]:
     elif path == "/health":
         code, body = check_health(status())
     elif path == "/primary":
-        params = _params(query, ("mirror",))
+        params = parse_params(query, ("mirror",))
         code, body = check_primary(status(), params.get("mirror"))
     elif path == "/replica":
-        params = _params(query, ("mirror", "lag"))
+        params = parse_params(query, ("mirror", "lag"))
         lag = _lag(params.get("lag"))
         code, body = check_replica(status(), params.get("mirror"), lag)
     else:
         known = "/health, /primary, /replica, /status, /metrics"
         code, body = 404, {"error": f"no such endpoint {path!r} (known: {known})"}
+    return json_body(code, body)
+
+
+def json_body(code: int, body: Any) -> Response:
+    """One JSON answer (NaN/Inf as null, keys sorted)."""
     return code, _JSON, (json.dumps(_finite(body), sort_keys=True) + "\n").encode()
+
+
+def error_body(code: int, message: str) -> Response:
+    return code, _JSON, (json.dumps({"error": message}) + "\n").encode()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, int]:
@@ -241,81 +250,116 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, int]:
     except (ValueError, asyncio.LimitOverrunError) as exc:  # a line over the limit
         if isinstance(exc, BadRequest):
             raise
-        raise BadRequest(f"request line or header longer than {_LINE_LIMIT} bytes") from exc
+        raise BadRequest(f"request line or header longer than {LINE_LIMIT} bytes") from exc
 
 
-class _Server:
-    def __init__(self, status: StatusFn, post: PostFn | None = None) -> None:
-        self.status = status
-        self.post = post
+class HttpServer:
+    """One request per connection, answered by :meth:`dispatch`.
+
+    :meth:`admit` may refuse a connection as soon as it is accepted (the
+    control socket checks the peer's credentials there): the request is then
+    read and dropped, never dispatched, and the refusal is the answer.
+    :meth:`dispatch` answers a parsed request line. This class reads and
+    bounds the request, maps malformed input to 400, a slow client to 408
+    and any other failure to 500, and writes the answer.
+    """
+
+    allow = "GET"  # the Allow header of a 405
+
+    def __init__(self) -> None:
         self.active = 0
+
+    async def admit(self, writer: asyncio.StreamWriter) -> Response | None:
+        """A refusal for this connection, or ``None`` to serve it."""
+        return None
+
+    async def dispatch(self, method: str, target: str, length: int,
+                       reader: asyncio.StreamReader) -> Response:
+        raise NotImplementedError
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
         try:
             if self.active > _MAX_CONNECTIONS:
-                code, ctype, body = 503, _JSON, b'{"error": "too many connections"}\n'
+                code, ctype, body = error_body(503, "too many connections")
             else:
-                code, ctype, body = await self._answer(reader)
+                code, ctype, body = await self._answer(reader, await self.admit(writer))
             head = (
                 f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}\r\n"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Cache-Control: no-store\r\nConnection: close\r\n"
             )
             if code == 405:
-                head += "Allow: GET\r\n"
+                head += f"Allow: {self.allow}\r\n"
             writer.write(head.encode() + b"\r\n" + body)
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.drain(), _REQUEST_TIMEOUT)
         except Exception:  # never let one connection take the server down
-            log.exception("status API: unexpected error")
+            log.exception("agent API: unexpected error")
         finally:
             self.active -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+    async def _answer(self, reader: asyncio.StreamReader, refusal: Response | None) -> Response:
         try:
             method, target, length = await asyncio.wait_for(_read_request(reader),
                                                             _REQUEST_TIMEOUT)
-            if method == "POST":
-                return await self._post(reader, target, length)
-            if method != "GET":
-                return 405, _JSON, _error(f"method {method} not allowed; use GET")
-            return route(target, self.status)
+            if refusal is not None:
+                await discard_body(reader, length)
+                return refusal
+            return await self.dispatch(method, target, length, reader)
         except BadRequest as exc:
-            return 400, _JSON, _error(str(exc))
+            return refusal or error_body(400, str(exc))
         except TimeoutError:
-            return 408, _JSON, _error("request not received in time")
+            return refusal or error_body(408, "request not received in time")
         except (ConnectionError, asyncio.IncompleteReadError):
-            return 400, _JSON, _error("connection closed mid-request")
-        except Exception as exc:  # status() itself failed: say so, keep serving
-            log.exception("status API: cannot build the answer")
-            return 500, _JSON, _error(f"status unavailable: {type(exc).__name__}: {exc}")
+            return refusal or error_body(400, "connection closed mid-request")
+        except Exception as exc:  # e.g. status() itself failed: say so, keep serving
+            log.exception("agent API: cannot build the answer")
+            return error_body(500, f"cannot answer: {type(exc).__name__}: {exc}")
 
 
-    async def _post(self, reader: asyncio.StreamReader, target: str,
-                    length: int) -> tuple[int, str, bytes]:
-        parts = urlsplit(target)
-        if parts.path not in POST_ROUTES or self.post is None:
-            return 405, _JSON, _error(f"POST not allowed on {parts.path!r}")
-        if length > _MAX_BODY:
-            return 413, _JSON, _error(f"body over {_MAX_BODY} bytes")
-        body = await asyncio.wait_for(reader.readexactly(length), _REQUEST_TIMEOUT)
-        params = _params(parts.query, _POST_PARAMS[parts.path])
-        code, answer = await self.post(parts.path, params, body)
-        return code, _JSON, (json.dumps(_finite(answer), sort_keys=True) + "\n").encode()
+async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
+    """The request body of ``length`` bytes (at most ``MAX_BODY``: the caller
+    checks), in bounded time."""
+    return await asyncio.wait_for(reader.readexactly(length), _REQUEST_TIMEOUT)
 
 
-def _error(message: str) -> bytes:
-    return (json.dumps({"error": message}) + "\n").encode()
+async def discard_body(reader: asyncio.StreamReader, length: int) -> None:
+    """Read and drop a body that will not be served, so that closing the
+    connection does not reset it before the client has read the answer."""
+    if 0 < length <= MAX_BODY:
+        await read_body(reader, length)
+
+
+class _StatusServer(HttpServer):
+    """The loopback TCP status API: GET only."""
+
+    def __init__(self, status: StatusFn, control_socket: str | None) -> None:
+        super().__init__()
+        self.status = status
+        self.control_socket = control_socket
+
+    async def dispatch(self, method: str, target: str, length: int,
+                       reader: asyncio.StreamReader) -> Response:
+        if method == "GET":
+            return route(target, self.status)
+        if method != "POST":
+            return error_body(405, f"method {method} not allowed; use GET")
+        await discard_body(reader, length)
+        where = (f"the root-only control socket {self.control_socket}"
+                 if self.control_socket else "the agent's root-only control socket")
+        return error_body(405, "this status API is read-only (GET); what changes state is "
+                               f"served on {where}: run `mirrorkit-agent resync` or "
+                               "`mirrorkit-agent repair` as root on this host")
 
 
 async def start_api(host: str, port: int, status: StatusFn,
-                    post: PostFn | None = None) -> asyncio.Server:
-    """Start serving on ``host:port`` (port 0: an ephemeral port, see
-    ``server.sockets[0].getsockname()``); ``post`` answers the POST routes.
-    The caller closes the server."""
-    server = _Server(status, post)
-    return await asyncio.start_server(server.handle, host, port, limit=_LINE_LIMIT)
+                    control_socket: str | None = None) -> asyncio.Server:
+    """Start the read-only status API on ``host:port`` (port 0: an ephemeral
+    port, see ``server.sockets[0].getsockname()``); ``control_socket`` is
+    named in the answer to a POST. The caller closes the server."""
+    server = _StatusServer(status, control_socket)
+    return await asyncio.start_server(server.handle, host, port, limit=LINE_LIMIT)

@@ -9,7 +9,13 @@
   writable primary of M (keepalived's ``vrrp_script``), else 1.
 * ``mirrorkit-agent manifest --mirror M [--at-lsn N]`` and
   ``mirrorkit-agent repair --mirror M PATH...``: online verification's
-  agent side (``agent/verifycli.py``).
+  agent side (``cli/verify.py``).
+* ``mirrorkit-agent resync --mirror M [--member H] [--mode MODE]``: start a
+  resync on this host, its primary (``cli/resync.py``).
+
+``repair`` and ``resync`` change state: they talk to the agent's root-only
+control socket (``--control-socket``, else ``control_socket`` of
+``--config``), so only root may run them; the others read the loopback API.
 
 Exit status: 0 success, 1 failure, 2 usage error. Logs go to stderr (journald
 under systemd), one line per decision or event.
@@ -145,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "manifest":
         return verifycli.cmd_manifest(args)
     if args.command == "repair":
-        return verifycli.cmd_repair(args, lambda: _api_port(args))
+        return verifycli.cmd_repair(args)
     if args.command == "resync":
-        return resynccli.cmd_resync(args, lambda: _api_port(args))
+        return resynccli.cmd_resync(args)
     _setup_logging(args.verbose)
     try:
         cfg = load_config(Path(args.config))

@@ -8,10 +8,12 @@ agent's ``POST /repair`` handler (the agent side of ``mirrorkit verify``).
   member at a point at or after the primary's LSN N. ``--paths-stdin``
   restricts it to the ``[tree, path]`` pairs of a JSON list read on stdin
   (the controller's re-check of differing paths).
-* ``repair --mirror M [PATH...]`` (paths on stdin, one per line, when none
-  are given): ask the local primary to re-send PATHs (absolute paths on the
-  primary) through its mirror log; prints the result as JSON; exit 0 when
-  every path was re-sent, 1 otherwise.
+* ``repair --mirror M [--control-socket PATH] [PATH...]`` (paths on stdin,
+  one per line, when none are given): ask the local primary, through the
+  agent's root-only control socket, to re-send PATHs (absolute paths on the
+  primary) through its mirror log; prints the result as JSON (``{"error"}``
+  when refused: not the primary, not root...); exit 0 when every path was
+  re-sent, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mirrorkit.agent.cli import control_client
 from mirrorkit.agent.config import ConfigError, MirrorConfig, load_config
 from mirrorkit.agent.verify.manifest import ManifestError, build_manifest
 
@@ -51,7 +52,7 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--mirror", required=True)
     rp.add_argument("paths", nargs="*", metavar="PATH",
                     help="absolute paths on the primary (default: one per line on stdin)")
-    rp.add_argument("--api-port", type=int, default=0)
+    control_client.add_argument(rp)
 
 
 def _mirror(config: str, name: str) -> tuple[MirrorConfig, int, str] | str:
@@ -142,30 +143,20 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_repair(args: argparse.Namespace, api_port: Callable[[], int]) -> int:
+def cmd_repair(args: argparse.Namespace) -> int:
     paths = list(args.paths) or [line.strip() for line in sys.stdin if line.strip()]
     if not paths:
         print("mirrorkit-agent: repair: no paths given", file=sys.stderr)
         return 2
     query = urllib.parse.urlencode({"mirror": args.mirror})
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{args.api_port or api_port()}/repair?{query}",
-        data=json.dumps({"paths": paths}).encode(), method="POST",
-        headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=300) as resp:
-            code, body = int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        code, body = exc.code, exc.read()
-    except (OSError, urllib.error.URLError) as exc:
-        print(f"mirrorkit-agent: cannot reach the local agent API: {exc}", file=sys.stderr)
+        code, result = control_client.post(control_client.socket_path(args), f"/repair?{query}",
+                                           json.dumps({"paths": paths}).encode(), timeout=300)
+    except control_client.ControlUnavailable as exc:
+        print(json.dumps({"error": str(exc)}))
+        print(f"mirrorkit-agent: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(body.decode(errors="replace"))
+    print(json.dumps(result, sort_keys=True))
     if code != 200:
         return 1
-    result = json.loads(body)
     return 0 if not (result.get("not_on_primary") or result.get("refused")) else 1
-
-
-
-

@@ -1,8 +1,8 @@
 """Repair: the primary re-sends chosen paths, in full, through its mirror log.
 
 ``POST /repair?mirror=M`` (body ``{"paths": ["/abs/path", ...]}``) on the
-primary's loopback API ends here. Each path is turned into the ops that set
-its whole state absolutely, whatever the replica holds now:
+primary's root-only control socket ends here. Each path is turned into the
+ops that set its whole state absolutely, whatever the replica holds now:
 
 * regular file: ``CREATE`` (empties it, sets the mode), every block as
   ``WRITE``, ``UTIME``;
