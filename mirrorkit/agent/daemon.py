@@ -10,9 +10,12 @@ from typing import Any
 from mirrorkit import __version__
 from mirrorkit.agent.api.control import repair_handler, resync_handler
 from mirrorkit.agent.api.http import start_api
+from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 from mirrorkit.agent.config import AgentConfig
 from mirrorkit.agent.ha.roles import create_worker
 from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.util.loopstall import LoopStallProbe
+from mirrorkit.agent.util.stats import AgentMetrics
 
 __all__ = ["RETRY_SECONDS", "Agent"]
 
@@ -29,6 +32,10 @@ class Agent:
         self.workers: dict[str, MirrorWorker] = {}
         self.failed: dict[str, str] = {}
         self._stop = asyncio.Event()
+        # One registry per agent: the instruments plus the status gauges.
+        self.metrics = AgentMetrics(cfg.host)
+        self.metrics.registry.register(StatusCollector(self.status))
+        self.loop_stall = LoopStallProbe(self.metrics.loop_stall().observe)
 
     def status(self) -> dict[str, Any]:
         mirrors: dict[str, Any] = {}
@@ -40,7 +47,8 @@ class Agent:
         for name, reason in self.failed.items():
             mirrors[name] = {"role": self.cfg.mirrors[name].role, "alive": False,
                              "error": reason}
-        return {"host": self.cfg.host, "version": __version__, "mirrors": mirrors}
+        return {"host": self.cfg.host, "version": __version__,
+                "loop_stall": self.loop_stall.summary(), "mirrors": mirrors}
 
     def stop(self) -> None:
         self._stop.set()
@@ -49,6 +57,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        stall = asyncio.create_task(self.loop_stall.run(), name="loop-stall-probe")
         for name in self.cfg.mirrors:
             await self._start_mirror(name)
         api = await self._start_api()
@@ -58,6 +67,7 @@ class Agent:
         await self._stop.wait()
         log.info("shutting down")
         retry.cancel()
+        stall.cancel()
         if api is not None:
             api.close()
         await asyncio.gather(*(w.stop() for w in self.workers.values()),
@@ -68,6 +78,7 @@ class Agent:
         worker: MirrorWorker | None = None
         try:
             worker = create_worker(self.cfg, self.cfg.mirrors[name])
+            worker.metrics = self.metrics.mirror(name)  # series survive a new worker
             await worker.start()
         except Exception as exc:  # one broken mirror must not stop the others
             log.error("mirror %s failed to start: %s (retrying in %.0fs)", name, exc,
@@ -91,7 +102,8 @@ class Agent:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
                                    resync_handler(self.workers,
-                                                  repair_handler(self.workers)))
+                                                  repair_handler(self.workers)),
+                                   lambda: metrics_text(self.metrics.registry))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)

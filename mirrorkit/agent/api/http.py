@@ -12,7 +12,8 @@ and playbooks need not parse anything:
 * ``GET /replica[?mirror=M][&lag=S]`` — 200 iff role is ``backup`` or
   ``async``, ``connected``, and ``lag_seconds <= S`` when ``lag`` is given;
   without ``mirror``: all served mirrors (at least one).
-* ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text.
+* ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text
+  (:mod:`mirrorkit.agent.api.metrics`).
 * ``POST /repair?mirror=M`` with a JSON body — handed to the agent's
   ``post`` callback (the primary re-sends paths, see ``agent/repair.py``);
   and ``POST /resync?mirror=M[&member=H][&mode=…][&keep_orphans=1]`` (on-demand
@@ -38,14 +39,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from prometheus_client import CollectorRegistry
+
 from mirrorkit.agent.api.metrics import CONTENT_TYPE as METRICS_TYPE
-from mirrorkit.agent.api.metrics import render_metrics
+from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 
 __all__ = ["BadRequest", "check_health", "check_primary", "check_replica", "start_api"]
 
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
+MetricsFn = Callable[[], bytes]  # the /metrics body
 Answer = tuple[int, dict[str, Any]]
 # post(path, params, body) -> answer; raises BadRequest for malformed input.
 PostFn = Callable[[str, dict[str, str], bytes], Awaitable[Answer]]
@@ -190,12 +194,20 @@ def _finite(obj: Any) -> Any:
     return str(obj)
 
 
-def route(target: str, status: StatusFn) -> tuple[int, str, bytes]:
+def status_metrics(status: StatusFn) -> MetricsFn:
+    """A ``/metrics`` body of the status gauges alone, in a registry of its own."""
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(status))
+    return lambda: metrics_text(registry)
+
+
+def route(target: str, status: StatusFn,
+          metrics: MetricsFn | None = None) -> tuple[int, str, bytes]:
     """Answer one GET: (code, content type, body). Raises BadRequest."""
     parts = urlsplit(target)
     path, query = parts.path, parts.query
     if path == "/metrics":
-        return 200, METRICS_TYPE, render_metrics(status()).encode()
+        return 200, METRICS_TYPE, (metrics or status_metrics(status))()
     if path == "/status":
         code, body = 200, status()
     elif path == "/health":
@@ -245,9 +257,11 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, int]:
 
 
 class _Server:
-    def __init__(self, status: StatusFn, post: PostFn | None = None) -> None:
+    def __init__(self, status: StatusFn, post: PostFn | None = None,
+                 metrics: MetricsFn | None = None) -> None:
         self.status = status
         self.post = post
+        self.metrics = metrics if metrics is not None else status_metrics(status)
         self.active = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -283,7 +297,7 @@ class _Server:
                 return await self._post(reader, target, length)
             if method != "GET":
                 return 405, _JSON, _error(f"method {method} not allowed; use GET")
-            return route(target, self.status)
+            return route(target, self.status, self.metrics)
         except BadRequest as exc:
             return 400, _JSON, _error(str(exc))
         except TimeoutError:
@@ -313,9 +327,11 @@ def _error(message: str) -> bytes:
 
 
 async def start_api(host: str, port: int, status: StatusFn,
-                    post: PostFn | None = None) -> asyncio.Server:
+                    post: PostFn | None = None,
+                    metrics: MetricsFn | None = None) -> asyncio.Server:
     """Start serving on ``host:port`` (port 0: an ephemeral port, see
-    ``server.sockets[0].getsockname()``); ``post`` answers the POST routes.
-    The caller closes the server."""
-    server = _Server(status, post)
+    ``server.sockets[0].getsockname()``); ``post`` answers the POST routes;
+    ``metrics`` renders ``/metrics`` (default: the status gauges alone, see
+    :func:`status_metrics`). The caller closes the server."""
+    server = _Server(status, post, metrics)
     return await asyncio.start_server(server.handle, host, port, limit=_LINE_LIMIT)

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mirrorkit.agent.config import AgentConfig, MemberConfig, MirrorConfig
+from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.state import MirrorState, StateStore
+from mirrorkit.agent.util.stats import AgentMetrics, MirrorMetrics
 
 __all__ = ["Companion", "MirrorWorker"]
 
@@ -59,6 +61,9 @@ class MirrorWorker:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[asyncio.Task[Any]] = set()  # connections served
         self.companions: list[Companion] = []
+        # The agent replaces this with its own registry's (daemon); alone (a
+        # test, a tool) a worker counts into a registry of its own.
+        self.metrics: MirrorMetrics = AgentMetrics(agent.host).mirror(mirror.name)
 
     @property
     def term(self) -> int:
@@ -112,6 +117,16 @@ class MirrorWorker:
             log.info("%s: term %d -> %d (primary %s)", self.name, self.state.term, term, primary)
             self.state = MirrorState(term, self.state.role, primary)
             self.store.save(self.state)
+
+    async def open(self) -> None:
+        """Blocking preparation, run off the event loop (a worker with a
+        mirror log opens it here: its recovery scan reads every segment).
+        ``start()`` calls it first; calling it again does nothing."""
+
+    def open_log(self) -> MirrorLog:
+        """Open this mirror's log (blocking: call it in a worker thread)."""
+        return MirrorLog(self.mirror_dir() / "log", segment_bytes=self.cfg.log_segment_bytes,
+                         max_bytes=self.cfg.log_max_bytes, stats=self.metrics)
 
     async def start(self) -> None:
         raise NotImplementedError
