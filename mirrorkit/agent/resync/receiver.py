@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mirrorkit.agent.apply.applier import Applier
 from mirrorkit.agent.log.records import Op, OpKind, Record
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 MANIFEST_FRAME_BYTES = 1 << 20
 
 
+class QuarantineStats(Protocol):
+    """The agent's metrics (util.stats.MirrorMetrics): a file quarantined."""
+
+    def quarantined(self, reason: str, files: int = 1) -> None: ...
+
+
 def _take_items(items: Any, max_bytes: int) -> list[ManifestItem]:
     batch: list[ManifestItem] = []
     size = 0
@@ -42,7 +48,8 @@ class ReceiverResync:
     """One resync in progress on a receiver."""
 
     def __init__(self, begin: ResyncBegin, roots: list[Path], quarantine: Path,
-                 label: str, exclude: list[str] | None = None) -> None:
+                 label: str, exclude: list[str] | None = None,
+                 stats: QuarantineStats | None = None) -> None:
         if begin.mode not in MODES:
             raise ValueError(f"unknown resync mode {begin.mode!r}")
         if not 4096 <= begin.block_size <= 16 << 20:
@@ -53,6 +60,7 @@ class ReceiverResync:
         # caches) are neither compared nor orphans, as in capture and verify.
         self.exclude = exclude or []
         self.label = label
+        self.stats = stats
         self.dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}-{begin.lsn}"
         self.progress = ResyncProgress(begin.mode, "", bool(begin.keep_orphans), begin.id,
                                        state="manifest")
@@ -122,6 +130,8 @@ class ReceiverResync:
         if moved is None:
             return
         self.orphans_moved += 1
+        if self.stats is not None:
+            self.stats.quarantined("replaced" if kind == "replaced" else "orphan")
         what = "is not on the primary" if kind == "orphan" else "has another kind on the primary"
         log.warning("%s: orphan %r (tree %d) %s: moved to %s", self.label, op.path, op.tree,
                     what, moved)

@@ -70,6 +70,7 @@ FRAME = struct.Struct(">2sBBI")
 # One batch of at most ~1 MiB, or a single record of up to 16 MiB, plus slack.
 MAX_FRAME = 20 << 20
 MAX_CONTROL = 64 << 10
+THREAD_DECODE_BYTES = 64 << 10  # RECORDS/MANIFEST payloads above this decode in a thread
 
 
 class ProtocolError(Exception):
@@ -268,4 +269,8 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     header = await reader.readexactly(FRAME.size)
     kind, length = _check_header(header)
     payload = await reader.readexactly(length)
+    if kind in _BINARY and length > THREAD_DECODE_BYTES:
+        # Checking and decoding 1 MiB of small records takes tens of ms of
+        # CPU: not on the event loop.
+        return await asyncio.to_thread(_decode_payload, kind, payload)
     return _decode_payload(kind, payload)
