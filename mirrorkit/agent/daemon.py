@@ -34,8 +34,8 @@ class Agent:
         self._stop = asyncio.Event()
         # One registry per agent: the instruments plus the status gauges.
         self.metrics = AgentMetrics(cfg.host)
-        self.metrics.registry.register(StatusCollector(self.status))
         self.loop_stall = LoopStallProbe(self.metrics.loop_stall().observe)
+        self.metrics.registry.register(StatusCollector(self.status))
 
     def status(self) -> dict[str, Any]:
         mirrors: dict[str, Any] = {}

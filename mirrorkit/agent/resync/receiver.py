@@ -33,15 +33,18 @@ class QuarantineStats(Protocol):
     def quarantined(self, reason: str, files: int = 1) -> None: ...
 
 
-def _take_items(items: Any, max_bytes: int) -> list[ManifestItem]:
+def _take_items(items: Any, max_bytes: int) -> tuple[list[ManifestItem], bytes]:
+    """(worker thread) The next items of about ``max_bytes``, and their encoding."""
     batch: list[ManifestItem] = []
+    encoded: list[bytes] = []
     size = 0
     for item in items:
         batch.append(item)
-        size += len(encode_item(item))
+        encoded.append(encode_item(item))
+        size += len(encoded[-1])
         if size >= max_bytes:
             break
-    return batch
+    return batch, b"".join(encoded)
 
 
 class ReceiverResync:
@@ -74,11 +77,11 @@ class ReceiverResync:
         items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum",
                              self.exclude)
         while True:
-            batch = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
+            batch, raw = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
             if not batch:
                 break
             self.manifest_entries += sum(1 for i in batch if i.first_block == 0)
-            await conn.send(Manifest(batch))
+            await conn.send(Manifest(batch, raw))
         await conn.send(ManifestEnd(self.manifest_entries))
         self.progress.state = "copying"
         log.info("%s: manifest sent (%d entries, mode %s)", self.label, self.manifest_entries,

@@ -138,6 +138,7 @@ class ResyncBegin:
 @dataclass(frozen=True, slots=True)
 class Manifest:
     items: list[ManifestItem] = field(default_factory=list)
+    raw: bytes = b""  # ``items`` already encoded (built off the event loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ def encode_message(msg: Message) -> bytes:
         payload = msg.raw or b"".join(encode_record(r) for r in msg.records)
         mtype = MsgType.RECORDS
     elif isinstance(msg, Manifest):
-        payload = b"".join(encode_item(i) for i in msg.items)
+        payload = msg.raw or b"".join(encode_item(i) for i in msg.items)
         mtype = MsgType.MANIFEST
     else:
         mtype = _TYPES[type(msg)]
