@@ -14,9 +14,12 @@ from mirrorkit import __version__
 from mirrorkit.agent.api.control import control_routes
 from mirrorkit.agent.api.control_socket import ControlSocket, start_control
 from mirrorkit.agent.api.http import start_api
+from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.util.loopstall import LoopStallProbe
+from mirrorkit.agent.util.stats import AgentMetrics
 
 __all__ = ["RETRY_SECONDS", "Agent"]
 
@@ -32,12 +35,20 @@ class Agent:
     def __init__(self, cfg: AgentConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path  # re-read on SIGHUP (reload)
-        self.supervisors = {name: MirrorSupervisor(cfg, m) for name, m in cfg.mirrors.items()}
+        # One registry per agent: the instruments plus the status gauges.
+        self.metrics = AgentMetrics(cfg.host)
+        self.loop_stall = LoopStallProbe(self.metrics.loop_stall().observe)
+        self.metrics.registry.register(StatusCollector(self.status))
+        self.supervisors = {name: self._supervisor(cfg, name) for name in cfg.mirrors}
         self._stop = asyncio.Event()
         self._api: asyncio.base_events.Server | None = None
         self._control: ControlSocket | None = None
         self._reloading = asyncio.Lock()
         self.reloads = 0
+
+    def _supervisor(self, cfg: AgentConfig, name: str) -> MirrorSupervisor:
+        # The mirror's metric series survive a new worker (role swap, reload).
+        return MirrorSupervisor(cfg, cfg.mirrors[name], self.metrics.mirror(name))
 
     @property
     def workers(self) -> Mapping[str, MirrorWorker]:
@@ -47,7 +58,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         mirrors = {name: sup.status() for name, sup in self.supervisors.items()}
         return {"host": self.cfg.host, "version": __version__, "reloads": self.reloads,
-                "mirrors": mirrors}
+                "loop_stall": self.loop_stall.summary(), "mirrors": mirrors}
 
     def stop(self) -> None:
         self._stop.set()
@@ -58,6 +69,7 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        stall = asyncio.create_task(self.loop_stall.run(), name="loop-stall-probe")
         # The API first: while mirrors open their logs (a scan that can take
         # seconds) /health and /primary answer 503 "starting" instead of
         # refusing connections.
@@ -70,6 +82,7 @@ class Agent:
         await self._stop.wait()
         log.info("shutting down")
         retry.cancel()
+        stall.cancel()
         if self._api is not None:
             self._api.close()
         if self._control is not None:
@@ -109,7 +122,7 @@ class Agent:
             for name in (*plan.restart, *plan.removed):
                 await self.supervisors.pop(name).stop()
             for name in (*plan.restart, *plan.added):
-                self.supervisors[name] = MirrorSupervisor(new, new.mirrors[name])
+                self.supervisors[name] = self._supervisor(new, name)
                 await self.supervisors[name].start()
             if plan.api:
                 if self._api is not None:
@@ -134,7 +147,8 @@ class Agent:
     async def _start_api(self) -> asyncio.base_events.Server | None:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
-                                   str(self.cfg.control_socket))
+                                   str(self.cfg.control_socket),
+                                   lambda: metrics_text(self.metrics.registry))
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from mirrorkit.agent.config import TlsConfig, load_config
 from mirrorkit.agent.log.records import Op, OpKind, Record
@@ -194,6 +195,18 @@ class Cluster:
             return {}
         m: dict[str, Any] = st["mirrors"].get(MIRROR, {})
         return m
+
+    def metrics(self, name: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """``/metrics`` of ``name``, parsed by prometheus_client:
+        {(sample name, labels): value}."""
+        url = f"http://127.0.0.1:{self.nodes[name].api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def metric(self, name: str, sample: str, **labels: str) -> float | None:
+        return self.metrics(name).get((sample, frozenset(labels.items())))
 
     def converged(self, primary: str, replica: str) -> bool:
         return not differences(self.nodes[primary].root, self.nodes[replica].root)
@@ -488,6 +501,8 @@ def test_escaping_records_from_a_primary_certificate_are_refused(
     assert os.readlink(replica / "out") == str(outside)
     wait_for(lambda: c.mirror("node2").get("refused") == 4, "refusals counted")
     assert c.nodes["node2"].log_text().count("REFUSED record") == 4
+    assert c.metric("node2", "mirrorkit_refused_records_total", mirror=MIRROR,
+                    member="node2") == 4
 
 
 def test_cli_status_and_probe(cluster: Cluster) -> None:
@@ -571,6 +586,12 @@ def test_receiver_behind_the_log_gets_a_full_resync(
     moved = list(quarantine.rglob("stale-on-replica"))
     assert len(moved) == 1 and moved[0].read_text() == "will be deleted while dr1 is away"
     assert "orphan" in c.nodes["dr1"].log_text()
+    # ... and both ends count the resync and the quarantined file
+    dr1 = {"mirror": MIRROR, "member": "dr1"}
+    assert c.metric("dr1", "mirrorkit_resyncs_total", **dr1, result="done") == 1
+    assert c.metric("dr1", "mirrorkit_quarantined_files_total", **dr1, reason="orphan") == 1
+    wait_for(lambda: c.metric("node1", "mirrorkit_resyncs_total", **dr1, result="done"),
+             "the primary counts the resync it sent")
     assert c.converged("node1", "node2")
     wait_for(lambda: c.mirror("dr1").get("applied_lsn") == c.mirror("node1").get("lsn"),
              "dr1 applied everything")

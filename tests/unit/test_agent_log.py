@@ -4,12 +4,16 @@ corruption: tests/unit/test_agent_log_recovery.py."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from mirrorkit.agent.api.metrics import metrics_text
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
+from mirrorkit.agent.util.stats import AgentMetrics
 
 
 def ops(n: int, size: int = 10) -> list[Op]:
@@ -124,3 +128,96 @@ def test_segment_files_are_private(tmp_path: Path) -> None:
     lg = MirrorLog(tmp_path)
     lg.append_ops(ops(1), 1)
     assert os.stat(segments(tmp_path)[0]).st_mode & 0o077 == 0
+
+
+# -- metrics and thread safety (readers on other threads) ----------------------
+
+
+def _samples(metrics: AgentMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = metrics_text(metrics.registry).decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_appends_report_fsync_time_records_and_bytes(tmp_path: Path) -> None:
+    metrics = AgentMetrics("node1")
+    lg = MirrorLog(tmp_path, stats=metrics.mirror("m"))
+    lg.append_ops(ops(3), 1)
+    lg.append_ops(ops(2), 1)
+    own = frozenset({("mirror", "m"), ("member", "node1")})
+    s = _samples(metrics)
+    assert s[("mirrorkit_log_fsync_seconds_count", own)] == 2
+    assert s[("mirrorkit_log_records_total", own)] == 5
+    assert s[("mirrorkit_log_bytes_total", own)] == lg.size
+
+
+def test_a_quarantined_torn_tail_is_counted(tmp_path: Path) -> None:
+    MirrorLog(tmp_path).append_ops(ops(3), 1)
+    with open(segments(tmp_path)[-1], "ab") as f:
+        f.write(b"\xff" * 64)  # garbage, not merely a partial record: kept
+    metrics = AgentMetrics("node1")
+    MirrorLog(tmp_path, stats=metrics.mirror("m"))
+    labels = frozenset({("mirror", "m"), ("member", "node1"), ("reason", "torn_tail")})
+    assert _samples(metrics)[("mirrorkit_quarantined_files_total", labels)] == 1
+
+
+def test_readers_on_another_thread_survive_appends_and_trims(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path, segment_bytes=2000, max_bytes=6000)
+    lg.append_ops(ops(5, size=100), 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            lsn = lg.first_lsn
+            try:
+                records = lg.read(lsn, 3000)
+            except LogError as exc:  # trimmed between first_lsn and the read
+                if "before the log start" not in str(exc):
+                    errors.append(exc)
+                continue
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            if [r.lsn for r in records] != list(range(lsn, lsn + len(records))):
+                errors.append(AssertionError(f"wrong records from {lsn}"))
+            reads += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(300):  # segments roll and are trimmed under the reader
+            lg.append_ops(ops(4, size=100), 1)
+            lg.trim(lg.last_lsn)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert reads > 0 and lg.first_lsn > 1
+
+
+def test_reset_never_shows_another_thread_an_empty_log(tmp_path: Path) -> None:
+    lg = MirrorLog(tmp_path)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def status() -> None:
+        while not stop.is_set():
+            try:
+                lg.first_lsn, lg.last_lsn, lg.size  # noqa: B018 - what /status reads
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=status)
+    thread.start()
+    try:
+        for i in range(200):
+            lg.append_ops(ops(1), 1)
+            lg.reset(lg.last_lsn + 1 + i % 2)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors[:3]

@@ -67,11 +67,12 @@ def test_probe_path_does_not_load_the_agent(api_port: int) -> None:
     code = (
         "import sys; from mirrorkit.agent.entry import main; "
         f"rc = main(['probe', 'primary', '--mirror', 'records', '--api-port', '{api_port}']); "
-        "print(rc, 'mirrorkit.agent.cli.main' in sys.modules, 'asyncio' in sys.modules)"
+        "print(rc, 'mirrorkit.agent.cli.main' in sys.modules, 'asyncio' in sys.modules, "
+        "'prometheus_client' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
-    assert out == ["0", "False", "False"]
+    assert out == ["0", "False", "False", "False"]
 
 
 def test_api_port_comes_from_the_config(tmp_path: Path) -> None:

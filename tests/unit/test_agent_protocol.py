@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import threading
 
 import pytest
 
 from mirrorkit.agent.log.records import Op, OpKind, Record, encode_record
+from mirrorkit.agent.transport import frames
 from mirrorkit.agent.transport.frames import (
     FRAME,
     MAGIC,
@@ -119,3 +121,32 @@ def test_read_message_from_stream() -> None:
 def test_frame_type_values_are_stable() -> None:
     # The wire format is a contract between agent versions.
     assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_large_binary_frames_are_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking ~1 MiB of records costs tens of ms: a big RECORDS frame is
+    decoded in a worker thread, a small one (and every control frame) inline."""
+    decoded_on: list[tuple[int, bool]] = []
+    real = frames._decode_payload
+
+    def spy(kind: frames.MsgType, payload: bytes) -> frames.Message:
+        decoded_on.append((len(payload), threading.current_thread() is threading.main_thread()))
+        return real(kind, payload)
+
+    monkeypatch.setattr(frames, "_decode_payload", spy)
+    big = frames.Records(1, records=[Record(i + 1, 1, Op(OpKind.WRITE, 0, "f", data=b"x" * 1000))
+                                  for i in range(200)])
+    small = frames.Records(1, records=big.records[:2])
+
+    async def main() -> list[frames.Message]:
+        reader = asyncio.StreamReader()
+        for msg in (big, small, frames.Heartbeat(1, 2)):
+            reader.feed_data(frames.encode_message(msg))
+        return [await frames.read_message(reader) for _ in range(3)]
+
+    got = asyncio.run(main())
+    assert got[0] == big and got[1] == small
+    assert [on_loop for _, on_loop in decoded_on] == [False, True, True]
+    assert decoded_on[0][0] > frames.THREAD_DECODE_BYTES

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mirrorkit.agent.api.http import start_api
-from mirrorkit.agent.api.metrics import render_metrics
+from mirrorkit.agent.api.metrics import StatusCollector, metrics_text, render_metrics
+from mirrorkit.agent.util.stats import AgentMetrics
 
 
 def primary_status() -> dict[str, Any]:
@@ -243,48 +244,36 @@ def test_failing_status_function_is_500_not_a_crash() -> None:
 
 
 # -- metrics -----------------------------------------------------------------
-_SAMPLE = re.compile(
-    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\} (\S+)$'
-)
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """A strict reader of the text format: every sample belongs to a family
-    announced by HELP then TYPE; no duplicate series; values are floats."""
-    assert text.endswith("\n")
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    helped: set[str] = set()
-    typed: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name = line.split(" ")[2]
-            assert name not in helped
-            helped.add(name)
-        elif line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert name in helped and name not in typed and kind == "gauge"
-            typed[name] = kind
-        else:
-            m = _SAMPLE.match(line)
-            assert m, f"bad sample line {line!r}"
-            name, labels, value = m.groups()
-            assert name in typed, f"{name} has no TYPE line"
-            key = (name, frozenset(_LABEL.findall(labels)))
+def parse_exposition(text: str) -> tuple[Samples, dict[str, str]]:
+    """prometheus_client's own parser of the text format: (samples, family
+    types). No duplicate series; every family has HELP text."""
+    samples: Samples = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, family.name
+        assert family.name not in types, f"family {family.name} twice"
+        types[family.name] = family.type
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
             assert key not in samples, f"duplicate series {key}"
-            samples[key] = float(value)
-    return samples
+            samples[key] = s.value
+    return samples, types
 
 
 def test_metrics_endpoint_parses_and_has_the_families() -> None:
     [(code, headers, body)] = with_api(primary_status, [get("/metrics")])
     assert code == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
-    s = parse_exposition(body.decode())
+    s, types = parse_exposition(body.decode())
+    assert set(types.values()) == {"gauge"}
 
     def val(name: str, **labels: str) -> float:
         return s[(name, frozenset(labels.items()))]
 
+    assert val("mirrorkit_up", member="node1") == 1
     assert val("mirrorkit_term", mirror="records", member="node1") == 3
     assert val("mirrorkit_lsn", mirror="records", member="node1") == 120
     assert val("mirrorkit_applied_lsn", mirror="orders", member="node1") == 49
@@ -305,8 +294,64 @@ def test_metrics_escape_labels_and_skip_missing_values() -> None:
         "mirrors": {"m": {"role": "arbiter", "term": None, "lsn": "n/a",
                           "lag_seconds": float("nan"), "peers": "broken"}, "x": 5},
     })
-    s = parse_exposition(text)
+    s, _ = parse_exposition(text)
     names = {name for name, _ in s}
     assert "mirrorkit_term" not in names and "mirrorkit_lsn" not in names
-    assert any(dict(labels).get("member") == 'we\\"ird\\\\host\\nname' for _, labels in s)
+    assert any(dict(labels).get("member") == 'we"ird\\host\nname' for _, labels in s)
+    assert 'member="we\\"ird\\\\host\\nname"' in text  # escaped on the wire
     assert render_metrics({}).startswith("# HELP mirrorkit_up")
+
+
+def test_metrics_carry_the_agents_instruments_and_the_loop_stall() -> None:
+    agent = AgentMetrics("node1")
+    status = {**primary_status(), "loop_stall": {"last_ms": 2.0, "max_ms": 150.0}}
+    agent.registry.register(StatusCollector(lambda: status))
+    records = agent.mirror("records")
+    records.log_fsync(0.002)
+    records.log_appended(10, 4096)
+    records.applied(10, 0.03)
+    records.sent("node2", 10, 4096)
+    records.resync("dr1", "done")
+    records.refused(2)
+    records.quarantined("orphan", 3)
+    agent.loop_stall().observe(0.004)
+    other = AgentMetrics("node9")  # a second agent shares no series
+    other.mirror("records").log_fsync(1.0)
+
+    async def main() -> bytes:
+        server = await start_api("127.0.0.1", 0, lambda: status,
+                                 metrics=lambda: metrics_text(agent.registry))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, _, body = await request(port, get("/metrics"))
+            return body
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    s, types = parse_exposition(asyncio.run(main()).decode())
+    own = {"mirror": "records", "member": "node1"}
+
+    def val(name: str, **labels: str) -> float:
+        return s[(name, frozenset(labels.items()))]
+
+    assert types["mirrorkit_apply_seconds"] == types["mirrorkit_log_fsync_seconds"] == \
+        types["mirrorkit_loop_stall_seconds"] == "histogram"
+    assert val("mirrorkit_log_fsync_seconds_count", **own) == 1
+    assert val("mirrorkit_log_fsync_seconds_bucket", **own, le="0.0025") == 1
+    assert val("mirrorkit_log_fsync_seconds_bucket", **own, le="0.001") == 0
+    assert val("mirrorkit_apply_seconds_sum", **own) == pytest.approx(0.03)
+    assert val("mirrorkit_loop_stall_seconds_count", member="node1") == 1
+    assert val("mirrorkit_log_records_total", **own) == 10
+    assert val("mirrorkit_log_bytes_total", **own) == 4096
+    assert val("mirrorkit_applied_records_total", **own) == 10
+    assert val("mirrorkit_sent_records_total", mirror="records", member="node2") == 10
+    assert val("mirrorkit_sent_bytes_total", mirror="records", member="node2") == 4096
+    assert val("mirrorkit_resyncs_total", mirror="records", member="dr1", result="done") == 1
+    assert val("mirrorkit_refused_records_total", **own) == 2
+    assert val("mirrorkit_quarantined_files_total", **own, reason="orphan") == 3
+    assert val("mirrorkit_loop_stall_max_seconds", member="node1") == pytest.approx(0.15)
+    assert val("mirrorkit_loop_stall_last_seconds", member="node1") == pytest.approx(0.002)
+    assert val("mirrorkit_term", mirror="records", member="node1") == 3  # status gauges too
+    assert not any(name.endswith("_created") for name, _ in s)
+    assert not any(dict(labels).get("member") == "node9" for _, labels in s)

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -531,3 +532,44 @@ async def test_stop_during_initial_scan_returns_promptly_then_resumes(tmp_path: 
     await h.start()
     await h.settle()
     await h.stop()
+
+
+@async_test
+async def test_disk_and_index_work_stays_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listings, reads, hashing and every sqlite call of the block index run
+    on the one capture thread; the loop thread never does them."""
+    from mirrorkit.agent.capture import index as index_mod
+    from mirrorkit.agent.capture import reconcile as reconcile_mod
+    from mirrorkit.agent.util import hashing as hashing_mod
+
+    threads: dict[str, set[str]] = {}
+
+    def spy(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for meth in ("__init__", "get", "put", "children", "commit", "rename", "close"):
+        monkeypatch.setattr(index_mod.BlockIndex, meth,
+                            spy(f"index.{meth}", getattr(index_mod.BlockIndex, meth)))
+    monkeypatch.setattr(hashing_mod, "block_digest", spy("hash", hashing_mod.block_digest))
+    monkeypatch.setattr(reconcile_mod.os, "listdir", spy("listdir", os.listdir))
+    h = Harness(tmp_path)
+    populate(h.src)
+    await h.start()
+    (h.src / "new").write_bytes(os.urandom(2 * BS))
+    os.rename(h.src / "a", h.src / "renamed")
+    await h.settle()
+    await h.stop()
+    loop_thread = threading.current_thread().name
+    assert {"index.__init__", "index.get", "index.put", "index.commit", "index.rename",
+            "index.close", "hash", "listdir"} <= threads.keys()
+    for what, names in threads.items():
+        assert loop_thread not in names, f"{what} ran on the event loop's thread"
+        assert all(n.startswith("capture") for n in names), (what, names)
+    # one thread for all of them (sqlite's one-thread-per-connection rule)
+    assert len(set().union(*threads.values())) == 1

@@ -12,7 +12,8 @@ and playbooks need not parse anything:
 * ``GET /replica[?mirror=M][&lag=S]`` — 200 iff role is ``backup`` or
   ``async``, ``connected``, and ``lag_seconds <= S`` when ``lag`` is given;
   without ``mirror``: all served mirrors (at least one).
-* ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text.
+* ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text
+  (:mod:`mirrorkit.agent.api.metrics`).
 
 Read-only: every other method is 405 ``Allow: GET``. What changes state
 (``POST /resync``, ``POST /repair``, and every later mutating route) is
@@ -38,8 +39,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from prometheus_client import CollectorRegistry
+
 from mirrorkit.agent.api.metrics import CONTENT_TYPE as METRICS_TYPE
-from mirrorkit.agent.api.metrics import render_metrics
+from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 
 __all__ = ["LINE_LIMIT", "MAX_BODY", "Answer", "BadRequest", "HttpServer", "Response",
            "check_health", "check_primary", "check_replica", "discard_body", "error_body",
@@ -48,6 +51,7 @@ __all__ = ["LINE_LIMIT", "MAX_BODY", "Answer", "BadRequest", "HttpServer", "Resp
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
+MetricsFn = Callable[[], bytes]  # the /metrics body
 Answer = tuple[int, dict[str, Any]]
 # (code, content type, body) of one answer.
 Response = tuple[int, str, bytes]
@@ -190,12 +194,20 @@ def _finite(obj: Any) -> Any:
     return str(obj)
 
 
-def route(target: str, status: StatusFn) -> tuple[int, str, bytes]:
+def status_metrics(status: StatusFn) -> MetricsFn:
+    """A ``/metrics`` body of the status gauges alone, in a registry of its own."""
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(status))
+    return lambda: metrics_text(registry)
+
+
+def route(target: str, status: StatusFn,
+          metrics: MetricsFn | None = None) -> tuple[int, str, bytes]:
     """Answer one GET: (code, content type, body). Raises BadRequest."""
     parts = urlsplit(target)
     path, query = parts.path, parts.query
     if path == "/metrics":
-        return 200, METRICS_TYPE, render_metrics(status()).encode()
+        return 200, METRICS_TYPE, (metrics or status_metrics(status))()
     if path == "/status":
         code, body = 200, status()
     elif path == "/health":
@@ -337,15 +349,17 @@ async def discard_body(reader: asyncio.StreamReader, length: int) -> None:
 class _StatusServer(HttpServer):
     """The loopback TCP status API: GET only."""
 
-    def __init__(self, status: StatusFn, control_socket: str | None) -> None:
+    def __init__(self, status: StatusFn, control_socket: str | None,
+                 metrics: MetricsFn | None = None) -> None:
         super().__init__()
         self.status = status
         self.control_socket = control_socket
+        self.metrics = metrics if metrics is not None else status_metrics(status)
 
     async def dispatch(self, method: str, target: str, length: int,
                        reader: asyncio.StreamReader) -> Response:
         if method == "GET":
-            return route(target, self.status)
+            return route(target, self.status, self.metrics)
         if method != "POST":
             return error_body(405, f"method {method} not allowed; use GET")
         await discard_body(reader, length)
@@ -357,9 +371,12 @@ class _StatusServer(HttpServer):
 
 
 async def start_api(host: str, port: int, status: StatusFn,
-                    control_socket: str | None = None) -> asyncio.Server:
+                    control_socket: str | None = None,
+                    metrics: MetricsFn | None = None) -> asyncio.Server:
     """Start the read-only status API on ``host:port`` (port 0: an ephemeral
     port, see ``server.sockets[0].getsockname()``); ``control_socket`` is
-    named in the answer to a POST. The caller closes the server."""
-    server = _StatusServer(status, control_socket)
+    named in the answer to a POST; ``metrics`` renders ``/metrics`` (default:
+    the status gauges alone, see :func:`status_metrics`). The caller closes
+    the server."""
+    server = _StatusServer(status, control_socket, metrics)
     return await asyncio.start_server(server.handle, host, port, limit=LINE_LIMIT)

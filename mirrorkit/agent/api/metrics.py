@@ -1,22 +1,39 @@
-"""Prometheus text exposition (format 0.0.4) built from the ``/status`` dict.
+"""``/metrics``: Prometheus text (format 0.0.4) from ``prometheus_client``.
 
-Every sample carries ``mirror`` and ``member`` labels. ``member`` is this
-host for its own values; for per-peer values (``peer_connected`` and the
-``lag_*`` a primary reports for each receiver) it is the peer's name, so
+Two sources, one registry per agent (or per API server), never the
+library's global one:
+
+* :class:`StatusCollector` yields gauges derived from the ``/status`` dict
+  at scrape time (LSNs, terms, lags, flags, roles, the loop stall's last and
+  window-max);
+* the agent's instruments (:mod:`mirrorkit.agent.util.stats`: histograms of
+  apply latency, log fsync time and loop stall; counters of records, bytes,
+  resyncs, refused records and quarantined files) are registered to the same
+  registry by :class:`~mirrorkit.agent.util.stats.AgentMetrics`.
+
+Every gauge carries ``mirror`` and ``member`` labels (``mirrorkit_up`` and
+the loop-stall gauges only ``member``). ``member`` is this host for its own
+values; for per-peer values (``peer_connected`` and the ``lag_*`` a primary
+reports for each receiver) it is the peer's name, so
 ``mirrorkit_lag_seconds{member="node2"}`` means "node2's lag" whichever
-member reported it. A value missing from the status (or not a number) yields
-no sample rather than a made-up 0.
+member reported it. A value missing from the status (or not a number)
+yields no sample rather than a made-up 0. The library writes labels sorted
+by name (``{member="node2",mirror="records"}``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["CONTENT_TYPE", "ROLES", "render_metrics"]
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "ROLES", "StatusCollector", "metrics_text", "render_metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 ROLES = ("primary", "backup", "async", "arbiter")
 
 # name, status key, help; all gauges (LSNs and terms restart with a rebuilt
@@ -35,67 +52,60 @@ _FLAGS = (
     ("mirrorkit_fenced", "fenced", "1 when this member is fenced (writes refused)."),
     ("mirrorkit_active", "active", "1 when this member is an active (promotable) backup."),
 )
+_STALL = (
+    ("mirrorkit_loop_stall_last_seconds", "last_ms",
+     "How late the event loop probe woke up the last time."),
+    ("mirrorkit_loop_stall_max_seconds", "max_ms",
+     "The longest event loop stall in the recent window (loop_stall.window_seconds)."),
+)
+_LABELS = ("mirror", "member")
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: Any) -> str | None:
+def _number(value: Any) -> float | None:
     if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "+Inf" if value > 0 else "-Inf"
-        return repr(value)
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
     return None
 
 
-class _Family:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name = name
-        self.help = help_text
-        self.samples: list[str] = []
+class _Families:
+    """Gauge families in first-use order; samples added as they come."""
 
-    def add(self, labels: dict[str, str], value: Any) -> None:
-        text = _number(value)
-        if text is None:
+    def __init__(self) -> None:
+        self.fams: dict[str, GaugeMetricFamily] = {}
+
+    def add(self, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+        number = _number(value)
+        if number is None:
             return
-        body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        self.samples.append(f"{self.name}{{{body}}} {text}")
-
-    def render(self) -> list[str]:
-        if not self.samples:
-            return []
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", *self.samples]
+        fam = self.fams.get(name)
+        if fam is None:
+            fam = self.fams[name] = GaugeMetricFamily(name, help_text, labels=list(labels))
+        fam.add_metric(list(labels.values()), number)
 
 
-def render_metrics(status: Mapping[str, Any]) -> str:
-    """The ``/metrics`` body for a ``/status`` dict (see docs/architecture.md)."""
+def status_families(status: Mapping[str, Any]) -> list[Metric]:
+    """The gauges of a ``/status`` dict (see docs/architecture.md)."""
     host = str(status.get("host", ""))
     mirrors = status.get("mirrors")
-    fams: dict[str, _Family] = {}
-
-    def fam(name: str, help_text: str) -> _Family:
-        if name not in fams:
-            fams[name] = _Family(name, help_text)
-        return fams[name]
-
-    fam("mirrorkit_up", "1 while the agent answers.").add({"member": host}, 1)
+    out = _Families()
+    out.add("mirrorkit_up", "1 while the agent answers.", {"member": host}, 1)
+    stall = status.get("loop_stall")
+    if isinstance(stall, Mapping):
+        for name, key, help_text in _STALL:
+            ms = _number(stall.get(key))
+            out.add(name, help_text, {"member": host}, None if ms is None else ms / 1000.0)
     for mirror, m in sorted((mirrors or {}).items()) if isinstance(mirrors, Mapping) else ():
         if not isinstance(m, Mapping):
             continue
         own = {"mirror": str(mirror), "member": host}
         for name, key, help_text in _OWN + _LAG + _FLAGS:
-            fam(name, help_text).add(own, m.get(key))
+            out.add(name, help_text, own, m.get(key))
         role = m.get("role")
-        roles = fam("mirrorkit_role", "1 for this member's current role in the mirror, else 0.")
         for candidate in ROLES:
-            roles.add({**own, "role": candidate}, 1 if role == candidate else 0)
+            out.add("mirrorkit_role", "1 for this member's current role in the mirror, else 0.",
+                    {**own, "role": candidate}, 1 if role == candidate else 0)
         peers = m.get("peers")
         if not isinstance(peers, Mapping):
             continue
@@ -103,12 +113,47 @@ def render_metrics(status: Mapping[str, Any]) -> str:
             if not isinstance(p, Mapping) or str(peer) == host:
                 continue
             labels = {"mirror": str(mirror), "member": str(peer)}
-            fam(
-                "mirrorkit_peer_connected", "1 when this member is connected to that peer."
-            ).add(labels, p.get("connected"))
+            out.add("mirrorkit_peer_connected", "1 when this member is connected to that peer.",
+                    labels, p.get("connected"))
             for name, key, help_text in _LAG:
-                fam(name, help_text).add(labels, p.get(key))
-    lines: list[str] = []
-    for family in fams.values():
-        lines.extend(family.render())
-    return "\n".join(lines) + "\n"
+                out.add(name, help_text, labels, p.get(key))
+    return list(out.fams.values())
+
+
+class StatusCollector(Collector):
+    """A custom collector: the status gauges, built from ``status()`` at
+    every scrape (nothing is stored between scrapes)."""
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield from status_families(self.status())
+
+
+class _WithoutCreated(Collector):
+    """A registry's metrics without the ``*_created`` samples the library adds
+    to counters and histograms (process-start timestamps, noise in the 0.0.4
+    text format); done here rather than with the library's process-wide
+    ``disable_created_metrics()``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            created = metric.name + "_created"
+            metric.samples = [s for s in metric.samples if s.name != created]
+            yield metric
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    """The ``/metrics`` body of ``registry``."""
+    return generate_latest(_WithoutCreated(registry))
+
+
+def render_metrics(status: Mapping[str, Any]) -> str:
+    """The ``/metrics`` body for a ``/status`` dict alone (no instruments)."""
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: status))
+    return metrics_text(registry).decode()

@@ -8,13 +8,15 @@ method (:class:`WatchCapture`: inotify + block-hash index) and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from mirrorkit.agent.capture import inotify as ino
 from mirrorkit.agent.capture.filespec import is_excluded
@@ -27,6 +29,10 @@ __all__ = ["Capture", "CaptureError", "CaptureStats", "WatchCapture", "scan_full
 log = logging.getLogger(__name__)
 
 Emit = Callable[[list[Op]], Awaitable[None]]
+T = TypeVar("T")
+# Work the capture thread does per hop before the loop gets a say (stop,
+# a full batch): bounds how long a cancelled run() leaves its thread busy.
+_SLICE_SECONDS = 0.1
 
 
 class Capture(Protocol):
@@ -146,6 +152,16 @@ class WatchCapture:
     ever followed. Not seen by inotify, hence only by the next full scan:
     writes through a hard link living outside the watched directory, and
     writes through a shared ``mmap`` before the file is closed.
+
+    Threads: everything that touches the disk or the index (listings, stat,
+    reads, hashing, every sqlite call) runs on **one dedicated capture
+    thread**, never on the event loop. One thread rather than
+    ``check_same_thread=False``: the sqlite connection is created, used and
+    closed on the thread that owns it, so the one-user rule is enforced by
+    construction, and the reconciler's generators keep their place between
+    hops. The loop keeps the inotify reader, the timers and ``emit``. The
+    capture's state (batch, watch maps) is touched either by ``run()`` on
+    the loop or by the thread *while ``run()`` awaits it*, never by both.
     """
 
     def __init__(
@@ -187,6 +203,12 @@ class WatchCapture:
         self._moves: dict[int, _Move] = {}
         self._batch: list[Op] = []
         self._batch_size = 0
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the capture thread (see the class docstring)."""
+        assert self._pool is not None
+        return await self._loop.run_in_executor(self._pool, fn, *args)
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self, emit: Emit) -> None:
@@ -196,10 +218,12 @@ class WatchCapture:
         self._done.clear()
         self._emit = emit
         self._loop = asyncio.get_running_loop()
-        index = BlockIndex(self.index_path, self.block_size)
-        self._index = index
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
+        index: BlockIndex | None = None
         try:
-            for tree in index.bind_roots(self.roots):
+            index = await self._io(BlockIndex, self.index_path, self.block_size)
+            self._index = index
+            for tree in await self._io(index.bind_roots, self.roots):
                 log.warning("capture: tree %d is now %s; index reset", tree, self.roots[tree])
             self._rec = Reconciler(self.roots, self.exclude, index, self._watch)
             self._ino = ino.Inotify(self.max_pending_events)
@@ -215,10 +239,12 @@ class WatchCapture:
         except _Stopping:
             pass  # stop() during a long scan: the next start's scan resumes the work
         finally:
+            # Queued behind whatever the thread still does for a cancelled
+            # run(), so the thread is idle before the watches go.
+            await self._shut_down(index)
             if self._ino is not None:
                 self._ino.close()
                 self._ino = None
-            index.close()  # uncommitted = not emitted: discarded
             self._wds.clear()
             self._paths.clear()
             self._dirty.clear()
@@ -226,6 +252,22 @@ class WatchCapture:
             self._batch, self._batch_size = [], 0
             self._running = False
             self._done.set()
+
+    async def _shut_down(self, index: BlockIndex | None) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # close(): uncommitted = not emitted, discarded.
+        closing = pool.submit(index.close) if index is not None else None
+        pool.shutdown(wait=False)
+        if closing is not None:
+            try:
+                await asyncio.shield(asyncio.wrap_future(closing))
+            except asyncio.CancelledError:
+                await asyncio.wrap_future(closing)
+                raise
+            except Exception as exc:
+                log.warning("capture: closing the block index: %r", exc)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -245,25 +287,37 @@ class WatchCapture:
         ops, self._batch, self._batch_size = self._batch, [], 0
         await self._emit(ops)
         # Only now is the index allowed to say the replicas have these changes.
-        self._index.commit()
+        await self._io(self._index.commit)
         self.stats.ops += len(ops)
         self.stats.batches += 1
 
-    async def _drive(self, ops: Iterator[Op | None]) -> None:
-        """Feed a reconciler's ops into batches; yield to the loop regularly so
-        the API and transport stay responsive during a long scan."""
-        last = self._loop.time()
+    def _full(self) -> bool:
+        return len(self._batch) >= self.batch_ops or self._batch_size >= self.batch_bytes
+
+    def _pull(self, ops: Iterator[Op | None]) -> bool:
+        """(capture thread) Move ops into the batch until it is full or the
+        slice is used up; True once ``ops`` is exhausted."""
+        deadline = time.monotonic() + _SLICE_SECONDS
         for op in ops:
             if self._stopping:
                 raise _Stopping
             if op is not None:
                 self._append(op)
-                if len(self._batch) >= self.batch_ops or self._batch_size >= self.batch_bytes:
-                    await self._flush()
-            now = self._loop.time()
-            if now - last > 0.02:
-                await asyncio.sleep(0)
-                last = self._loop.time()
+                if self._full():
+                    return False
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+    async def _drive(self, ops: Iterator[Op | None]) -> None:
+        """Feed a reconciler's ops into batches, emitting each full one. The
+        generator runs on the capture thread; the loop only emits."""
+        while True:
+            done = await self._io(self._pull, ops)
+            if self._full():
+                await self._flush()
+            if done:
+                return
 
     # -- watches -------------------------------------------------------------
     def _watch(self, tree: int, rel: str, fd: int) -> None:
@@ -404,20 +458,32 @@ class WatchCapture:
             if dst_ok:
                 await self._reconcile((tree, rel), How.SCAN)
             return
-        stree, srel = src.tree, src.rel
-        old = self._index.get(stree, srel)
-        parent = _parent(rel)
-        parent_entry = self._index.get(tree, parent) if parent else Entry(DIR)
-        if not (
-            dst_ok and stree == tree and old is not None
-            and parent_entry is not None and parent_entry.kind == DIR
-            and not _under(rel, srel) and not _under(srel, rel)
-        ):
+        if not (dst_ok and await self._io(self._rename_indexed, src, tree, rel)):
             # Not a rename the replicas can replay: a removal plus a new path.
             await self._moved_out(src)
             if dst_ok:
                 await self._reconcile((tree, rel), How.SCAN)
             return
+        srel = src.rel
+        self._remap(src, rel)
+        # Re-examine both ends: events queued before this one were stamped with
+        # paths that may since have changed; a stat-level check converges.
+        self._mark((tree, srel), How.CONTENT, 0.0)
+        self._mark((tree, rel), How.SCAN, 0.0)
+
+    def _rename_indexed(self, src: _Move, tree: int, rel: str) -> bool:
+        """(capture thread) Batch a RENAME of ``src`` to ``rel`` and move its
+        index entries, if the replicas can replay it; else change nothing."""
+        stree, srel = src.tree, src.rel
+        old = self._index.get(stree, srel)
+        parent = _parent(rel)
+        parent_entry = self._index.get(tree, parent) if parent else Entry(DIR)
+        if not (
+            stree == tree and old is not None
+            and parent_entry is not None and parent_entry.kind == DIR
+            and not _under(rel, srel) and not _under(srel, rel)
+        ):
+            return False
         replaced = self._index.get(tree, rel)
         if replaced is not None and (
             (replaced.kind == DIR) != (old.kind == DIR)
@@ -430,11 +496,7 @@ class WatchCapture:
             self._index.delete_subtree(tree, rel)
         self._append(Op(OpKind.RENAME, tree, srel, target=rel))
         self._index.rename(tree, srel, rel)
-        self._remap(src, rel)
-        # Re-examine both ends: events queued before this one were stamped with
-        # paths that may since have changed; a stat-level check converges.
-        self._mark((tree, srel), How.CONTENT, 0.0)
-        self._mark((tree, rel), How.SCAN, 0.0)
+        return True
 
     async def _moved_out(self, move: _Move) -> None:
         self._unwatch(move)
@@ -458,26 +520,28 @@ class WatchCapture:
         ready = sorted(
             (d.due, k[1].count("/"), k) for k, d in self._dirty.items() if d.due <= now
         )
-        for _, _, key in ready:
-            item = self._dirty.pop(key, None)
-            if item is not None:
-                await self._reconcile(key, item.how)
+        # Nothing else changes _dirty meanwhile: take them all, one drive.
+        work = [(key, self._dirty.pop(key).how) for _, _, key in ready]
+        if work:
+            await self._drive(self._reconcile_ops(work))
 
     async def _reconcile(self, key: _Key, how: How) -> None:
-        """Reconcile one path; if its parent directory is not known yet (its
-        creation is still pending), reconcile the top-most unknown ancestor
-        instead, which includes this path."""
-        tree, rel = key
-        top = rel
-        parent = _parent(rel)
-        while parent:
-            entry = self._index.get(tree, parent)
-            if entry is not None and entry.kind == DIR:
-                break
-            top, parent = parent, _parent(parent)
-        if top != rel:
-            how = How.SCAN
-        await self._drive(self._rec.reconcile(tree, top, how))
+        await self._drive(self._reconcile_ops([(key, how)]))
+
+    def _reconcile_ops(self, work: Iterable[tuple[_Key, How]]) -> Iterator[Op | None]:
+        """(capture thread, as it is pulled) Reconcile each path in turn; if
+        a path's parent directory is not known yet (its creation is still
+        pending), reconcile the top-most unknown ancestor instead, which
+        includes this path."""
+        for (tree, rel), how in work:
+            top = rel
+            parent = _parent(rel)
+            while parent:
+                entry = self._index.get(tree, parent)
+                if entry is not None and entry.kind == DIR:
+                    break
+                top, parent = parent, _parent(parent)
+            yield from self._rec.reconcile(tree, top, How.SCAN if top != rel else how)
 
     async def _full_scan(self) -> None:
         """Diff every tree against the index; re-watch every directory and drop

@@ -30,6 +30,7 @@ from mirrorkit.agent.state import (
     StateUnreadable,
 )
 from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.util.stats import MirrorMetrics
 
 __all__ = ["MirrorSupervisor"]
 
@@ -39,8 +40,10 @@ log = logging.getLogger(__name__)
 class MirrorSupervisor:
     """Runs one mirror: owns its :class:`RoleOwner` and the current worker."""
 
-    def __init__(self, agent: AgentConfig, mirror: MirrorConfig) -> None:
+    def __init__(self, agent: AgentConfig, mirror: MirrorConfig,
+                 metrics: MirrorMetrics | None = None) -> None:
         self.agent = agent
+        self.metrics = metrics
         self.cfg = mirror
         self.name = mirror.name
         self.roles: RoleOwner | None = None
@@ -78,6 +81,8 @@ class MirrorSupervisor:
                 self.roles = await asyncio.to_thread(self._load_roles)
                 self.roles.listeners.append(self._on_change)
             worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
+            if self.metrics is not None:
+                worker.metrics = self.metrics
             await worker.start()
         except Exception as exc:  # one broken mirror must not stop the others
             self._fail(exc)

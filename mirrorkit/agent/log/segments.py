@@ -45,8 +45,27 @@ acknowledged; if it is still over the limit, older unacknowledged segments
 too (a member that falls off the retained log gets a full resync). The active
 segment is never dropped.
 
-Threading: one appender (a worker thread is fine) and any number of readers
-in other threads; readers see records only once they are durable.
+Threading: one appender at a time (append, trim and reset; a worker thread
+is fine, the callers serialise them) and any number of readers in any
+threads, the event loop's included. ``_lock`` guards the segment list and
+each segment's published ``offsets``/``end``; it is never held across disk
+I/O, so a loop-side reader (``last_lsn``, ``size``, ``bytes_between`` for
+lag and status) never waits for the disk:
+
+* :meth:`read_raw` locates the range and duplicates (``dup``) the segment's
+  descriptor under the lock, then reads through the duplicate without it.
+  A segment trimmed (or reset away) meanwhile is closed and unlinked, but the
+  duplicate keeps the file readable, and the range read was published, hence
+  durable and immutable: the bytes are the records asked for. The duplicate
+  is also why a closed descriptor number reused by another ``open`` can never
+  be read by mistake.
+* Readers see records only once they are durable (published after the
+  batch's ``fdatasync``), and never bytes past a segment's published ``end``.
+* :meth:`reset` swaps the whole segment list at once, so ``first_lsn`` and
+  ``last_lsn`` never see an empty list from another thread.
+
+Instrumentation: an optional ``stats`` (:class:`LogStats`) is told each
+append's fdatasync time and size and each file put into quarantine.
 """
 
 from __future__ import annotations
@@ -62,6 +81,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mirrorkit.agent.log.records import (
     HEADER,
@@ -74,12 +94,23 @@ from mirrorkit.agent.log.records import (
 )
 from mirrorkit.atomicfile import fsync_dir
 
-__all__ = ["LogCorrupt", "LogError", "MirrorLog", "decode_all", "decode_at",
+__all__ = ["LogCorrupt", "LogError", "LogStats", "MirrorLog", "decode_all", "decode_at",
            "valid_record_after"]
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".log"
+
+
+class LogStats(Protocol):
+    """What the log reports to the agent's metrics (util.stats.MirrorMetrics);
+    called from the appending thread."""
+
+    def log_fsync(self, seconds: float) -> None: ...
+
+    def log_appended(self, records: int, nbytes: int) -> None: ...
+
+    def quarantined(self, reason: str, files: int = 1) -> None: ...
 
 
 class LogError(Exception):
@@ -194,8 +225,10 @@ class MirrorLog:
         *,
         segment_bytes: int = 64 << 20,
         max_bytes: int = 1 << 30,
+        stats: LogStats | None = None,
     ) -> None:
         self.directory = directory
+        self.stats = stats
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -265,6 +298,8 @@ class MirrorLog:
                         "%d bytes", seg.path, pos, expected, len(tail))
         else:
             name = self._save_quarantine(f"{seg.path.name}.{pos}.torn", tail)
+            if self.stats is not None:
+                self.stats.quarantined("torn_tail")
             log.warning("log %s: torn tail at byte %d (LSN %d: %s, no valid record after "
                         "it): truncating %d bytes (kept as %s)", seg.path, pos, expected,
                         reason, len(tail), name)
@@ -328,7 +363,11 @@ class MirrorLog:
         written = 0
         while written < len(data):
             written += os.pwrite(seg.fd, data[written:], seg.end + written)
+        started = time.perf_counter()
         os.fdatasync(seg.fd)
+        if self.stats is not None:
+            self.stats.log_fsync(time.perf_counter() - started)
+            self.stats.log_appended(len(records), len(data))
         # Publish only now: a reader never ships a record that is not durable.
         with self._lock:
             pos = seg.end
@@ -345,14 +384,16 @@ class MirrorLog:
 
     def reset(self, next_lsn: int) -> None:
         """Drop every record and continue at ``next_lsn`` (after a full resync)."""
-        with self._lock:
-            old, self._segments = self._segments, []
+        # Unlink first (the new segment may reuse an old name); readers keep
+        # the old, still open segments until the swap (see Threading).
+        old = list(self._segments)
         for seg in old:
-            os.close(seg.fd)
             seg.path.unlink(missing_ok=True)
-        seg = self._create_segment(next_lsn)
+        new = self._create_segment(next_lsn)
         with self._lock:
-            self._segments = [seg]
+            self._segments = [new]
+            for seg in old:
+                os.close(seg.fd)
         log.info("log %s: reset, next LSN %d", self.directory, next_lsn)
 
     # -- read ---------------------------------------------------------------
@@ -382,7 +423,11 @@ class MirrorLog:
             if stop - start > max_bytes and count > 1:
                 count -= 1
                 stop = seg.offsets[index + count]
-            data = os.pread(seg.fd, stop - start, start)
+            fd = os.dup(seg.fd)  # read without the lock (see Threading)
+        try:
+            data = os.pread(fd, stop - start, start)
+        finally:
+            os.close(fd)
         if len(data) != stop - start:
             raise LogError(f"short read in {seg.path.name}")
         return data, count

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from mirrorkit.agent.config import MirrorConfig
-from mirrorkit.agent.log.records import Op, Record
+from mirrorkit.agent.log.records import Op, Record, encode_record
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.resync.compare import (
     ManifestStore,
@@ -87,18 +87,21 @@ class _Worker:
         self.pool.shutdown(wait=True)
 
 
-def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float) -> tuple[list[Op], bool]:
-    """Up to ``max_bytes`` of ops or ``seconds`` of work; (batch, finished)."""
+def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float,
+          term: int) -> tuple[bytes, bool]:
+    """Up to ``max_bytes`` of ops or ``seconds`` of work, encoded as LSN-0
+    records here on the worker thread (not on the loop at send time);
+    (records, finished)."""
     deadline = time.monotonic() + seconds
-    batch: list[Op] = []
+    batch: list[bytes] = []
     size = 0
     for op in ops:
         if op is not None:
-            batch.append(op)
-            size += len(op.data) + len(op.path) + 64
+            batch.append(encode_record(Record(0, term, op)))
+            size += len(batch[-1])
         if size >= max_bytes or time.monotonic() > deadline:
-            return batch, False
-    return batch, True
+            return b"".join(batch), False
+    return b"".join(batch), True
 
 
 def _progress_msg(p: ResyncProgress, term: int) -> ProgressMsg:
@@ -157,9 +160,9 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
         last_progress = 0.0
         done = False
         while not done:
-            batch, done = await worker.run(_take, ops, BATCH_BYTES, hb / 2)
+            batch, done = await worker.run(_take, ops, BATCH_BYTES, hb / 2, pm.term)
             if batch:
-                await send(Records(pm.term, records=[Record(0, pm.term, op) for op in batch]))
+                await send(Records(pm.term, raw=batch))
             if done or time.monotonic() - last_progress >= PROGRESS_EVERY:
                 await send(_progress_msg(progress, pm.term))
                 last_progress = time.monotonic()

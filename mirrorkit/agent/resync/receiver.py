@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mirrorkit.agent.apply.applier import Applier
 from mirrorkit.agent.log.records import Op, OpKind, Record
@@ -28,22 +28,32 @@ log = logging.getLogger(__name__)
 MANIFEST_FRAME_BYTES = 1 << 20
 
 
-def _take_items(items: Any, max_bytes: int) -> list[ManifestItem]:
+class QuarantineStats(Protocol):
+    """The agent's metrics (util.stats.MirrorMetrics): a file quarantined."""
+
+    def quarantined(self, reason: str, files: int = 1) -> None: ...
+
+
+def _take_items(items: Any, max_bytes: int) -> tuple[list[ManifestItem], bytes]:
+    """(worker thread) The next items of about ``max_bytes``, and their encoding."""
     batch: list[ManifestItem] = []
+    encoded: list[bytes] = []
     size = 0
     for item in items:
         batch.append(item)
-        size += len(encode_item(item))
+        encoded.append(encode_item(item))
+        size += len(encoded[-1])
         if size >= max_bytes:
             break
-    return batch
+    return batch, b"".join(encoded)
 
 
 class ReceiverResync:
     """One resync in progress on a receiver."""
 
     def __init__(self, begin: ResyncBegin, roots: list[Path], quarantine: Path,
-                 label: str, exclude: list[str] | None = None) -> None:
+                 label: str, exclude: list[str] | None = None,
+                 stats: QuarantineStats | None = None) -> None:
         if begin.mode not in MODES:
             raise ValueError(f"unknown resync mode {begin.mode!r}")
         if not 4096 <= begin.block_size <= 16 << 20:
@@ -54,6 +64,7 @@ class ReceiverResync:
         # caches) are neither compared nor orphans, as in capture and verify.
         self.exclude = exclude or []
         self.label = label
+        self.stats = stats
         self.dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}-{begin.lsn}"
         self.progress = ResyncProgress(begin.mode, "", bool(begin.keep_orphans), begin.id,
                                        state="manifest")
@@ -67,11 +78,11 @@ class ReceiverResync:
         items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum",
                              self.exclude)
         while True:
-            batch = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
+            batch, raw = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
             if not batch:
                 break
             self.manifest_entries += sum(1 for i in batch if i.first_block == 0)
-            await conn.send(Manifest(term(), batch))
+            await conn.send(Manifest(term(), batch, raw))
         await conn.send(ManifestEnd(self.manifest_entries, term()))
         self.progress.state = "copying"
         log.info("%s: manifest sent (%d entries, mode %s)", self.label, self.manifest_entries,
@@ -123,6 +134,8 @@ class ReceiverResync:
         if moved is None:
             return
         self.orphans_moved += 1
+        if self.stats is not None:
+            self.stats.quarantined("replaced" if kind == "replaced" else "orphan")
         what = "is not on the primary" if kind == "orphan" else "has another kind on the primary"
         log.warning("%s: orphan %r (tree %d) %s: moved to %s", self.label, op.path, op.tree,
                     what, moved)

@@ -80,19 +80,14 @@ MERGE_RECORDS = 50_000  # at most this many records in one coalesced apply
 class ReceiverMirror(MirrorWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        mdir = self.agent.mirror_dir(self.cfg.name)
-        self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
-                             max_bytes=self.cfg.log_max_bytes)
-        self.history = TermHistory.load(mdir / "terms.json", self.log)
+        self.log: MirrorLog  # set by open(), with the history and the applier
+        self.history: TermHistory
+        self.applier: Applier
+        self._refused_seen = 0  # applier.refused already counted in metrics
         self.primary_history: list[tuple[int, int]] = []  # from the primary's HELLO
         self.divergences = 0
         self.last_divergence: dict[str, Any] | None = None
         self.applied = self.store.load_applied()
-        self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
-                               label=f"{self.cfg.name}:apply",
-                               # issue #3 (reporting copies): never user-writable
-                               read_only=self.cfg.kind == "reporting",
-                               sync_dirs=[self.store.directory])
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
@@ -107,14 +102,36 @@ class ReceiverMirror(MirrorWorker):
     def _checkpoint(self, lsn: int) -> None:
         self.store.save_applied(lsn)
 
+    async def open(self) -> None:
+        if not hasattr(self, "log"):
+            await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        """(worker thread) The log's recovery scan, the term history, the
+        applier's descriptors (a reporting copy also locks its roots down,
+        with an fsync)."""
+        mlog = self.open_log()
+        try:
+            log_first, log_last = mlog.first_lsn, mlog.last_lsn
+            if not log_first - 1 <= self.applied <= log_last:
+                # The log and applied.json disagree (crash between resync steps):
+                # applied.json is the truth about the replica; restart the log there.
+                log.warning("%s: applied LSN %d outside log %d..%d; restarting log at %d",
+                            self.name, self.applied, log_first, log_last, self.applied + 1)
+                mlog.reset(self.applied + 1)
+            self.history = TermHistory.load(self.mirror_dir() / "terms.json", mlog)
+            self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
+                                   label=f"{self.cfg.name}:apply",
+                                   # issue #3 (reporting copies): never user-writable
+                                   read_only=self.cfg.kind == "reporting",
+                                   sync_dirs=[self.store.directory])
+        except BaseException:
+            mlog.close()
+            raise
+        self.log = mlog
+
     async def start(self) -> None:
-        log_first, log_last = self.log.first_lsn, self.log.last_lsn
-        if not log_first - 1 <= self.applied <= log_last:
-            # The log and applied.json disagree (crash between resync steps):
-            # applied.json is the truth about the replica; restart the log there.
-            log.warning("%s: applied LSN %d outside log %d..%d; restarting log at %d",
-                        self.name, self.applied, log_first, log_last, self.applied + 1)
-            self.log.reset(self.applied + 1)
+        await self.open()
         await asyncio.to_thread(self._apply_backlog)
         log.info("%s: %s of %s, term %d, log LSN %d, applied %d", self.name,
                  self.state.role, self.cfg.name, self.state.term, self.log.last_lsn,
@@ -129,11 +146,17 @@ class ReceiverMirror(MirrorWorker):
 
     async def stop(self) -> None:
         await super().stop()
-        self.applier.close()
-        self.log.close()
+        if hasattr(self, "log"):
+            await asyncio.to_thread(self._close)  # the applier's close syncs
+
+    def _close(self) -> None:
+        try:
+            self.applier.close()
+        finally:
+            self.log.close()
 
     def last_lsn(self) -> int:
-        return self.log.last_lsn
+        return self.log.last_lsn if hasattr(self, "log") else 0
 
     def _hello(self) -> Hello:
         return Hello(self.cfg.name, self.host, self.state.role, self.state.term,
@@ -148,9 +171,11 @@ class ReceiverMirror(MirrorWorker):
     def _apply_backlog(self) -> None:
         while self.applied < self.log.last_lsn:
             records = self.log.read(self.applied + 1)
+            started = time.perf_counter()
             self.applier.apply_batch(records)
             self.applied = records[-1].lsn
             self.store.save_applied(self.applied)
+            self._count_applied(len(records), time.perf_counter() - started)
             log.info("%s: applied logged backlog up to LSN %d", self.name, self.applied)
 
     def _candidates(self) -> list[str]:
@@ -221,6 +246,7 @@ class ReceiverMirror(MirrorWorker):
             if self.resync is not None and self.resyncing:
                 self.resync.fail("connection ended during the resync")
                 self.resyncing = False
+                self.metrics.resync(self.host, "failed")
             task, self._manifest_task = self._manifest_task, None
             if task is not None:
                 task.cancel()
@@ -275,7 +301,7 @@ class ReceiverMirror(MirrorWorker):
                     self.resync = ReceiverResync(
                         msg, list(self.cfg.targets),
                         self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
-                        exclude=list(self.cfg.exclude))
+                        exclude=list(self.cfg.exclude), stats=self.metrics)
                 except ValueError as exc:
                     raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
                 resync_at = msg.lsn
@@ -319,6 +345,10 @@ class ReceiverMirror(MirrorWorker):
                                 "terms": undone.terms, "paths": len(undone.moved),
                                 "report": str(undone.report), "time": time.time()}
 
+    def _apply_resync(self, resync: ReceiverResync, records: list[Record]) -> None:
+        resync.apply(self.applier, records)
+        self._count_applied(len(records), None)
+
     def _finish_resync(self, lsn: int) -> None:
         self.store.save_applied(lsn)
         self.applied = lsn
@@ -327,6 +357,7 @@ class ReceiverMirror(MirrorWorker):
         self.history.adopt(self.primary_history, lsn)
         self.resyncing = False
         self.resyncs += 1
+        self.metrics.resync(self.host, "done")
         if self.resync is not None:
             self.resync.finish()
         log.info("%s: resync complete at LSN %d", self.name, lsn)
@@ -343,7 +374,7 @@ class ReceiverMirror(MirrorWorker):
                                     f"a resync")
         if resync:
             assert self.resync is not None
-            await asyncio.to_thread(self.resync.apply, self.applier, records)
+            await asyncio.to_thread(self._apply_resync, self.resync, records)
             self.received_records += len(records)
             return
         if records[0].lsn != self.log.last_lsn + 1:
@@ -360,12 +391,23 @@ class ReceiverMirror(MirrorWorker):
                 self.history.note(r.term, r.lsn)
         self.log.append(records)
         lsn = records[-1].lsn
+        started = time.perf_counter()
         # applied.json's new contents become durable with the replica data,
         # and only then replace the old file: never ahead of the replica.
         self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
         self.store.commit_applied()
         self.applied = lsn
+        self._count_applied(len(records), time.perf_counter() - started)
         self.log.trim(self.applied, drop_unacked=False)
+
+    def _count_applied(self, records: int, seconds: float | None) -> None:
+        """Metrics of one applied batch (worker thread): records, latency
+        (``None`` for resync batches, which have no durability point of
+        their own), and the records apply refused meanwhile."""
+        self.metrics.applied(records, seconds)
+        refused, self._refused_seen = self.applier.refused - self._refused_seen, \
+            self.applier.refused
+        self.metrics.refused(refused)
 
     def status(self) -> dict[str, Any]:
         out = super().status()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.log.records import Op, Record
-from mirrorkit.agent.log.segments import MirrorLog
+from mirrorkit.agent.log.segments import LogError, MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.compare import MODES, ResyncProgress
 from mirrorkit.agent.resync.primary import send_resync
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES = 1 << 20
 WINDOW_BYTES = 8 << 20
+INLINE_READ_BYTES = 64 << 10  # a log read this small stays on the loop (see _read)
 
 
 @dataclass
@@ -99,9 +100,8 @@ class PrimaryMirror(MirrorWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         mdir = self.agent.mirror_dir(self.cfg.name)
-        self.log = MirrorLog(mdir / "log", segment_bytes=self.cfg.log_segment_bytes,
-                             max_bytes=self.cfg.log_max_bytes)
-        self.history = TermHistory.load(mdir / "terms.json", self.log)
+        self.log: MirrorLog  # set by open()
+        self.history: TermHistory  # set by open()
         self.index_path = mdir / "blockindex.db"
         # Every member that can receive from us: the other failover members
         # (whichever the inventory made primary) and the async ones.
@@ -118,7 +118,16 @@ class PrimaryMirror(MirrorWorker):
         self._capture: Any = None
         self._resync_ids = 0
 
+    async def open(self) -> None:
+        if not hasattr(self, "log"):
+            self.log, self.history = await asyncio.to_thread(self._open_files)
+
+    def _open_files(self) -> tuple[MirrorLog, TermHistory]:
+        mirror_log = self.open_log()  # the recovery scan
+        return mirror_log, TermHistory.load(self.mirror_dir() / "terms.json", mirror_log)
+
     async def start(self) -> None:
+        await self.open()
         await self.roles.note_primary(self.host)
         log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
@@ -140,7 +149,8 @@ class PrimaryMirror(MirrorWorker):
             if peer.task is not None:
                 peer.task.cancel()
         await super().stop()
-        self.log.close()
+        if hasattr(self, "log"):
+            self.log.close()
 
     # -- capture -> log -----------------------------------------------------
 
@@ -219,7 +229,7 @@ class PrimaryMirror(MirrorWorker):
     # -- per-peer session ---------------------------------------------------
 
     def last_lsn(self) -> int:
-        return self.log.last_lsn
+        return self.log.last_lsn if hasattr(self, "log") else 0
 
     async def _check_term(self, term: int, member: str) -> None:
         """Every message carries its sender's term: a higher one means another
@@ -318,10 +328,26 @@ class PrimaryMirror(MirrorWorker):
                 continue
             if not self.roles.writable:
                 raise PeerRefused("no longer the primary (a higher term exists)")
-            data, count = self.log.read_raw(next_lsn, BATCH_BYTES)
+            try:
+                data, count = await self._read(next_lsn)
+            except LogError:
+                if next_lsn >= self.log.first_lsn:
+                    raise
+                continue  # trimmed meanwhile: the top of the loop resyncs
             await conn.send(Records(self.term, raw=data))
             next_lsn += count
             peer.sent(next_lsn - 1, len(data))
+            self.metrics.sent(member, count, len(data))
+
+    async def _read(self, next_lsn: int) -> tuple[bytes, int]:
+        """Up to ``BATCH_BYTES`` of the log from ``next_lsn``: in a worker
+        thread (a cold read of 1 MiB waits for the disk), except the few
+        bytes just appended for a caught-up peer, which the page cache holds
+        and which are not worth a thread hop. Safe against appends and trims
+        in the emitting thread (MirrorLog's "Threading")."""
+        if self.log.bytes_between(next_lsn, self.log.last_lsn) <= INLINE_READ_BYTES:
+            return self.log.read_raw(next_lsn, BATCH_BYTES)
+        return await asyncio.to_thread(self.log.read_raw, next_lsn, BATCH_BYTES)
 
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)
@@ -337,7 +363,13 @@ class PrimaryMirror(MirrorWorker):
     async def _resync(self, conn: Connection, peer: PeerState, member: str,
                       progress: ResyncProgress) -> int:
         peer.resync = progress
-        return await send_resync(self, conn, peer, member, progress)
+        try:
+            next_lsn = await send_resync(self, conn, peer, member, progress)
+        except BaseException:
+            self.metrics.resync(member, "failed")
+            raise
+        self.metrics.resync(member, "done")
+        return next_lsn
 
     def request_resync(self, member: str | None, mode: str,
                        keep_orphans: bool) -> dict[str, int]:

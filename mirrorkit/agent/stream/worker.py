@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mirrorkit.agent.config import AgentConfig, MemberConfig, MirrorConfig
+from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.state import MirrorState, RoleOwner, StateStore
+from mirrorkit.agent.util.stats import AgentMetrics, MirrorMetrics
 
 __all__ = ["Companion", "MirrorWorker"]
 
@@ -57,6 +59,9 @@ class MirrorWorker:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[asyncio.Task[Any]] = set()  # connections served
         self.companions: list[Companion] = []
+        # The agent replaces this with its own registry's (ha.supervisor); alone
+        # (a test, a tool) a worker counts into a registry of its own.
+        self.metrics: MirrorMetrics = AgentMetrics(agent.host).mirror(mirror.name)
         # Set when the mirror must stop on this member until an operator acts
         # (the reason says what to do): not alive, /health 503.
         self.error: str | None = None
@@ -118,6 +123,16 @@ class MirrorWorker:
 
     def alive(self) -> bool:
         return self.error is None and all(not t.done() for t in self.tasks)
+
+    async def open(self) -> None:
+        """Blocking preparation, run off the event loop (a worker with a
+        mirror log opens it here: its recovery scan reads every segment).
+        ``start()`` calls it first; calling it again does nothing."""
+
+    def open_log(self) -> MirrorLog:
+        """Open this mirror's log (blocking: call it in a worker thread)."""
+        return MirrorLog(self.mirror_dir() / "log", segment_bytes=self.cfg.log_segment_bytes,
+                         max_bytes=self.cfg.log_max_bytes, stats=self.metrics)
 
     async def start(self) -> None:
         raise NotImplementedError

@@ -74,6 +74,7 @@ TERM = struct.Struct(">Q")  # binary payloads (RECORDS, MANIFEST) start with it
 # One batch of at most ~1 MiB, or a single record of up to 16 MiB, plus slack.
 MAX_FRAME = 20 << 20
 MAX_CONTROL = 64 << 10
+THREAD_DECODE_BYTES = 64 << 10  # RECORDS/MANIFEST payloads above this decode in a thread
 
 
 class ProtocolError(Exception):
@@ -148,6 +149,7 @@ class ResyncBegin:
 class Manifest:
     term: int
     items: list[ManifestItem] = field(default_factory=list)
+    raw: bytes = b""  # ``items`` already encoded (built off the event loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,7 @@ def encode_message(msg: Message) -> bytes:
                                                              for r in msg.records))
         mtype = MsgType.RECORDS
     elif isinstance(msg, Manifest):
-        payload = TERM.pack(msg.term) + b"".join(encode_item(i) for i in msg.items)
+        payload = TERM.pack(msg.term) + (msg.raw or b"".join(encode_item(i) for i in msg.items))
         mtype = MsgType.MANIFEST
     else:
         mtype = _TYPES[type(msg)]
@@ -292,4 +294,8 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     header = await reader.readexactly(FRAME.size)
     kind, length = _check_header(header)
     payload = await reader.readexactly(length)
+    if kind in _BINARY and length > THREAD_DECODE_BYTES:
+        # Checking and decoding 1 MiB of small records takes tens of ms of
+        # CPU: not on the event loop.
+        return await asyncio.to_thread(_decode_payload, kind, payload)
     return _decode_payload(kind, payload)
