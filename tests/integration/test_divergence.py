@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,9 @@ def test_divergent_tail_is_quarantined_and_resynced(cluster: Cluster) -> None:  
     assert _report(c, "dr1") is not None
     st = c.mirror("node1")
     assert st["divergences"] >= 1 and st["last_divergence"]["shared_lsn"] == base_lsn
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{node1.api_port}/metrics", timeout=5).read().decode()
+    assert 'reason="diverged"' in metrics
     # term histories agree now (node1 adopted node2's at the resync)
     hist = [json.loads((c.nodes[n].state_dir / "records" / "terms.json").read_text())
             for n in ("node1", "node2")]

@@ -341,6 +341,7 @@ class ReceiverMirror(MirrorWorker):
         self.applied = min(self.applied, shared)
         await asyncio.to_thread(self.store.save_applied, self.applied)
         self.divergences += 1
+        self.metrics.quarantined("diverged", sum(1 for m in undone.moved if m[3] != "-"))
         self.last_divergence = {"shared_lsn": shared, "lsn_range": [undone.first, undone.last],
                                 "terms": undone.terms, "paths": len(undone.moved),
                                 "report": str(undone.report), "time": time.time()}

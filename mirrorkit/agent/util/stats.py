@@ -80,7 +80,8 @@ class AgentMetrics:
             _OWN, registry=r)
         self.quarantined_files = Counter(
             "mirrorkit_quarantined_files", "Files moved into quarantine, by reason (orphan, "
-            "replaced: by a resync; torn_tail: the log's torn tail on open).",
+            "replaced: by a resync; torn_tail: the log's torn tail on open; diverged: "
+            "a divergent tail's files).",
             (*_OWN, "reason"), registry=r)
         self._mirrors: dict[str, MirrorMetrics] = {}
 
