@@ -14,6 +14,7 @@ from mirrorkit.agent.transport.frames import (
     MAGIC,
     MAX_CONTROL,
     Ack,
+    ApplyFailed,
     Error,
     Heartbeat,
     Hello,
@@ -39,6 +40,7 @@ RECS = [Record(1, 2, Op(OpKind.WRITE, 0, "a", value=5, data=b"xyz")),
     Error("nope"),
     ResyncBegin(5),
     ResyncEnd(5),
+    ApplyFailed(7, "cannot apply record LSN 7 (RENAME 'a' -> 'a/b'): Invalid argument", 1),
 ])
 def test_roundtrip(msg: Message) -> None:
     data = encode_message(msg)
@@ -95,4 +97,4 @@ def test_read_message_from_stream() -> None:
 
 def test_frame_type_values_are_stable() -> None:
     # The wire format is a contract between agent versions.
-    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]

@@ -11,14 +11,16 @@ rename races that a realpath-then-open check would leave open). The final
 component is never followed either: ops act on the symlink itself or replace
 it. Symlink *targets* are stored verbatim and never followed by apply.
 
-A refused record is logged, counted (``refused``) and skipped; replication
-continues, because the rest of the stream is still the primary's truth and
-stopping would leave the replica ever further behind for one bad record. A
-record that is legal but conflicts with the replica's state (e.g. renaming a
-directory into itself) is logged, counted (``skipped``) and skipped too: online
-verification reports the difference. Resource errors (disk full, I/O error,
-read-only file system) raise :class:`ApplyError`: nothing is acknowledged and
-the batch is retried after reconnecting.
+A record is applied or the batch stops at it, never skipped: a refused
+record raises :class:`RecordFailed` with ``refused`` set (counted in
+``refused``), and so does a record that is legal but conflicts with the
+replica's state (an ``OSError`` such as renaming a directory into itself,
+``EPERM`` on an immutable file; counted in ``conflicts``). The records
+before it are durable when the exception arrives; what the receiver does
+next (stop, or ask for a resync) is its decision (``stream/receiver.py``).
+Resource errors (disk full, I/O error, read-only file system) raise
+:class:`ApplyError`: nothing is acknowledged and the batch is retried after
+reconnecting.
 
 Durability: :meth:`Applier.apply_batch` returns only after every file and
 directory it touched is durable. That is one durability point per batch, not
@@ -62,7 +64,7 @@ from pathlib import Path
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.util.fs import syncfs, syncfs_supported
 
-__all__ = ["Applier", "ApplyError", "PathRefused", "split_relpath"]
+__all__ = ["Applier", "ApplyError", "PathRefused", "RecordFailed", "split_relpath"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,17 @@ class ApplyError(Exception):
     """A resource error: the batch is not durable and must not be acknowledged."""
 
 
+class RecordFailed(Exception):
+    """Record ``lsn`` (0: a resync record) was not applied: ``refused`` (its
+    path would leave the replica root) or a conflict with the replica. Every
+    record before it in the batch is applied and durable."""
+
+    def __init__(self, lsn: int, what: str, reason: str, refused: bool) -> None:
+        self.lsn, self.what, self.reason, self.refused = lsn, what, reason, refused
+        label = "REFUSED record" if refused else "cannot apply record"
+        super().__init__(f"{label} LSN {lsn} ({what}): {reason}")
+
+
 def split_relpath(path: str) -> tuple[str, ...]:
     """Components of a relative record path; raise :class:`PathRefused`."""
     if path.startswith("/"):
@@ -111,7 +124,7 @@ class Applier:
         self.label = label
         self.read_only = read_only
         self.refused = 0
-        self.skipped = 0
+        self.conflicts = 0
         self._root_fds: list[int] = []
         for root in self.roots:
             root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +164,9 @@ class Applier:
 
     def apply_batch(self, records: Sequence[Record],
                     stage: Callable[[], int] | None = None) -> None:
-        """Apply in order; durable on return. Raises :class:`ApplyError`.
+        """Apply in order; durable on return. Raises :class:`ApplyError`, or
+        :class:`RecordFailed` at the first record it cannot apply (the ones
+        before it durable, ``stage`` not called).
 
         ``stage``, called after the last record, returns an open descriptor
         of a file written but not yet synced; it is made durable at the same
@@ -166,20 +181,22 @@ class Applier:
 
     def _apply_one(self, record: Record) -> None:
         op = record.op
+        what = f"{op.kind.name} {op.path!r}" + (f" -> {op.target!r}" if op.kind is
+                                                 OpKind.RENAME else "")
         try:
             self._dispatch(op)
         except PathRefused as exc:
             self.refused += 1
-            log.error("%s: REFUSED record LSN %d (%s %r): %s", self.label, record.lsn,
-                      op.kind.name, op.path, exc)
-            return
+            failed = RecordFailed(record.lsn, what, str(exc), refused=True)
+            log.error("%s: %s", self.label, failed)
+            raise failed from None
         except OSError as exc:
             if exc.errno in _FATAL:
                 raise ApplyError(f"LSN {record.lsn} {op.kind.name} {op.path!r}: {exc}") from exc
-            self.skipped += 1
-            log.error("%s: skipped record LSN %d (%s %r): %s", self.label, record.lsn,
-                      op.kind.name, op.path, exc)
-            return
+            self.conflicts += 1
+            failed = RecordFailed(record.lsn, what, str(exc), refused=False)
+            log.error("%s: %s", self.label, failed)
+            raise failed from exc
         if op.kind is OpKind.RENAME and self.checkpoint is not None:
             # RENAME is the one op that is not idempotent: never replay it.
             self.flush()

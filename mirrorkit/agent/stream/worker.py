@@ -106,6 +106,11 @@ class MirrorWorker:
     def alive(self) -> bool:
         return all(not t.done() for t in self.tasks)
 
+    def error(self) -> str | None:
+        """Why this worker is not doing its job, or ``None``: ``error`` in
+        status, the reason ``/health`` and ``/primary`` give for a 503."""
+        return None
+
     def set_term(self, term: int, primary: str | None) -> None:
         """Adopt a higher term learnt from a peer (never go back)."""
         if term > self.state.term:
@@ -130,7 +135,7 @@ class MirrorWorker:
                 log.warning("%s: server did not close in time", self.name)
 
     def status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "role": self.state.role,
             "term": self.state.term,
             "mode": self.cfg.mode,
@@ -138,5 +143,9 @@ class MirrorWorker:
             "fenced": False,
             "alive": self.alive(),
         }
+        reason = self.error()
+        if reason:
+            out["error"] = reason
+        return out
 
 
