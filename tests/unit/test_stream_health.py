@@ -58,3 +58,14 @@ def test_append_times_stay_bounded_and_only_ever_overstate() -> None:
         exact = float(acked // 10)
         got = t.oldest_unacked(acked)
         assert got is not None and got <= exact  # never younger than the truth
+
+
+def test_append_times_keep_the_slowest_peers_entry_exact_through_decimation() -> None:
+    t = AppendTimes(limit=64)
+    for i in range(100):  # a first phase every peer acknowledges
+        t.append(1 + 10 * i, float(i))
+    slowest = 10 * 99  # acked by the peer that then goes away: its next is batch 99
+    for i in range(100, 5_000):
+        t.forget_through(slowest)  # the primary does this before each append
+        t.append(1 + 10 * i, float(i))
+    assert t.oldest_unacked(slowest) == 99.0

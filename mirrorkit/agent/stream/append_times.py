@@ -2,11 +2,13 @@
 
 A peer's ``lag_seconds`` is the age of its oldest unacknowledged record:
 the append time of the batch holding LSN ``acked + 1``. The primary keeps
-one ``(first LSN, wall time)`` entry per batch, and forgets the entries no
-peer needs any more (:meth:`AppendTimes.forget_through`). While a peer is
-down for hours nothing is forgotten, so the history is also **bounded**: at
-most ``limit`` entries. When it is full, every other entry of its older half
-is dropped (the oldest entry, the one the slowest peer needs, is kept).
+one ``(first LSN, wall time)`` entry per batch (taken when the batch's
+append starts) and, before each append, forgets the entries no peer needs
+any more (:meth:`AppendTimes.forget_through` with the slowest peer's acked
+LSN), so the oldest entry is the one the slowest peer needs. While a peer
+is down for hours nothing is forgotten, so the history is also **bounded**:
+at most ``limit`` entries. When it is full, every other entry of its older
+half is dropped, the oldest entry always kept.
 Dropping entry *k* makes a peer whose oldest unacknowledged record lies in
 batch *k* look as old as batch *k-1*: the error only ever overstates a lag,
 never hides one, and it is largest for old entries, where it matters least

@@ -149,7 +149,6 @@ class PrimaryMirror(MirrorWorker):
                                         self.sessions))
         log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
         self.spawn(self._capture_loop(), "capture")
-        self.spawn(self._retention_loop(), "retention")
         self.start_companions()
 
     async def stop(self) -> None:
@@ -222,6 +221,10 @@ class PrimaryMirror(MirrorWorker):
             return
         now = time.time()
         records = await asyncio.to_thread(self._append, ops, self._retention_floor())
+        # Forget what every peer acknowledged first, so that the history's
+        # oldest entry (kept through decimation) is the slowest peer's.
+        self._times.forget_through(
+            min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn))
         self._times.append(records[0].lsn, now)
         self._new_data.set()
         self._new_data = asyncio.Event()
@@ -238,14 +241,6 @@ class PrimaryMirror(MirrorWorker):
         """The log may drop what every peer acknowledged or a resync holds past."""
         return min((max(p.acked_lsn, p.hold_lsn) for p in self.peers.values()),
                    default=self.log.last_lsn)
-
-    async def _retention_loop(self) -> None:
-        # Forget append times of records every peer has acknowledged (a
-        # resyncing peer's lag is still dated from its own acked LSN).
-        while True:
-            await asyncio.sleep(10.0)
-            self._times.forget_through(
-                min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn))
 
     # -- lag ----------------------------------------------------------------
 
