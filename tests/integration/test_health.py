@@ -94,6 +94,8 @@ def test_failed_capture_makes_the_primary_unhealthy_until_it_works_again(
     assert "capture" in m["error"] and str(root) in m["error"]
     _, body = get(c, "node1", f"/primary?mirror={MIRROR}")
     assert "capture" in body["mirrors"][MIRROR]["reason"]
+    shown = agent_cli("status", "--api-port", str(c.nodes["node1"].api_port)).stdout
+    assert "ERROR: capture" in shown  # the agent's own status command says why
     # It keeps failing while the directory is missing: never "healthy" between tries.
     wait_for(lambda: c.mirror("node1")["capture"]["restarts"] >= 1, "a restart is tried")
     assert code(c, "node1", "/health") == 503
