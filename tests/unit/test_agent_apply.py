@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,24 @@ def test_split_relpath() -> None:
     assert split_relpath("") == ()
     with pytest.raises(PathRefused):
         split_relpath("/a")
+
+
+def test_a_fifo_where_the_primary_has_a_file_is_a_conflict_not_a_hang(
+        env: tuple[Applier, Path, Path]) -> None:
+    a, root, _ = env
+    root.mkdir(exist_ok=True)
+    os.mkfifo(root / "f")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            apply(a, Op(OpKind.WRITE, 0, "f", data=b"x"))
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the applier blocked opening a fifo"
+    assert isinstance(outcome[0], RecordFailed) and not outcome[0].refused

@@ -369,7 +369,9 @@ class Applier:
         fd = self._files.get(key)
         if fd is not None:
             return fd
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a fifo left where the primary has a file fails (ENXIO, a
+        # conflict) instead of blocking the applier for ever; no effect on files.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, 0o600, dir_fd=d)
         except OSError as exc:
