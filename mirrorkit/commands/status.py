@@ -3,6 +3,11 @@
 Each member's agent is asked over SSH (fabric, with the inventory's own
 connection variables) for its loopback ``/status``; failover members are also
 asked which addresses they hold, to name the VIP holder.
+
+A receiver's lag is the live primary's view of it when the primary answered
+(``lag_source: "primary"``): the primary knows its own LSN, a disconnected
+receiver does not. Otherwise it is the receiver's own view (``"self"``: the
+last primary LSN it heard, seconds growing since it lost the primary).
 """
 
 from __future__ import annotations
@@ -37,13 +42,38 @@ def register(subparsers: Any) -> None:
 
 
 def _fmt_lag(member: dict[str, Any]) -> str:
+    resync = member.get("resyncing")
     if member.get("lag_bytes") is None:
-        return "-"
+        return f"resyncing {resync}" if resync else "-"
     records = member.get("lag_records")
     text = f"{member['lag_bytes']} B"
     if records is not None:
         text += f", {records} rec"
-    return f"{text}, {member['lag_seconds']:.1f} s"
+    text = f"{text}, {member['lag_seconds']:.1f} s"
+    return f"resyncing {resync} ({text})" if resync else text
+
+
+def _percent(resync: Any) -> str:
+    if not isinstance(resync, dict) or not resync.get("bytes_total"):
+        return "?%"
+    return f"{min(100, 100 * int(resync.get('bytes_done') or 0) // resync['bytes_total'])}%"
+
+
+def _resyncing(live: dict[str, Any], peer: dict[str, Any] | None) -> str | None:
+    """``"42%"`` while the member resyncs (its own view, else the primary's)."""
+    for view in (live, peer or {}):
+        if view.get("resyncing"):
+            return _percent(view.get("resync"))
+    return None
+
+
+def _primary_peers(probes: dict[str, HostProbe], mirror: str) -> dict[str, Any]:
+    """The live primary's ``peers`` of ``mirror`` (empty if none answered)."""
+    for probe in probes.values():
+        live = ((probe.status or {}).get("mirrors") or {}).get(mirror) or {}
+        if live.get("role") == "primary":
+            return dict(live.get("peers") or {})
+    return {}
 
 
 def _connected(member: dict[str, Any]) -> str:
@@ -61,6 +91,7 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
     for mirror in inventory.mirrors.values():
         members = []
         vip_holders: list[str] = []
+        primary_peers = _primary_peers(probes, mirror.name)
         for host, inv_role in mirror.members().items():
             probe = probes[host]
             live = (
@@ -81,6 +112,9 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                 "lag_seconds": None,
                 "vip": False,
                 "resync": None,  # a receiver's current or last resync (agent/resync.py)
+                "alive": None,
+                "lag_source": None,  # "primary" (its view of this member) or "self"
+                "resyncing": None,  # "42%" while the member resyncs
             }
             if live is not None:
                 entry.update(
@@ -92,7 +126,11 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                     lag_records=live.get("lag_records"),
                     lag_seconds=live.get("lag_seconds"),
                     resync=live.get("resync"),
+                    alive=live.get("alive"),
+                    lag_source="self",
                 )
+                if live.get("error"):
+                    entry["error"] = live["error"]
                 peers = live.get("peers") or {}
                 if live.get("role") in ("primary", "arbiter"):
                     up = sum(1 for p in peers.values() if p.get("connected"))
@@ -101,6 +139,13 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                     entry["connected"] = bool(live.get("connected"))
             elif probe.error is None:
                 entry["error"] = f"agent does not serve mirror {mirror.name}"
+            receiver = live is None or live.get("role") in ("backup", "async")
+            peer = primary_peers.get(host) if receiver else None
+            if peer is not None and peer.get("lag_records") is not None:
+                entry.update({k: peer.get(k) for k in ("lag_bytes", "lag_records",
+                                                      "lag_seconds")})
+                entry["lag_source"] = "primary"
+            entry["resyncing"] = _resyncing(live or {}, peer)
             if mirror.vip is not None and mirror.vip.address in probe.addresses:
                 entry["vip"] = True
                 vip_holders.append(host)
@@ -141,7 +186,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                     f"[red]{role}[/red]",
                     "-",
                     "[red]unreachable[/red]",
-                    "-",
+                    _fmt_lag(member),  # the primary's view, when it has one
                     "-",
                     "",
                 )

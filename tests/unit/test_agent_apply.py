@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.log.records import Op, OpKind, Record
 
 
@@ -22,6 +23,14 @@ def env(tmp_path: Path) -> tuple[Applier, Path, Path]:
 
 def apply(a: Applier, *ops: Op) -> None:
     a.apply_batch([Record(i + 1, 1, op) for i, op in enumerate(ops)])
+
+
+def refused(a: Applier, *ops: Op) -> RecordFailed:
+    """Apply ``ops``; the batch must stop at a refused record."""
+    with pytest.raises(RecordFailed) as info:
+        apply(a, *ops)
+    assert info.value.refused
+    return info.value
 
 
 def test_create_write_truncate(env: tuple[Applier, Path, Path]) -> None:
@@ -104,9 +113,11 @@ def test_root_metadata_and_mark(env: tuple[Applier, Path, Path]) -> None:
 def test_escaping_paths_are_refused(env: tuple[Applier, Path, Path], path: str) -> None:
     a, root, outside = env
     before = sorted(os.listdir(root.parent))
-    apply(a, Op(OpKind.WRITE, 0, path, data=b"evil"), Op(OpKind.WRITE, 0, "ok", data=b"good"))
-    assert a.refused == 1
-    assert (root / "ok").read_bytes() == b"good"  # replication continues
+    exc = refused(a, Op(OpKind.WRITE, 0, "first", data=b"1"),
+                  Op(OpKind.WRITE, 0, path, data=b"evil"), Op(OpKind.WRITE, 0, "ok", data=b"2"))
+    assert a.refused == 1 and exc.lsn == 2 and "REFUSED record LSN 2 (WRITE" in str(exc)
+    assert (root / "first").read_bytes() == b"1"  # what came before is applied
+    assert not (root / "ok").exists()  # nothing after it: never skipped past
     assert sorted(os.listdir(root.parent)) == before
     assert os.listdir(outside) == []
 
@@ -119,9 +130,9 @@ def test_symlinked_directory_pointing_out_is_refused(env: tuple[Applier, Path, P
                Op(OpKind.CREATE, 0, "out/f", value=0o644),
                Op(OpKind.MKDIR, 0, "out/d", value=0o755),
                Op(OpKind.SYMLINK, 0, "out/l", target="/"),
-               Op(OpKind.RENAME, 0, "ok", target="out/f"),
-               Op(OpKind.CHMOD, 0, "out", value=0o777)):
-        apply(a, Op(OpKind.WRITE, 0, "ok", data=b"x"), op)
+               Op(OpKind.RENAME, 0, "ok", target="out/f")):
+        refused(a, Op(OpKind.WRITE, 0, "ok", data=b"x"), op)
+    apply(a, Op(OpKind.CHMOD, 0, "out", value=0o777))
     assert os.listdir(outside) == []
     assert a.refused == 5  # CHMOD on the symlink itself is a harmless no-op
     assert outside.stat().st_mode == mode  # never chmod'ed through the link
@@ -130,19 +141,21 @@ def test_symlinked_directory_pointing_out_is_refused(env: tuple[Applier, Path, P
 
 def test_rename_target_escaping_is_refused(env: tuple[Applier, Path, Path]) -> None:
     a, root, outside = env
-    apply(a, Op(OpKind.WRITE, 0, "f", data=b"x"), Op(OpKind.RENAME, 0, "f", target="../outside/f"))
+    refused(a, Op(OpKind.WRITE, 0, "f", data=b"x"),
+            Op(OpKind.RENAME, 0, "f", target="../outside/f"))
     assert a.refused == 1 and (root / "f").exists() and os.listdir(outside) == []
 
 
 def test_unknown_tree_is_refused(env: tuple[Applier, Path, Path]) -> None:
     a, _, _ = env
-    apply(a, Op(OpKind.WRITE, 3, "f", data=b"x"))
+    refused(a, Op(OpKind.WRITE, 3, "f", data=b"x"))
     assert a.refused == 1
 
 
 def test_unlink_of_root_is_refused(env: tuple[Applier, Path, Path]) -> None:
     a, root, _ = env
-    apply(a, Op(OpKind.RMDIR, 0, "."), Op(OpKind.UNLINK, 0, ""))
+    refused(a, Op(OpKind.RMDIR, 0, "."))
+    refused(a, Op(OpKind.UNLINK, 0, ""))
     assert a.refused == 2 and root.is_dir()
 
 
@@ -151,5 +164,40 @@ def test_non_canonical_or_too_long_paths_are_refused(env: tuple[Applier, Path, P
                                                      path: str) -> None:
     """One spelling per path (util.fs.safe_parts): no alias of another entry."""
     a, root, _ = env
-    apply(a, Op(OpKind.CREATE, 0, path, value=0o644), Op(OpKind.MKDIR, 0, "ok", value=0o755))
+    apply(a, Op(OpKind.MKDIR, 0, "ok", value=0o755))
+    refused(a, Op(OpKind.CREATE, 0, path, value=0o644))
     assert a.refused == 1 and os.listdir(root) == ["ok"]
+
+
+def test_conflicting_record_stops_the_batch_and_is_never_skipped(
+        env: tuple[Applier, Path, Path]) -> None:
+    a, root, _ = env
+    with pytest.raises(RecordFailed) as info:
+        apply(a, Op(OpKind.MKDIR, 0, "d", value=0o755),
+              Op(OpKind.RENAME, 0, "d", target="d/inside"),  # EINVAL: into itself
+              Op(OpKind.WRITE, 0, "after", data=b"x"))
+    exc = info.value
+    assert not exc.refused and exc.lsn == 2 and a.conflicts == 1
+    assert "cannot apply record LSN 2 (RENAME 'd' -> 'd/inside')" in str(exc)
+    assert (root / "d").is_dir() and not (root / "after").exists()
+
+
+def test_a_fifo_where_the_primary_has_a_file_is_a_conflict_not_a_hang(
+        env: tuple[Applier, Path, Path]) -> None:
+    a, root, _ = env
+    root.mkdir(exist_ok=True)
+    os.mkfifo(root / "f")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            apply(a, Op(OpKind.WRITE, 0, "f", data=b"x"))
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the applier blocked opening a fifo"
+    assert isinstance(outcome[0], RecordFailed) and not outcome[0].refused

@@ -18,6 +18,7 @@ from mirrorkit.agent.transport.frames import (
     PROTOCOL_VERSION,
     TERM,
     Ack,
+    ApplyFailed,
     Error,
     Heartbeat,
     Hello,
@@ -44,6 +45,7 @@ RECS = [Record(1, 2, Op(OpKind.WRITE, 0, "a", value=5, data=b"xyz")),
     Error("nope", 3),
     ResyncBegin(5, 3),
     ResyncEnd(5, 3),
+    ApplyFailed(7, "cannot apply record LSN 7 (RENAME 'a' -> 'a/b'): Invalid argument", 1, 3),
 ])
 def test_roundtrip(msg: Message) -> None:
     data = encode_message(msg)
@@ -120,7 +122,7 @@ def test_read_message_from_stream() -> None:
 
 def test_frame_type_values_are_stable() -> None:
     # The wire format is a contract between agent versions.
-    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_large_binary_frames_are_decoded_off_the_event_loop(

@@ -22,7 +22,7 @@ def primary_status() -> dict[str, Any]:
         "mirrors": {
             "records": {
                 "role": "primary", "term": 3, "mode": "async", "primary": "node1",
-                "fenced": False, "lsn": 120, "applied_lsn": 120, "lag_bytes": 0,
+                "fenced": False, "alive": True, "lsn": 120, "applied_lsn": 120, "lag_bytes": 0,
                 "lag_records": 0, "lag_seconds": 0.0, "connected": True,
                 "peers": {
                     "node2": {"role": "backup", "connected": True, "acked_lsn": 118,
@@ -33,7 +33,7 @@ def primary_status() -> dict[str, Any]:
             },
             "orders": {
                 "role": "backup", "term": 7, "mode": "sync", "primary": "node2",
-                "fenced": False, "lsn": 50, "applied_lsn": 49, "lag_bytes": 100,
+                "fenced": False, "alive": True, "lsn": 50, "applied_lsn": 49, "lag_bytes": 100,
                 "lag_records": 1, "lag_seconds": 1.5, "connected": True,
                 "peers": {"node2": {"role": "primary", "connected": True}},
             },
@@ -132,6 +132,52 @@ def test_replica() -> None:
         return st
 
     assert codes(disconnected, "/replica?mirror=orders", "/replica") == [503, 503]
+
+
+def test_primary_with_a_failed_capture_is_not_a_primary() -> None:
+    def failed() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["records"].update(
+            alive=False, error="capture failed: mirror tree /srv/records was deleted",
+            capture={"state": "failed", "restarts": 0})
+        return st
+
+    assert codes(failed, "/primary?mirror=records", "/primary", "/health") == [503, 503, 503]
+    [(_, _, body)] = with_api(failed, [get("/primary?mirror=records")])
+    reason = json.loads(body)["mirrors"]["records"]["reason"]
+    assert reason == "capture failed: mirror tree /srv/records was deleted"
+
+    def no_alive_field() -> dict[str, Any]:  # fail closed
+        st = primary_status()
+        del st["mirrors"]["records"]["alive"]
+        return st
+
+    assert codes(no_alive_field, "/primary?mirror=records") == [503]
+
+
+def test_replica_resyncing_or_waiting_for_a_resync_is_503() -> None:
+    def resyncing() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["orders"].update(resyncing=True, resync={
+            "state": "copying", "bytes_done": 250, "bytes_total": 1000})
+        return st
+
+    def waiting() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["orders"]["apply_failure"] = {
+            "lsn": 7, "reason": "cannot apply record LSN 7", "action": "resync"}
+        return st
+
+    def stopped() -> dict[str, Any]:
+        st = primary_status()
+        st["mirrors"]["orders"].update(alive=False, error="REFUSED record LSN 7")
+        return st
+
+    for fn, reason in ((resyncing, "resyncing 25%"), (waiting, "waiting for a resync"),
+                       (stopped, "REFUSED record LSN 7")):
+        [(code, _, body)] = with_api(fn, [get("/replica?mirror=orders")])
+        assert code == 503
+        assert reason in json.loads(body)["mirrors"]["orders"]["reason"]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.resync.compare import quarantine_path
 from mirrorkit.agent.util.fs import NAME_MAX, PATH_MAX, UnsafePath, open_dir_nofollow, safe_parts
@@ -62,8 +62,9 @@ def test_every_caller_refuses_through_it(tmp_path: Path) -> None:
         with pytest.raises(ManifestError, match="refused path"):
             manifest_entry(str(root), 0, bad, [])
         applier = Applier([root])
-        applier.apply_batch([Record(1, 1, Op(OpKind.UNLINK, 0, bad))])
-        assert applier.refused == 1
+        with pytest.raises(RecordFailed) as info:
+            applier.apply_batch([Record(1, 1, Op(OpKind.UNLINK, 0, bad))])
+        assert info.value.refused and applier.refused == 1
         applier.close()
     assert (outside / "secret").exists()
     for bad in ("a\0b", "x" * (NAME_MAX + 1)):  # ".." and "//" are normalised away first

@@ -108,3 +108,60 @@ def test_unreachable_member_is_reported_and_table_still_prints() -> None:
     assert "unreachable" in text and "timed out" in text
     assert "VIP 198.18.7.100/24 on node1" in text
     assert "0 B, 0 rec, 0.0 s" in text  # lag in bytes, records and seconds
+
+
+def test_a_disconnected_receiver_shows_the_primarys_view_of_its_lag() -> None:
+    """The lab's case: a backup 1,200 records behind and disconnected does not
+    know the primary's LSN; the primary does, and the table uses its view."""
+    probes = healthy_probes()
+    peers = {
+        "node2": {"role": "backup", "connected": False, "state": "disconnected",
+                  "acked_lsn": 300, "lag_bytes": 96_000, "lag_records": 1200,
+                  "lag_seconds": 75.5},
+        "dr1": {"role": "async", "connected": True, "acked_lsn": 1500, "lag_bytes": 0,
+                "lag_records": 0, "lag_seconds": 0.0},
+    }
+    probes["node1"] = HostProbe("node1", agent_status("node1", "primary", lsn=1500,
+                                                      peers=peers), {"198.18.7.100"})
+    probes["node2"] = HostProbe("node2", agent_status(
+        "node2", "backup", connected=False, lsn=300, applied_lsn=300, lag_bytes=0,
+        lag_records=0, lag_seconds=75.4), {"198.18.7.12"})
+    report = build_report(inventory(), probes)
+    node2 = next(m for m in report["mirrors"]["records"]["members"] if m["host"] == "node2")
+    assert (node2["lag_records"], node2["lag_bytes"], node2["lag_source"]) == (
+        1200, 96_000, "primary")
+    console = Console(record=True, width=160)
+    print_table(report, console)
+    assert "96000 B, 1200 rec, 75.5 s" in console.export_text()
+    # the primary unreachable: the receiver's own view, said to be its own
+    probes["node1"] = HostProbe("node1", None, set(), "cannot reach node1")
+    node2 = next(m for m in build_report(inventory(), probes)["mirrors"]["records"]["members"]
+                 if m["host"] == "node2")
+    assert (node2["lag_seconds"], node2["lag_source"]) == (75.4, "self")
+
+
+def test_resyncing_member_and_member_errors_are_shown() -> None:
+    probes = healthy_probes()
+    resync = {"id": 1, "mode": "checksum", "state": "copying", "files_total": 10,
+              "files_done": 4, "bytes_total": 1000, "bytes_done": 420, "rate": 1e6,
+              "eta_seconds": 1.0}
+    probes["dr1"] = HostProbe("dr1", agent_status("dr1", "async", resyncing=True,
+                                                  resync=resync, lag_records=900),
+                              {"198.18.7.14"})
+    probes["node2"] = HostProbe("node2", agent_status(
+        "node2", "backup", alive=False,
+        error="REFUSED record LSN 7 (WRITE '../x'): '..' in path; mirror stopped"),
+        {"198.18.7.12"})
+    probes["node1"] = HostProbe("node1", agent_status(
+        "node1", "primary", alive=False, error="capture failed: tree gone; restarting in 4 s",
+        peers={}), {"198.18.7.11"})
+    report = build_report(inventory(), probes)
+    by_host = {m["host"]: m for m in report["mirrors"]["records"]["members"]}
+    assert by_host["dr1"]["resyncing"] == "42%"
+    assert by_host["node2"]["alive"] is False
+    console = Console(record=True, width=200)
+    print_table(report, console)
+    text = console.export_text()
+    assert "resyncing 42% (0 B, 900 rec, 0.0 s)" in text
+    assert "records/node2: REFUSED record LSN 7" in text
+    assert "records/node1: capture failed: tree gone" in text

@@ -6,12 +6,14 @@ and playbooks need not parse anything:
 
 * ``GET /health`` — 200 when ``status()`` works and no mirror reports
   ``"alive": false`` (a mirror's worker that died sets it, with ``"error"``).
-* ``GET /primary[?mirror=M]`` — 200 iff this host is M's primary and not
-  fenced; without ``mirror``: primary of every mirror it serves (and serves
-  at least one).
+* ``GET /primary[?mirror=M]`` — 200 iff this host is M's primary, not
+  fenced and its worker alive (a failed or restarting capture is not: it
+  replicates nothing); without ``mirror``: primary of every mirror it serves
+  (and serves at least one).
 * ``GET /replica[?mirror=M][&lag=S]`` — 200 iff role is ``backup`` or
-  ``async``, ``connected``, and ``lag_seconds <= S`` when ``lag`` is given;
-  without ``mirror``: all served mirrors (at least one).
+  ``async``, alive, ``connected``, not resyncing and not waiting for a
+  resync after a record it could not apply, and ``lag_seconds <= S`` when
+  ``lag`` is given; without ``mirror``: all served mirrors (at least one).
 * ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text
   (:mod:`mirrorkit.agent.api.metrics`).
 
@@ -111,6 +113,8 @@ def check_primary(status: Mapping[str, Any], mirror: str | None) -> Answer:
             results[name] = (False, f"role is {role}")
         elif fenced is not False:
             results[name] = (False, "fenced" if fenced else "fencing state unknown")
+        elif m.get("alive") is not True:
+            results[name] = (False, str(m.get("error") or "worker not alive"))
         else:
             results[name] = (True, f"writable primary, term {m.get('term')}")
     return _aggregate(results)
@@ -124,10 +128,17 @@ def check_replica(status: Mapping[str, Any], mirror: str | None, lag: float | No
     for name, m in selected.items():
         m = m if isinstance(m, Mapping) else {}
         role, seconds = m.get("role"), m.get("lag_seconds")
+        failure = m.get("apply_failure")
         if role not in ("backup", "async"):
             results[name] = (False, f"role is {role}, not a receiver")
+        elif m.get("alive") is not True:
+            results[name] = (False, str(m.get("error") or "worker not alive"))
         elif m.get("connected") is not True:
             results[name] = (False, "not connected to the primary")
+        elif m.get("resyncing"):
+            results[name] = (False, f"resyncing {_percent(m.get('resync'))}")
+        elif isinstance(failure, Mapping):
+            results[name] = (False, f"waiting for a resync: {failure.get('reason')}")
         elif lag is not None and not (
             isinstance(seconds, int | float) and not isinstance(seconds, bool)
             and seconds <= lag
@@ -136,6 +147,16 @@ def check_replica(status: Mapping[str, Any], mirror: str | None, lag: float | No
         else:
             results[name] = (True, f"{role}, connected, lag {seconds} s")
     return _aggregate(results)
+
+
+def _percent(resync: Any) -> str:
+    """``"42%"`` of a resync's compared bytes (``"?"`` before it knows)."""
+    if not isinstance(resync, Mapping):
+        return "?"
+    done, total = resync.get("bytes_done"), resync.get("bytes_total")
+    if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
+        return "?"
+    return f"{min(100, 100 * done // total)}%"
 
 
 def check_health(status: Mapping[str, Any]) -> Answer:

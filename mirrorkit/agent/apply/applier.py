@@ -13,14 +13,16 @@ rename races that a realpath-then-open check would leave open). The final
 component is never followed either: ops act on the symlink itself or replace
 it. Symlink *targets* are stored verbatim and never followed by apply.
 
-A refused record is logged, counted (``refused``) and skipped; replication
-continues, because the rest of the stream is still the primary's truth and
-stopping would leave the replica ever further behind for one bad record. A
-record that is legal but conflicts with the replica's state (e.g. renaming a
-directory into itself) is logged, counted (``skipped``) and skipped too: online
-verification reports the difference. Resource errors (disk full, I/O error,
-read-only file system) raise :class:`ApplyError`: nothing is acknowledged and
-the batch is retried after reconnecting.
+A record is applied or the batch stops at it, never skipped: a refused
+record raises :class:`RecordFailed` with ``refused`` set (counted in
+``refused``), and so does a record that is legal but conflicts with the
+replica's state (an ``OSError`` such as renaming a directory into itself,
+``EPERM`` on an immutable file; counted in ``conflicts``). The records
+before it are durable when the exception arrives; what the receiver does
+next (stop, or ask for a resync) is its decision (``stream/receiver.py``).
+Resource errors (disk full, I/O error, read-only file system) raise
+:class:`ApplyError`: nothing is acknowledged and the batch is retried after
+reconnecting.
 
 Durability: :meth:`Applier.apply_batch` returns only after every file and
 directory it touched is durable. That is one durability point per batch, not
@@ -64,7 +66,7 @@ from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.util.fs import UnsafePath, safe_parts, syncfs, syncfs_supported
 from mirrorkit.agent.util.walk import remove_tree
 
-__all__ = ["Applier", "ApplyError", "PathRefused"]
+__all__ = ["Applier", "ApplyError", "PathRefused", "RecordFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,17 @@ class ApplyError(Exception):
     """A resource error: the batch is not durable and must not be acknowledged."""
 
 
+class RecordFailed(Exception):
+    """Record ``lsn`` (0: a resync record) was not applied: ``refused`` (its
+    path would leave the replica root) or a conflict with the replica. Every
+    record before it in the batch is applied and durable."""
+
+    def __init__(self, lsn: int, what: str, reason: str, refused: bool) -> None:
+        self.lsn, self.what, self.reason, self.refused = lsn, what, reason, refused
+        label = "REFUSED record" if refused else "cannot apply record"
+        super().__init__(f"{label} LSN {lsn} ({what}): {reason}")
+
+
 class Applier:
     """Applies records into ``roots`` (one per mirror tree)."""
 
@@ -101,7 +114,7 @@ class Applier:
         self.label = label
         self.read_only = read_only
         self.refused = 0
-        self.skipped = 0
+        self.conflicts = 0
         self._root_fds: list[int] = []
         for root in self.roots:
             root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +154,9 @@ class Applier:
 
     def apply_batch(self, records: Sequence[Record],
                     stage: Callable[[], int] | None = None) -> None:
-        """Apply in order; durable on return. Raises :class:`ApplyError`.
+        """Apply in order; durable on return. Raises :class:`ApplyError`, or
+        :class:`RecordFailed` at the first record it cannot apply (the ones
+        before it durable, ``stage`` not called).
 
         ``stage``, called after the last record, returns an open descriptor
         of a file written but not yet synced; it is made durable at the same
@@ -156,20 +171,22 @@ class Applier:
 
     def _apply_one(self, record: Record) -> None:
         op = record.op
+        what = f"{op.kind.name} {op.path!r}" + (f" -> {op.target!r}" if op.kind is
+                                                 OpKind.RENAME else "")
         try:
             self._dispatch(op)
         except (PathRefused, UnsafePath) as exc:
             self.refused += 1
-            log.error("%s: REFUSED record LSN %d (%s %r): %s", self.label, record.lsn,
-                      op.kind.name, op.path, exc)
-            return
+            failed = RecordFailed(record.lsn, what, str(exc), refused=True)
+            log.error("%s: %s", self.label, failed)
+            raise failed from None
         except OSError as exc:
             if exc.errno in _FATAL:
                 raise ApplyError(f"LSN {record.lsn} {op.kind.name} {op.path!r}: {exc}") from exc
-            self.skipped += 1
-            log.error("%s: skipped record LSN %d (%s %r): %s", self.label, record.lsn,
-                      op.kind.name, op.path, exc)
-            return
+            self.conflicts += 1
+            failed = RecordFailed(record.lsn, what, str(exc), refused=False)
+            log.error("%s: %s", self.label, failed)
+            raise failed from exc
         if op.kind is OpKind.RENAME and self.checkpoint is not None:
             # RENAME is the one op that is not idempotent: never replay it.
             self.flush()
@@ -342,7 +359,9 @@ class Applier:
         fd = self._files.get(key)
         if fd is not None:
             return fd
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a fifo left where the primary has a file fails (ENXIO, a
+        # conflict) instead of blocking the applier for ever; no effect on files.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, 0o600, dir_fd=d)
         except OSError as exc:

@@ -108,9 +108,12 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"lsn {m.get('lsn', '?')}  applied {m.get('applied_lsn', '?')}  "
               f"lag {m.get('lag_records', '?')} rec / {m.get('lag_seconds', '?')} s  "
               f"connected {m.get('connected', '?')}")
+        if m.get("error"):
+            print(f"    ERROR: {m['error']}")
         for peer, p in sorted(m.get("peers", {}).items()):
+            state = f"  {p['state']}" if p.get("state") else ""
             print(f"    {peer:14} {p.get('role', '?'):8} connected {p.get('connected')}  "
-                  f"acked {p.get('acked_lsn', '-')}  lag {p.get('lag_seconds', '-')} s")
+                  f"acked {p.get('acked_lsn', '-')}  lag {p.get('lag_seconds', '-')} s{state}")
     return 0
 
 

@@ -54,7 +54,7 @@ T = TypeVar("T")
 class ResyncPeer(Protocol):
     """What a resync needs of the primary's record of one receiver."""
 
-    acked_lsn: int
+    hold_lsn: int
     resyncing: bool
     manifest: asyncio.Queue[Manifest | ManifestEnd] | None
 
@@ -116,8 +116,9 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
     hb = pm.cfg.timeouts.heartbeat
     roots = [str(Path(t).resolve()) for t in pm.cfg.targets]
     exclude = list(pm.cfg.exclude)
-    # Hold retention at S for this peer: the tail from S+1 must survive.
-    peer.acked_lsn = max(peer.acked_lsn, start)
+    # Hold retention at S for this peer: the tail from S+1 must survive. Its
+    # acknowledged LSN stays what it has: a resyncing peer is not caught up.
+    peer.hold_lsn = start
     peer.resyncing = True
     peer.manifest = asyncio.Queue(maxsize=8)
     progress.state, progress.started = "manifest", time.time()
@@ -175,6 +176,7 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
                  progress.bytes_sent, progress.bytes_done, progress.orphans, start + 1)
         return start + 1
     except BaseException as exc:
+        peer.hold_lsn = 0
         progress.state, progress.finished = "failed", time.time()
         progress.error = repr(exc) if not isinstance(exc, asyncio.CancelledError) else \
             "connection ended"

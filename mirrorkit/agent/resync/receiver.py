@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.resync.compare import MODES, REPLACE, ResyncProgress, quarantine_path
 from mirrorkit.agent.resync.manifest import walk_replica
@@ -96,7 +96,9 @@ class ReceiverResync:
 
     def apply(self, applier: Applier, records: list[Record]) -> None:
         """Apply one batch of LSN-0 records (worker thread); removals are
-        orphans or replaced entries and never deleted."""
+        orphans or replaced entries and never deleted. Raises
+        :class:`~mirrorkit.agent.apply.applier.RecordFailed` at a record it
+        cannot apply."""
         run: list[Record] = []
         for r in records:
             if r.op.kind in (OpKind.UNLINK, OpKind.RMDIR):
@@ -114,9 +116,7 @@ class ReceiverResync:
 
     def _orphan(self, op: Op) -> None:
         if not 0 <= op.tree < len(self.roots):
-            log.error("%s: REFUSED resync removal of %r: unknown tree %d", self.label, op.path,
-                      op.tree)
-            return
+            raise self._refuse(op, f"unknown tree {op.tree}")
         kind = "replaced" if op.target == REPLACE else "orphan"
         if kind == "orphan" and self.progress.keep_orphans:
             if (self.roots[op.tree] / op.path).is_symlink() or \
@@ -129,8 +129,7 @@ class ReceiverResync:
         try:
             moved = quarantine_path(self.roots[op.tree], op.tree, op.path, self.dest)
         except ValueError as exc:
-            log.error("%s: REFUSED resync removal: %s", self.label, exc)
-            return
+            raise self._refuse(op, str(exc)) from None
         if moved is None:
             return
         self.orphans_moved += 1
@@ -140,6 +139,12 @@ class ReceiverResync:
         log.warning("%s: orphan %r (tree %d) %s: moved to %s", self.label, op.path, op.tree,
                     what, moved)
         self._report(f"moved\t{op.tree}\t{op.path}\t{moved}\t{kind}")
+
+    def _refuse(self, op: Op, reason: str) -> RecordFailed:
+        """A hostile removal: stops the resync like any refused record."""
+        failed = RecordFailed(0, f"resync {op.kind.name} {op.path!r}", reason, refused=True)
+        log.error("%s: %s", self.label, failed)
+        return failed
 
     def _report(self, line: str) -> None:
         self.dest.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,13 @@ for everything after its last logged LSN. Reconnects use exponential backoff.
 The primary to dial is ``state.json``'s ``primary``, then the other failover
 members in config order (a member that is not primary refuses to serve us).
 
+A record that cannot be applied is never skipped (:mod:`.apply_failure`
+decides: ask for a checksum resync, or stop the mirror on this member): the
+records before it are applied and acknowledged, nothing after it is; the log
+is cut back to the applied LSN (so a later HELLO claims no more) and the
+primary is told with ``APPLY_FAILED``. Until a resync from the primary
+covers it, records from the primary are read and dropped.
+
 Resync (:mod:`mirrorkit.agent.resync.compare`): at ``RESYNC_BEGIN`` the receiver
 streams the manifest of its replica (:mod:`mirrorkit.agent.resync.receiver`)
 while it keeps answering heartbeats, applies the LSN-0 records without
@@ -37,11 +44,12 @@ import logging
 import time
 from typing import Any
 
-from mirrorkit.agent.apply.applier import Applier
+from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.log.records import Record
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.receiver import ReceiverResync
+from mirrorkit.agent.stream.apply_failure import ApplyFailure, decide
 from mirrorkit.agent.stream.divergence import DivergenceUnknown, undo_divergent_tail
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
@@ -57,6 +65,7 @@ from mirrorkit.agent.transport.conn import (
 )
 from mirrorkit.agent.transport.frames import (
     Ack,
+    ApplyFailed,
     Error,
     Heartbeat,
     Hello,
@@ -91,8 +100,15 @@ class ReceiverMirror(MirrorWorker):
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
+        self.primary_known = False  # primary_lsn was heard from a primary
         self.lag_bytes = 0
         self.lag_seconds = 0.0
+        # When we last lost the primary (or started without one), and our lag
+        # then: while disconnected the lag keeps growing from there.
+        self.lost_at = time.time()
+        self.lag_at_loss = 0.0
+        self.failure: ApplyFailure | None = None
+        self._conflict_resyncs = 0  # asked for in a row, without a clean batch
         self.received_records = 0  # since this process started
         self.resyncing = False
         self.resyncs = 0
@@ -169,14 +185,55 @@ class ReceiverMirror(MirrorWorker):
                  self.state.role, self.state.primary)
 
     def _apply_backlog(self) -> None:
-        while self.applied < self.log.last_lsn:
+        while self.failure is None and self.applied < self.log.last_lsn:
             records = self.log.read(self.applied + 1)
             started = time.perf_counter()
-            self.applier.apply_batch(records)
+            try:
+                self.applier.apply_batch(records)
+            except RecordFailed as exc:
+                self._cut_at(exc.lsn)
+                self.failure = self._failure_for(exc, in_resync=False)
+                return
             self.applied = records[-1].lsn
             self.store.save_applied(self.applied)
             self._count_applied(len(records), time.perf_counter() - started)
             log.info("%s: applied logged backlog up to LSN %d", self.name, self.applied)
+
+    def _cut_at(self, lsn: int) -> None:
+        """Record ``lsn`` was not applied (worker thread): the replica, the
+        applied LSN and the log all end at ``lsn - 1``."""
+        self.store.save_applied(lsn - 1)
+        self.applied = lsn - 1
+        self.log.reset(lsn)
+        self.history.truncate_after(lsn - 1)  # a term that began at lsn is not ours yet
+
+    def _failure_for(self, exc: RecordFailed, in_resync: bool) -> ApplyFailure:
+        if not exc.refused and not in_resync:
+            self._conflict_resyncs += 1
+        failure = decide(exc, in_resync, self._conflict_resyncs, self.applied,
+                         self.cfg.name, self.host)
+        (log.warning if failure.resync else log.error)("%s: %s", self.name, failure.reason)
+        return failure
+
+    async def _failed(self, conn: Connection, exc: RecordFailed, in_resync: bool) -> None:
+        self.failure = self._failure_for(exc, in_resync)
+        if in_resync and self.resync is not None:
+            self.resync.fail(str(exc))
+        else:
+            await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
+        await self._report_failure(conn)
+
+    async def _report_failure(self, conn: Connection) -> None:
+        f = self.failure
+        if f is not None:
+            await conn.send(ApplyFailed(f.lsn, f.reason[:4000], int(f.resync), self.term))
+
+    def alive(self) -> bool:
+        return super().alive() and (self.failure is None or self.failure.resync)
+
+    def error(self) -> str | None:
+        f = self.failure
+        return super().error() or (f.reason if f is not None and not f.resync else None)
 
     def _candidates(self) -> list[str]:
         names = [self.state.primary] if self.state.primary else []
@@ -187,7 +244,7 @@ class ReceiverMirror(MirrorWorker):
     async def _connect_loop(self) -> None:
         ctx = client_context(self.cfg.tls)
         backoff = Backoff(0.2, 5.0)
-        while self.error is None:
+        while self.fatal is None:
             for name in self._candidates():
                 member = self.cfg.members[name]
                 try:
@@ -198,10 +255,14 @@ class ReceiverMirror(MirrorWorker):
                     continue
                 started = time.monotonic()
                 await run_guarded(conn, self._session, self.name)
+                if self.connected:
+                    lag = self.primary_lsn > self.applied
+                    self.lost_at = time.time()
+                    self.lag_at_loss = self.lag_seconds if lag else 0.0
                 self.connected = False
-                if self.error is not None:
+                if self.fatal is not None:
                     log.error("%s: replication stopped on this member: %s", self.name,
-                              self.error)
+                              self.fatal)
                     return
                 if time.monotonic() - started > 10.0:
                     backoff.reset()
@@ -229,9 +290,10 @@ class ReceiverMirror(MirrorWorker):
         if shared < self.log.last_lsn:
             await self._undo_divergent(shared, hello.member)
         self.connected, self.connected_to = True, hello.member
-        self.primary_lsn = hello.last_lsn
+        self.primary_lsn, self.primary_known = hello.last_lsn, True
         log.info("%s: connected to primary %s (term %d, LSN %d); we are at LSN %d",
                  self.name, hello.member, hello.term, hello.last_lsn, self.log.last_lsn)
+        await self._report_failure(conn)
         await race(self._recv_loop(conn), self._heartbeat_loop(conn))
 
     async def _heartbeat_loop(self, conn: Connection) -> None:
@@ -290,6 +352,8 @@ class ReceiverMirror(MirrorWorker):
                             held = nxt
                             break
                         records.extend(nxt.records)
+                if self.failure is not None and (resync_at is None or self.failure.in_resync):
+                    continue  # nothing after the failed record is applied or acknowledged
                 await self._records(conn, records, resync_at is not None)
             elif isinstance(msg, Heartbeat):
                 self.primary_lsn = msg.lsn
@@ -306,6 +370,8 @@ class ReceiverMirror(MirrorWorker):
                     raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
                 resync_at = msg.lsn
                 self.resyncing = True
+                if self.failure is not None:
+                    self.failure.in_resync = False  # this resync may clear it
                 log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
                             self.name, msg.mode, msg.lsn, self.applied)
                 self._manifest_task = asyncio.create_task(
@@ -317,6 +383,10 @@ class ReceiverMirror(MirrorWorker):
             elif isinstance(msg, ResyncEnd):
                 if resync_at is None or msg.lsn != resync_at:
                     raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
+                if self.failure is not None and self.failure.in_resync:
+                    resync_at, self.resyncing = None, False
+                    self.failure.in_resync = False  # stay stopped; no ACK
+                    continue
                 task = self._manifest_task
                 if task is None or not task.done() or task.exception() is not None:
                     raise ProtocolError("RESYNC_END before our manifest was sent")
@@ -335,7 +405,7 @@ class ReceiverMirror(MirrorWorker):
                 undo_divergent_tail, self.log, self.history, list(self.cfg.targets),
                 self.mirror_dir() / "quarantine", shared, primary, self.name)
         except DivergenceUnknown as exc:
-            self.error = str(exc)
+            self.fatal = str(exc)
             log.error("%s: %s", self.name, exc)
             raise
         self.applied = min(self.applied, shared)
@@ -359,6 +429,10 @@ class ReceiverMirror(MirrorWorker):
         self.resyncing = False
         self.resyncs += 1
         self.metrics.resync(self.host, "done")
+        if self.failure is not None:
+            log.info("%s: the resync covers LSN %d, which we could not apply: resuming",
+                     self.name, self.failure.lsn)
+            self.failure = None
         if self.resync is not None:
             self.resync.finish()
         log.info("%s: resync complete at LSN %d", self.name, lsn)
@@ -375,15 +449,24 @@ class ReceiverMirror(MirrorWorker):
                                     f"a resync")
         if resync:
             assert self.resync is not None
-            await asyncio.to_thread(self._apply_resync, self.resync, records)
+            try:
+                await asyncio.to_thread(self._apply_resync, self.resync, records)
+            except RecordFailed as exc:
+                await self._failed(conn, exc, in_resync=True)
+                return
             self.received_records += len(records)
             return
         if records[0].lsn != self.log.last_lsn + 1:
             raise ProtocolError(f"LSN gap: got {records[0].lsn}, expected "
                                 f"{self.log.last_lsn + 1}")
-        await asyncio.to_thread(self._log_and_apply, records)
-        self.received_records += len(records)
         self.primary_lsn = max(self.primary_lsn, records[-1].lsn)
+        try:
+            await asyncio.to_thread(self._log_and_apply, records)
+        except RecordFailed as exc:
+            await self._failed(conn, exc, in_resync=False)
+            return
+        self._conflict_resyncs = 0
+        self.received_records += len(records)
         await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
 
     def _log_and_apply(self, records: list[Record]) -> None:
@@ -395,7 +478,11 @@ class ReceiverMirror(MirrorWorker):
         started = time.perf_counter()
         # applied.json's new contents become durable with the replica data,
         # and only then replace the old file: never ahead of the replica.
-        self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
+        try:
+            self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
+        except RecordFailed as exc:
+            self._cut_at(exc.lsn)
+            raise
         self.store.commit_applied()
         self.applied = lsn
         self._count_applied(len(records), time.perf_counter() - started)
@@ -410,23 +497,39 @@ class ReceiverMirror(MirrorWorker):
             self.applier.refused
         self.metrics.refused(refused)
 
+    def lag(self) -> tuple[int | None, int | None, float]:
+        """Our own (bytes, records, seconds) behind the primary. Connected:
+        the primary's figures. Disconnected: records from the last primary
+        LSN we heard (``None`` if we never heard one), and seconds that keep
+        growing from the moment we lost it, never 0."""
+        records = max(0, self.primary_lsn - self.applied) if self.primary_known else None
+        nbytes = None if records is None else self.lag_bytes if records else 0
+        if not self.connected:
+            return nbytes, records, self.lag_at_loss + max(0.0, time.time() - self.lost_at)
+        return nbytes, records, self.lag_seconds if records else 0.0
+
     def status(self) -> dict[str, Any]:
         out = super().status()
-        lag_records = max(0, self.primary_lsn - self.applied)
+        lag_bytes, lag_records, lag_seconds = self.lag()
         primary = self.connected_to or self.state.primary
         peers: dict[str, Any] = {}
         if primary:
             peers[primary] = {"role": "primary", "connected": self.connected,
-                              "lsn": self.primary_lsn, "acked_lsn": self.applied}
+                              "lsn": self.primary_lsn if self.primary_known else None,
+                              "acked_lsn": self.applied}
         peers.update(self.companion_status())
         out.update({
             "lsn": self.log.last_lsn, "applied_lsn": self.applied,
-            "lag_bytes": self.lag_bytes if lag_records else 0, "lag_records": lag_records,
-            "lag_seconds": self.lag_seconds if lag_records else 0.0,
-            "connected": self.connected, "peers": peers,
+            "primary_lsn": self.primary_lsn if self.primary_known else None,
+            "lag_bytes": lag_bytes, "lag_records": lag_records,
+            "lag_seconds": round(lag_seconds, 3),
+            "connected": self.connected,
+            "disconnected_since": None if self.connected else round(self.lost_at, 3),
+            "peers": peers,
             "received_records": self.received_records, "resyncing": self.resyncing,
             "resyncs": self.resyncs, "refused": self.applier.refused,
-            "skipped": self.applier.skipped, "kind": self.cfg.kind,
+            "conflicts": self.applier.conflicts, "kind": self.cfg.kind,
+            "apply_failure": None if self.failure is None else self.failure.as_dict(),
             "resync": None if self.resync is None else self.resync.status(),
             "divergences": self.divergences, "last_divergence": self.last_divergence,
         })

@@ -18,7 +18,17 @@ the ops that make the replica equal to its tree (records with LSN 0), then
 ``RESYNC_END(S)`` and the log from ``S+1``. An operator can ask for one with
 any compare mode (:meth:`PrimaryMirror.request_resync`, ``POST /resync``);
 it runs at the top of that peer's send loop. A receiver that crashes during
-a resync asks again from its old LSN and gets a new resync.
+a resync asks again from its old LSN and gets a new resync. A receiver that
+cannot apply a record says so (``APPLY_FAILED``): a checksum resync of it
+when it asks for one, else only its status shows the reason. During a
+resync the peer's retention floor is held at ``S`` (``hold_lsn``) while its
+``acked_lsn`` stays what it has: status shows it resyncing, not caught up.
+
+Health: the worker is alive only while capture works (:mod:`.capture_state`):
+a failed capture, or one restarting after a failure until its scan
+completes, makes ``/health`` and ``/primary`` answer 503 with the reason.
+Lag seconds come from a bounded history of append times
+(:mod:`.append_times`), so a peer down for hours costs no memory.
 """
 
 from __future__ import annotations
@@ -31,11 +41,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirrorkit.agent.log.records import Op, Record
+from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.compare import MODES, ResyncProgress
 from mirrorkit.agent.resync.primary import send_resync
+from mirrorkit.agent.stream.append_times import AppendTimes
+from mirrorkit.agent.stream.capture_state import CaptureState
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -46,6 +58,7 @@ from mirrorkit.agent.transport.conn import (
 )
 from mirrorkit.agent.transport.frames import (
     Ack,
+    ApplyFailed,
     Error,
     Heartbeat,
     Hello,
@@ -73,6 +86,16 @@ class PeerState:
     received_lsn: int = 0
     last_seen: float = 0.0
     resyncing: bool = False
+    # Retention floor of a resync in progress (the log after it must survive);
+    # never shown as acknowledged: ``acked_lsn`` stays what the peer has.
+    hold_lsn: int = 0
+    seen: bool = False  # connected at least once since this worker started
+    disconnected_at: float | None = None  # wall clock, while disconnected
+    # What the receiver reported it cannot apply (APPLY_FAILED), until it
+    # acknowledges past that record or a resync covers it.
+    apply_error: str | None = None
+    apply_error_lsn: int = 0
+    clear_error_on_ack: bool = False  # a resync was sent since: its ACK clears the error
     # (last lsn, bytes) of each batch sent and not yet acknowledged; change it
     # only through the methods below, which keep ``inflight_bytes`` in step.
     inflight: deque[tuple[int, int]] = field(default_factory=deque)
@@ -111,7 +134,8 @@ class PrimaryMirror(MirrorWorker):
             if m.member_class in ("failover", "async") and n != self.host
         }
         # (first LSN of a batch, wall time appended): ages of unacked records.
-        self._times: deque[tuple[int, float]] = deque()
+        self._times = AppendTimes()
+        self.capture = CaptureState()
         self._new_data = asyncio.Event()
         self.emit_lock = asyncio.Lock()  # see emit()
         self._started = time.time()  # age floor for records logged before a restart
@@ -136,7 +160,6 @@ class PrimaryMirror(MirrorWorker):
                                         self.sessions))
         log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
         self.spawn(self._capture_loop(), "capture")
-        self.spawn(self._retention_loop(), "retention")
         self.start_companions()
 
     async def stop(self) -> None:
@@ -155,22 +178,44 @@ class PrimaryMirror(MirrorWorker):
     # -- capture -> log -----------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        from mirrorkit.agent.capture.watch import WatchCapture
+        from mirrorkit.agent.capture.watch import CaptureError, WatchCapture
 
         backoff = Backoff(1.0, 30.0)
         while True:
             self._capture = WatchCapture(list(self.cfg.targets), list(self.cfg.exclude),
                                          self.index_path)
+            self.capture.started()
+            if self.capture.restarts:
+                log.warning("%s: capture restarting (restart %d); healthy again once its "
+                            "scan completes", self.name, self.capture.restarts)
             try:
-                await self._capture.run(self.emit)
+                await self._capture.run(self._capture_emit)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self.capture.state == "running" and time.time() - self.capture.since > 10:
+                    backoff.reset()  # it worked for a while: start the backoff over
                 delay = backoff.next()
-                log.error("%s: capture failed: %r; restarting in %.1fs", self.name, exc, delay,
-                          exc_info=exc)
+                self.capture.failed(str(exc) or repr(exc), delay)
+                log.error("%s: capture failed: %r; /health and /primary answer 503; "
+                          "restarting in %.1fs", self.name, exc, delay,
+                          exc_info=exc if not isinstance(exc, CaptureError) else None)
                 await asyncio.sleep(delay)
+
+    async def _capture_emit(self, ops: list[Op]) -> None:
+        await self.emit(ops)
+        if any(op.kind is OpKind.MARK and op.target == "scan-complete" for op in ops):
+            was = self.capture.state
+            self.capture.scan_complete()
+            if was == "restarting":
+                log.info("%s: capture works again (scan complete)", self.name)
+
+    def alive(self) -> bool:
+        return super().alive() and self.capture.healthy
+
+    def error(self) -> str | None:
+        return super().error() or self.capture.reason()
 
     async def emit(self, ops: list[Op]) -> None:
         """Durably log ``ops`` (group commit), enforce retention, wake the senders.
@@ -187,9 +232,12 @@ class PrimaryMirror(MirrorWorker):
         if not ops:
             return
         now = time.time()
-        floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
-        records = await asyncio.to_thread(self._append, ops, floor)
-        self._times.append((records[0].lsn, now))
+        records = await asyncio.to_thread(self._append, ops, self._retention_floor())
+        # Forget what every peer acknowledged first, so that the history's
+        # oldest entry (kept through decimation) is the slowest peer's.
+        self._times.forget_through(
+            min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn))
+        self._times.append(records[0].lsn, now)
         self._new_data.set()
         self._new_data = asyncio.Event()
 
@@ -205,26 +253,37 @@ class PrimaryMirror(MirrorWorker):
             self.log.trim(floor)
         return records
 
-    async def _retention_loop(self) -> None:
-        # Forget append times of records every peer has acknowledged.
-        while True:
-            await asyncio.sleep(10.0)
-            floor = min((p.acked_lsn for p in self.peers.values()), default=self.log.last_lsn)
-            while len(self._times) > 1 and self._times[1][0] <= floor + 1:
-                self._times.popleft()
+    def _retention_floor(self) -> int:
+        """The log may drop what every peer acknowledged or a resync holds past."""
+        return min((max(p.acked_lsn, p.hold_lsn) for p in self.peers.values()),
+                   default=self.log.last_lsn)
 
     # -- lag ----------------------------------------------------------------
 
     def lag(self, acked: int) -> tuple[int, int, float]:
-        """(bytes, records, seconds) between ``acked`` and the log end."""
+        """(bytes, records, seconds) between ``acked`` and the log end: the
+        retained log bytes after it, the LSN distance, and the age of the
+        oldest unacknowledged record (records logged before this worker
+        started count from its start)."""
         last = self.log.last_lsn
         if acked >= last:
             return 0, 0, 0.0
-        oldest = next((t for lsn, t in reversed(self._times) if lsn <= acked + 1), None)
+        oldest = self._times.oldest_unacked(acked)
         if oldest is None:
-            oldest = self._times[0][1] if self._times else self._started
+            oldest = self._started
         return (self.log.bytes_between(acked + 1, last), last - acked,
                 max(0.0, time.time() - oldest))
+
+    def peer_lag(self, peer: PeerState) -> tuple[int, int, float]:
+        """A peer's lag, connected or not: from its acknowledged LSN. A
+        resyncing peer also lacks what its resync has not compared yet, and
+        is behind at least since the resync started."""
+        nbytes, records, seconds = self.lag(peer.acked_lsn)
+        r = peer.resync
+        if peer.resyncing and r is not None:
+            nbytes += max(0, r.bytes_total - r.bytes_done)
+            seconds = max(seconds, time.time() - r.started)
+        return nbytes, records, seconds
 
     # -- per-peer session ---------------------------------------------------
 
@@ -255,7 +314,8 @@ class PrimaryMirror(MirrorWorker):
                         hello.member)
             peer.task.cancel()
         peer.task = asyncio.current_task()
-        peer.role, peer.connected = hello.role, True
+        peer.role, peer.connected, peer.seen = hello.role, True, True
+        peer.disconnected_at, peer.hold_lsn = None, 0
         peer.acked_lsn = peer.received_lsn = shared
         peer.last_seen = time.monotonic()
         peer.clear_inflight()
@@ -276,6 +336,7 @@ class PrimaryMirror(MirrorWorker):
         finally:
             if peer.task is asyncio.current_task():
                 peer.connected = False
+                peer.disconnected_at = time.time()
                 peer.task = None
 
     async def _recv_loop(self, conn: Connection, peer: PeerState, member: str) -> None:
@@ -291,6 +352,11 @@ class PrimaryMirror(MirrorWorker):
                 peer.received_lsn = max(peer.received_lsn, msg.received)
                 peer.acked_through(peer.acked_lsn)
                 peer.acked_event.set()
+                if peer.apply_error and (msg.lsn >= peer.apply_error_lsn > 0
+                                         or peer.clear_error_on_ack):
+                    peer.apply_error, peer.clear_error_on_ack = None, False
+            elif isinstance(msg, ApplyFailed):
+                self._apply_failed(peer, member, msg)
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Manifest | ManifestEnd):
@@ -350,7 +416,7 @@ class PrimaryMirror(MirrorWorker):
         return await asyncio.to_thread(self.log.read_raw, next_lsn, BATCH_BYTES)
 
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
-        lag_bytes, lag_records, lag_seconds = self.lag(peer.acked_lsn)
+        lag_bytes, lag_records, lag_seconds = self.peer_lag(peer)
         return Heartbeat(self.state.term, self.log.last_lsn, "primary", lag_bytes, lag_records,
                          round(lag_seconds, 3))
 
@@ -369,7 +435,25 @@ class PrimaryMirror(MirrorWorker):
             self.metrics.resync(member, "failed")
             raise
         self.metrics.resync(member, "done")
+        peer.clear_error_on_ack = True  # its ACK of the end says it applied it
         return next_lsn
+
+    def _apply_failed(self, peer: PeerState, member: str, msg: ApplyFailed) -> None:
+        """The receiver cannot apply record ``msg.lsn``: show it; start the
+        checksum resync it asks for (one that runs or waits covers it)."""
+        if msg.lsn > self.log.last_lsn:
+            raise ProtocolError(f"APPLY_FAILED for LSN {msg.lsn} beyond our log end")
+        peer.apply_error, peer.apply_error_lsn = msg.reason, msg.lsn
+        peer.clear_error_on_ack = False
+        if not msg.resync:
+            log.error("%s: %s stopped: %s", self.name, member, msg.reason)
+            return
+        log.warning("%s: %s: %s", self.name, member, msg.reason)
+        if peer.pending is None and not peer.resyncing:
+            peer.pending = peer.resync = self._new_progress("checksum", "auto", False)
+            log.warning("%s: checksum resync of %s (id %d) to cover LSN %d", self.name,
+                        member, peer.pending.id, msg.lsn)
+        peer.acked_event.set()  # wake its send loop
 
     def request_resync(self, member: str | None, mode: str,
                        keep_orphans: bool) -> dict[str, int]:
@@ -395,22 +479,45 @@ class PrimaryMirror(MirrorWorker):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
-        peers: dict[str, Any] = {}
-        for name, p in self.peers.items():
-            lag_bytes, lag_records, lag_seconds = self.lag(p.acked_lsn)
-            peers[name] = {"role": p.role, "connected": p.connected, "acked_lsn": p.acked_lsn,
-                           "received_lsn": p.received_lsn, "lag_bytes": lag_bytes,
-                           "lag_records": lag_records, "lag_seconds": round(lag_seconds, 3),
-                           "resyncing": p.resyncing,
-                           "resync": None if p.resync is None else p.resync.as_dict()}
+        peers = {name: self._peer_status(p) for name, p in self.peers.items()}
         peers.update(self.companion_status())
         out.update({
             "lsn": self.log.last_lsn, "applied_lsn": self.log.last_lsn,
             "log_first_lsn": self.log.first_lsn, "log_bytes": self.log.size,
             "lag_bytes": 0, "lag_records": 0, "lag_seconds": 0.0, "connected": True,
+            "capture": self.capture.as_dict(), "append_times": len(self._times),
             "peers": peers,
         })
         return out
+
+    def _peer_status(self, p: PeerState) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "role": p.role, "connected": p.connected, "state": _peer_state(p),
+            "acked_lsn": None, "received_lsn": None, "lag_bytes": None,
+            "lag_records": None, "lag_seconds": None, "resyncing": p.resyncing,
+            "needs_resync": False, "apply_error": p.apply_error,
+            "disconnected_since": None if p.disconnected_at is None
+            else round(p.disconnected_at, 3),
+            "resync": None if p.resync is None else p.resync.as_dict(),
+        }
+        if p.seen:  # else: not heard from since we started; its position is unknown
+            lag_bytes, lag_records, lag_seconds = self.peer_lag(p)
+            out.update({"acked_lsn": p.acked_lsn, "received_lsn": p.received_lsn,
+                        "lag_bytes": lag_bytes, "lag_records": lag_records,
+                        "lag_seconds": round(lag_seconds, 3),
+                        "needs_resync": not p.resyncing and lag_records > 0
+                        and p.acked_lsn + 1 < self.log.first_lsn})
+        return out
+
+
+def _peer_state(p: PeerState) -> str:
+    if not p.seen:
+        return "unknown"
+    if not p.connected:
+        return "disconnected"
+    if p.resyncing or p.pending is not None:
+        return "resyncing"
+    return "apply-failed" if p.apply_error else "streaming"
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -64,7 +64,7 @@ class MirrorWorker:
         self.metrics: MirrorMetrics = AgentMetrics(agent.host).mirror(mirror.name)
         # Set when the mirror must stop on this member until an operator acts
         # (the reason says what to do): not alive, /health 503.
-        self.error: str | None = None
+        self.fatal: str | None = None
 
     @property
     def state(self) -> MirrorState:
@@ -122,7 +122,7 @@ class MirrorWorker:
             log.error("%s: task %s died: %r", self.name, task.get_name(), exc, exc_info=exc)
 
     def alive(self) -> bool:
-        return self.error is None and all(not t.done() for t in self.tasks)
+        return self.fatal is None and all(not t.done() for t in self.tasks)
 
     async def open(self) -> None:
         """Blocking preparation, run off the event loop (a worker with a
@@ -133,6 +133,11 @@ class MirrorWorker:
         """Open this mirror's log (blocking: call it in a worker thread)."""
         return MirrorLog(self.mirror_dir() / "log", segment_bytes=self.cfg.log_segment_bytes,
                          max_bytes=self.cfg.log_max_bytes, stats=self.metrics)
+
+    def error(self) -> str | None:
+        """Why this worker is not doing its job, or ``None``: ``error`` in
+        status, the reason ``/health`` and ``/primary`` give for a 503."""
+        return self.fatal
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -151,14 +156,17 @@ class MirrorWorker:
                 log.warning("%s: server did not close in time", self.name)
 
     def status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "role": self.state.role,
             "term": self.state.term,
             "mode": self.cfg.mode,
             "primary": self.state.primary,
             "fenced": self.state.role == "primary" and not self.roles.writable,
             "alive": self.alive(),
-            **({"error": self.error} if self.error else {}),
         }
+        reason = self.error()
+        if reason:
+            out["error"] = reason
+        return out
 
 

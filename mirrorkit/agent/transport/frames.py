@@ -18,7 +18,8 @@ Conversation (client = the member that dials):
    ``HEARTBEAT``. A resync (:mod:`mirrorkit.agent.resync.compare`) is
    ``RESYNC_BEGIN`` from the server, ``MANIFEST``... ``MANIFEST_END`` from
    the client, then ``RECORDS`` with LSN 0 and ``RESYNC_PROGRESS`` from the
-   server, ``RESYNC_END``, and the log after it;
+   server, ``RESYNC_END``, and the log after it. A client that cannot apply
+   a record sends ``APPLY_FAILED`` (and no ACK past it);
 3. arbiter (server = arbiter, client = primary/backup): both sides send
    ``HEARTBEAT`` every heartbeat interval.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "TERM",
     "Ack",
+    "ApplyFailed",
     "Error",
     "Heartbeat",
     "Hello",
@@ -92,6 +94,7 @@ class MsgType(enum.IntEnum):
     MANIFEST = 8
     MANIFEST_END = 9
     RESYNC_PROGRESS = 10
+    APPLY_FAILED = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +178,21 @@ class ResyncEnd:
     term: int
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyFailed:
+    """Receiver -> primary: record ``lsn`` (0: a resync record) cannot be
+    applied; nothing after ``lsn - 1`` is acknowledged. ``resync`` 1 asks the
+    primary for a checksum resync, 0 says the member stopped (it waits for an
+    operator's resync)."""
+
+    lsn: int
+    reason: str
+    resync: int
+    term: int
+
+
 Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd | Manifest
-           | ManifestEnd | ResyncProgress)
+           | ManifestEnd | ResyncProgress | ApplyFailed)
 
 _FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
     MsgType.HELLO: (Hello, {"mirror": str, "member": str, "role": str, "term": int,
@@ -192,6 +208,8 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
     MsgType.RESYNC_PROGRESS: (ResyncProgress, {
         "files_total": int, "files_done": int, "bytes_total": int, "bytes_done": int,
         "bytes_sent": int, "orphans": int, "term": int}),
+    MsgType.APPLY_FAILED: (ApplyFailed, {"lsn": int, "reason": str, "resync": int,
+                                         "term": int}),
 }
 _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
 _BINARY = (MsgType.RECORDS, MsgType.MANIFEST)
