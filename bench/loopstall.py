@@ -299,7 +299,10 @@ def trigger_resync(p: Any, mode: str) -> tuple[str, int | None]:
     """Start a resync of node2: the HTTP route, else the agent's command (which,
     once control is authenticated, takes the root-only way)."""
     path = f"/resync?mirror={MIRROR}&member=node2&mode={mode}"
-    code, body = br.api_post(p.api_port, path)
+    # The control socket (root-only) where the agent has one; older agents
+    # served the route on the loopback HTTP API.
+    poster = getattr(br, "control_post", None)
+    code, body = poster(p, path) if poster else br.api_post(p.api_port, path)
     if code == 200:
         rid = json.loads(body).get("resyncs", {}).get("node2")
         return f"POST {path}", rid
