@@ -71,7 +71,8 @@ class FakePrimary:
 
     async def _session(self, conn: Connection) -> None:
         assert self.conn is None, "the backup reconnected: the test expects one session"
-        await server_handshake(conn, self.cfg, Hello(MIRROR, "node1", "primary", 1, 0),
+        await server_handshake(conn, self.cfg, Hello(MIRROR, "node1", "primary", 1, self.lsn,
+                                                        [[1, 1]] if self.lsn else []),
                                ("backup",))
         self.conn = conn
         self.ready.set()
@@ -100,18 +101,19 @@ class FakePrimary:
         assert self.conn is not None
         first = self.lsn + 1
         self.lsn += len(ops)
-        await self.conn.send(Records(records=[Record(first + i, 1, op)
+        await self.conn.send(Records(1, records=[Record(first + i, 1, op)
                                               for i, op in enumerate(ops)]))
 
     async def resync(self, *ops: Op) -> Ack:
         """A checksum resync at our LSN that sends ``ops``; the backup's ACK."""
         assert self.conn is not None
         self.resync_id += 1
-        await self.conn.send(ResyncBegin(self.lsn, "checksum", 0, 64 * 1024, self.resync_id))
+        await self.conn.send(ResyncBegin(self.lsn, 1, "checksum", 0, 64 * 1024,
+                                         self.resync_id))
         while not isinstance(await self.expect((Manifest, ManifestEnd)), ManifestEnd):
             pass
-        await self.conn.send(Records(records=[Record(0, 1, op) for op in ops]))
-        await self.conn.send(ResyncEnd(self.lsn))
+        await self.conn.send(Records(1, records=[Record(0, 1, op) for op in ops]))
+        await self.conn.send(ResyncEnd(self.lsn, 1))
         return await self.expect(Ack)
 
 
@@ -258,9 +260,9 @@ def test_a_conflict_the_resync_cannot_fix_stops_until_an_operator_resync(
         assert (replica / "f").read_text() == "version 1\n"
     finally:
         chattr("-i", replica / "f")
-    got = subprocess.run([sys.executable, "-m", "mirrorkit.agent.cli.main", "resync",
-                          "--mirror", MIRROR, "--member", "node2", "--api-port",
-                          str(c.nodes["node1"].api_port)],
+    got = subprocess.run([sys.executable, "-m", "mirrorkit.agent.cli.main",
+                          "--config", str(c.nodes["node1"].config), "resync",
+                          "--mirror", MIRROR, "--member", "node2"],
                          capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stdout + got.stderr
     wait_for(lambda: c.mirror("node2").get("alive") is True and

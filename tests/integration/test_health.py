@@ -130,8 +130,8 @@ def test_a_resyncing_peer_is_shown_resyncing_not_caught_up(
         lsn = c.mirror("node1")["lsn"]
         (root / "while-paused").write_bytes(os.urandom(10_000))
         wait_for(lambda: c.mirror("node1")["lsn"] > lsn, "the primary logs a change")
-        got = agent_cli("resync", "--mirror", MIRROR, "--member", "node2", "--json",
-                        "--api-port", str(c.nodes["node1"].api_port))
+        got = agent_cli("--config", str(c.nodes["node1"].config), "resync", "--mirror",
+                        MIRROR, "--member", "node2", "--json")
         assert got.returncode == 0, got.stdout + got.stderr
 
         def resyncing() -> dict[str, Any] | None:
