@@ -200,3 +200,38 @@ def test_sighup_reloads_a_running_agent(tmp_path: Path) -> None:
         assert node.proc.poll() is None and "reload of" in node.log_text()
     finally:
         c.stop_all()
+
+
+def test_a_restarting_primary_stays_primary_while_its_log_opens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a big log takes seconds (its recovery scan); keepalived must not
+    release the VIP meanwhile: /primary answers 200 ("starting")."""
+    c = make_cluster(tmp_path, {"node1": ("primary", None), "node2": ("backup", None)})
+    opened = PrimaryMirror.open
+    gate = asyncio.Event()
+
+    async def slow_open(self: PrimaryMirror) -> None:
+        await gate.wait()  # as if scanning a large log
+        await opened(self)
+
+    monkeypatch.setattr(PrimaryMirror, "open", slow_open)
+    state = c.nodes["node1"].state_dir / M / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"term": 4, "role": "primary", "primary": "node1"}))
+    agent = Agent(load_config(c.nodes["node1"].config))
+
+    async def main() -> None:
+        run = asyncio.create_task(agent.run(signals=False))
+        try:
+            await until(lambda: agent.status()["mirrors"][M].get("starting"), "starting")
+            status = agent.status()
+            assert status["mirrors"][M]["term"] == 4
+            assert check_primary(status, M)[0] == 200 and check_health(status)[0] == 200
+            gate.set()
+            await until(lambda: agent.supervisors[M].running, "the worker runs")
+            assert check_primary(agent.status(), M)[0] == 200
+        finally:
+            agent.stop()
+            await run
+
+    asyncio.run(main())

@@ -53,6 +53,7 @@ class MirrorSupervisor:
         self.failed_starts = 0  # since the last successful start
         self._lock = asyncio.Lock()  # one start/swap/stop at a time
         self._swap_task: asyncio.Task[None] | None = None
+        self._starting: MirrorWorker | None = None  # in worker.start() (opens its log)
         self._stopping = False
 
     @property
@@ -83,7 +84,11 @@ class MirrorSupervisor:
             worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
             if self.metrics is not None:
                 worker.metrics = self.metrics
-            await worker.start()
+            self._starting = worker
+            try:
+                await worker.start()
+            finally:
+                self._starting = None
         except Exception as exc:  # one broken mirror must not stop the others
             self._fail(exc)
             if worker is not None:
@@ -174,6 +179,16 @@ class MirrorSupervisor:
                 out = self.worker.status()
             except Exception as exc:  # status must never take the API down
                 out = {"role": self.worker.state.role, "alive": False, "error": repr(exc)}
+        elif self._starting is not None and self.roles is not None:
+            # Its state is read; its worker is opening the mirror log (a scan
+            # of every segment: seconds for a big log). A primary stays the
+            # primary meanwhile, as during capture's first scan, so an agent
+            # restart does not make keepalived release the VIP; a log that
+            # turns out corrupt makes it fail (503) then.
+            owner = self.roles
+            out = {"role": owner.role, "term": owner.term, "primary": owner.primary,
+                   "fenced": owner.role == "primary" and not owner.writable,
+                   "alive": True, "starting": True, "mode": self.cfg.mode}
         else:
             roles = self.roles
             out = {"role": roles.role if roles is not None else "unknown",
