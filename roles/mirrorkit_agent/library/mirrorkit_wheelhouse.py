@@ -17,6 +17,12 @@ description:
     --python-version --platform --implementation cp)) into
     C(<cache_dir>/wheelhouse/cp<ver>-<platform>/<hash of requirements>/), once.
   - Targets then install offline with C(pip install --no-index --find-links).
+  - Returns I(runtime_digest), a digest of exactly what the target runs: the
+    contents of the wheel's files minus the controller-only ones
+    (C(CONTROLLER_ONLY)), the parts of its metadata that matter on the target,
+    and the dependency wheels. The role reinstalls (and restarts) an agent only
+    when it changes, so a change to the CLI, the lab, the inventory model, the
+    playbooks or the docs leaves running agents alone.
 options:
   source_dir:
     description: Root of the mirrorkit source tree (holds C(pyproject.toml)).
@@ -64,6 +70,10 @@ RETURN = r"""
 wheel: {description: Absolute path of the built wheel on the controller., type: str, returned: always}
 wheel_name: {description: File name of the wheel., type: str, returned: always}
 wheel_sha256: {description: SHA-256 of the wheel file., type: str, returned: always}
+runtime_digest:
+  description: SHA-256 over what the target runs (see the description); names the install marker.
+  type: str
+  returned: always
 wheelhouse: {description: Directory holding the dependency wheels., type: str, returned: always}
 wheelhouse_files: {description: Dependency wheel file names., type: list, returned: always}
 requirements: {description: Runtime requirements read from the wheel metadata., type: list, returned: always}
@@ -84,6 +94,33 @@ EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 # Wheel timestamps: the same sources always give the same bytes.
 SOURCE_DATE_EPOCH = "315532800"
 COMPLETE = ".complete"
+
+# Paths inside the wheel that only the controller runs: the CLI, its
+# commands, the lab, the inventory model, the controller PKI and SSH helpers.
+# A deny list on purpose: a new module counts as the agent's until it is
+# listed here, so a forgotten entry costs one needless agent restart, never a
+# stale agent. tests/unit/test_wheelhouse.py fails if the agent (anything
+# under mirrorkit/agent/, and what that imports in turn) imports a path listed
+# here. Entries ending in "/" are whole subpackages.
+CONTROLLER_ONLY = (
+    "mirrorkit/__main__.py",
+    "mirrorkit/cli.py",
+    "mirrorkit/commands/",
+    "mirrorkit/inventory/",
+    "mirrorkit/lab/",
+    "mirrorkit/pki.py",
+    "mirrorkit/project.py",
+    "mirrorkit/py.typed",
+    "mirrorkit/remote.py",
+    "mirrorkit/verification.py",
+)
+# What of the wheel's .dist-info changes what the target runs: these METADATA
+# fields (runtime Requires-Dist only; extras are the controller's) and these
+# files (entry_points.txt makes bin/mirrorkit-agent). RECORD (a hash of every
+# file, controller-only ones included) and WHEEL (the build tool's version)
+# do not.
+RUNTIME_METADATA = ("Name", "Version", "Requires-Python", "Requires-Dist")
+RUNTIME_DIST_INFO = ("entry_points.txt", "top_level.txt")
 
 
 def _iter_files(root, rel):
@@ -144,6 +181,73 @@ def requirements_of(wheel):
                 continue
             reqs.append(req)
     return reqs
+
+
+def is_controller_only(name):
+    """True if `name` (a path inside the wheel) is in CONTROLLER_ONLY."""
+    return any(
+        name.startswith(entry) if entry.endswith("/") else name == entry
+        for entry in CONTROLLER_ONLY
+    )
+
+
+def _runtime_metadata(text):
+    """The METADATA header lines in RUNTIME_METADATA (not the description)."""
+    kept = []
+    keep = False
+    for line in text.splitlines():
+        if not line:
+            break
+        if line[:1] in (" ", "\t"):  # continuation of the previous field
+            if keep:
+                kept.append(line)
+            continue
+        field, _, value = line.partition(":")
+        keep = field in RUNTIME_METADATA and not (
+            field == "Requires-Dist" and ";" in value and "extra" in value.split(";", 1)[1]
+        )
+        if keep:
+            kept.append(line)
+    return "\n".join(kept).encode()
+
+
+def runtime_entries(wheel):
+    """(name, bytes) of what the target runs from `wheel`, sorted by name.
+
+    File contents, never the zip itself: zip headers, RECORD and WHEEL vary
+    with things the agent never sees. `.dist-info/` is named without the
+    version (the version is in METADATA).
+    """
+    entries = []
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            name = info.filename
+            if info.is_dir():
+                continue
+            top, _, rest = name.partition("/")
+            if top.endswith(".dist-info"):
+                if rest == "METADATA":
+                    data = _runtime_metadata(archive.read(info).decode("utf-8"))
+                elif rest in RUNTIME_DIST_INFO:
+                    data = archive.read(info)
+                else:
+                    continue
+                entries.append(("dist-info/" + rest, data))
+            elif not is_controller_only(name):
+                entries.append((name, archive.read(info)))
+    return sorted(entries)
+
+
+def runtime_digest(wheel, dependency_wheels):
+    """SHA-256 over what the target runs: `runtime_entries(wheel)` and the
+    dependency wheels (by file name and content)."""
+    digest = hashlib.sha256()
+    for name, data in runtime_entries(wheel):
+        digest.update(b"file\0" + name.encode() + b"\0" + hashlib.sha256(data).digest())
+    for path in sorted(dependency_wheels, key=os.path.basename):
+        digest.update(b"dependency\0" + os.path.basename(path).encode() + b"\0")
+        digest.update(bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()
 
 
 def run(module, argv, env=None):
@@ -282,6 +386,7 @@ def main():
         wheel=wheel,
         wheel_name=os.path.basename(wheel),
         wheel_sha256=file_sha256(wheel),
+        runtime_digest=runtime_digest(wheel, [os.path.join(wheelhouse, n) for n in deps]),
         source_digest=digest,
         wheelhouse=wheelhouse,
         wheelhouse_files=deps,
