@@ -4,9 +4,12 @@ read-only status API on loopback TCP and the root-only control socket."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,12 @@ class Agent:
         self._control: ControlSocket | None = None
         self._reloading = asyncio.Lock()
         self.reloads = 0
+        self.last_reload: dict[str, Any] | None = None
+        # sha256 of the config file and of each mirror's TLS files as loaded:
+        # /status shows the first (the role waits for it after a reload); a
+        # reload restarts a mirror whose certificate or key changed in place.
+        self.config_digest: str | None = None
+        self._tls_digests: dict[str, str] = {}
 
     def _supervisor(self, cfg: AgentConfig, name: str) -> MirrorSupervisor:
         # The mirror's metric series survive a new worker (role swap, reload).
@@ -58,6 +67,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         mirrors = {name: sup.status() for name, sup in self.supervisors.items()}
         return {"host": self.cfg.host, "version": __version__, "reloads": self.reloads,
+                "config_digest": self.config_digest, "last_reload": self.last_reload,
                 "loop_stall": self.loop_stall.summary(), "mirrors": mirrors}
 
     def stop(self) -> None:
@@ -70,6 +80,9 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         stall = asyncio.create_task(self.loop_stall.run(), name="loop-stall-probe")
+        if self.config_path is not None:
+            self.config_digest, self._tls_digests = await asyncio.to_thread(
+                _fingerprints, self.cfg, self.config_path)
         # The API first: while mirrors open their logs (a scan that can take
         # seconds) /health and /primary answer 503 "starting" instead of
         # refusing connections.
@@ -110,8 +123,16 @@ class Agent:
                 new = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
                 log.error("reload refused, the running config stays: %s", exc)
+                self.last_reload = {"ok": False, "time": time.time(), "error": str(exc)}
                 return False
+            digest, tls = await asyncio.to_thread(_fingerprints, new, self.config_path)
             plan = plan_reload(self.cfg, new)
+            rotated = tuple(n for n in (*plan.unchanged, *plan.in_place)
+                            if tls.get(n) != self._tls_digests.get(n))
+            if rotated:
+                plan = replace(plan, restart=(*plan.restart, *rotated),
+                               unchanged=tuple(n for n in plan.unchanged if n not in rotated),
+                               in_place=tuple(n for n in plan.in_place if n not in rotated))
             log.info("reload of %s: unchanged %s, in place %s, restart %s, added %s, "
                      "removed %s%s", self.config_path, list(plan.unchanged),
                      list(plan.in_place), list(plan.restart), list(plan.added),
@@ -131,7 +152,10 @@ class Agent:
                     self._control.close()
                 self._api = await self._start_api()
                 self._control = await self._start_control()
+            self.config_digest, self._tls_digests = digest, tls
             self.reloads += 1
+            self.last_reload = {"ok": True, "time": time.time(), "error": None,
+                                "restarted": list(plan.restart), "in_place": list(plan.in_place)}
             return True
 
     async def _retry_failed(self) -> None:
@@ -189,3 +213,20 @@ class _Workers(Mapping[str, MirrorWorker]):
 def _log_failure(task: asyncio.Task[bool]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("reload failed: %r", task.exception())
+
+
+def _fingerprints(cfg: AgentConfig, path: Path) -> tuple[str | None, dict[str, str]]:
+    """(sha256 of the config file, {mirror: sha256 of its CA, certificate and
+    key}); a file that cannot be read counts as its own value."""
+    def digest(*files: Path) -> str:
+        h = hashlib.sha256()
+        for f in files:
+            try:
+                h.update(f.read_bytes())
+            except OSError as exc:
+                h.update(f"unreadable {f}: {exc.errno}".encode())
+        return h.hexdigest()
+
+    tls = {name: digest(m.tls.ca, m.tls.cert, m.tls.key) for name, m in cfg.mirrors.items()
+           if m.tls is not None}
+    return digest(path), tls

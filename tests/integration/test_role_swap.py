@@ -10,6 +10,7 @@ damaged refuses to start while the host's other mirror keeps running.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 from collections.abc import Awaitable, Callable
@@ -171,6 +172,7 @@ def test_reload_keeps_what_it_can(tmp_path: Path) -> None:
             config.write_text(good.replace("mode: async", "mode: sideways"))
             assert not await agents["node1"].reload()
             assert sup("node1").worker is worker
+            assert "sideways" in agents["node1"].status()["last_reload"]["error"]
             config.write_text(good)
             # anything else restarts that mirror's worker; role and term stay
             rewrite(lambda m: m.update(exclude=["*.tmp", "*.bak"]))
@@ -181,6 +183,16 @@ def test_reload_keeps_what_it_can(tmp_path: Path) -> None:
             await until(lambda: (root["node2"] / "after-reload.txt").exists(),
                         "replication after the restart")
             assert agents["node1"].status()["reloads"] == 2
+            status = agents["node1"].status()
+            assert status["config_digest"] == hashlib.sha256(config.read_bytes()).hexdigest()
+            assert status["last_reload"]["ok"] and status["last_reload"]["restarted"] == [M]
+            # a certificate rotated in place (same path, new bytes) restarts the mirror
+            worker = sup("node1").worker
+            cert = Path(yaml.safe_load(config.read_text())["mirrors"][M]["tls"]["cert"])
+            cert.write_bytes(cert.read_bytes() + b"\n")
+            assert await agents["node1"].reload()
+            assert sup("node1").worker is not worker
+            assert agents["node1"].status()["last_reload"]["restarted"] == [M]
         finally:
             for a in agents.values():
                 a.stop()
