@@ -247,3 +247,27 @@ def test_a_restarting_primary_stays_primary_while_its_log_opens(
             await run
 
     asyncio.run(main())
+
+
+def test_shutdown_is_cut_short_when_a_mirror_hangs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade restarts the agent: a stop that hangs (a peer that never says
+    goodbye) must not hold the restart, or keepalived releases the VIP."""
+    c = make_cluster(tmp_path, {"node1": ("primary", None), "node2": ("backup", None)})
+    stopped = PrimaryMirror.stop
+
+    async def hanging_stop(self: PrimaryMirror) -> None:
+        await asyncio.Event().wait()  # never returns by itself
+        await stopped(self)
+
+    monkeypatch.setattr(PrimaryMirror, "stop", hanging_stop)
+    agent = Agent(load_config(c.nodes["node1"].config))
+
+    async def main() -> None:
+        run = asyncio.create_task(agent.run(signals=False))
+        await until(lambda: agent.supervisors[M].running, "the primary runs")
+        agent.stop()
+        await asyncio.wait_for(run, 60)  # a hang guard, not a speed check
+
+    asyncio.run(main())
+    assert "still stopping after" in caplog.text and "cut short" in caplog.text
