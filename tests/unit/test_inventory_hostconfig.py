@@ -170,6 +170,7 @@ def render_unit(tmp_path: Path, control_socket: str, sandbox: bool = True) -> st
     extra = {"__mirrorkit_agent_config": config, "__mirrorkit_agent_data_dirs": ["/srv/records"],
              "__mirrorkit_agent_bin": "/opt/mirrorkit/venv/bin/mirrorkit-agent",
              "__mirrorkit_agent_config_file": "/etc/mirrorkit/agent.yml",
+             "__mirrorkit_agent_config_change": "reload",
              "mirrorkit_agent_sandbox": sandbox, "mirrorkit_agent_extra_rw_paths": [],
              "mirrorkit_agent_service_extra": []}
     template = ROOT / "roles" / "mirrorkit_agent" / "templates" / "mirrorkit-agent.service.j2"
@@ -198,6 +199,7 @@ def render_unit(tmp_path: Path, control_socket: str, sandbox: bool = True) -> st
 def test_unit_gives_the_control_socket_a_0700_runtime_directory(tmp_path: Path) -> None:
     unit = render_unit(tmp_path, "/run/mirrorkit/control.sock").splitlines()
     assert "RuntimeDirectory=mirrorkit" in unit and "RuntimeDirectoryMode=0700" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # config changes reload (SIGHUP)
     rw = next(line for line in unit if line.startswith("ReadWritePaths="))
     assert rw == "ReadWritePaths=/var/lib/mirrorkit /srv/records"
     assert "ProtectSystem=strict" in unit
