@@ -1,8 +1,7 @@
-"""Capture: turn changes under a mirror's trees into ordered :class:`Op` lists.
-
-This module holds the capture interface (:class:`Capture`), the ``watch``
-method (:class:`WatchCapture`: inotify + block-hash index) and
-:func:`scan_full` (the ops that recreate the trees on an empty replica).
+"""The ``watch`` capture method (:class:`WatchCapture`: inotify + block-hash
+index): changes under a mirror's trees become ordered :class:`Op` lists.
+The interface it implements, with its contract, is
+:class:`~mirrorkit.agent.capture.base.Capture`.
 """
 
 from __future__ import annotations
@@ -13,78 +12,26 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from mirrorkit.agent.capture import inotify as ino
+from mirrorkit.agent.capture.base import Emit
 from mirrorkit.agent.capture.filespec import is_excluded
-from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry, NullIndex
+from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry
 from mirrorkit.agent.capture.reconcile import CaptureError, How, Reconciler, removal_op
 from mirrorkit.agent.log.records import Op, OpKind
 
-__all__ = ["Capture", "CaptureError", "CaptureStats", "WatchCapture", "scan_full"]
+__all__ = ["CaptureError", "CaptureStats", "WatchCapture"]
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[list[Op]], Awaitable[None]]
 T = TypeVar("T")
 # Work the capture thread does per hop before the loop gets a say (stop,
 # a full batch): bounds how long a cancelled run() leaves its thread busy.
 _SLICE_SECONDS = 0.1
-
-
-class Capture(Protocol):
-    """A capture method for one mirror (``watch`` today, ``mount`` later).
-
-    Contract:
-
-    * ``run(emit)`` runs until :meth:`stop` or an error. It calls ``emit``
-      with non-empty lists of ops, one call at a time, in the order the
-      replicas must apply them. ``emit`` is **the timing-critical call and
-      the back-pressure point**: capture awaits it and produces nothing more
-      meanwhile; the caller returns only once the ops are durable in its
-      mirror log. Capture's own state (the block-hash index) is persisted
-      only after ``emit`` returns, so after a crash it re-sends, never skips.
-    * Ordering: a directory's creation precedes anything inside it; the ops
-      of one path keep the order of its changes; a RENAME comes after every
-      op of its source that preceded it. ``watch`` gives no write-order
-      fidelity *across* files (a replica converges to the primary once the
-      lag drains; it is not crash-consistent in between): that is what
-      ``mount`` is for.
-    * A full pass over the trees (at start and after an overflow) ends with
-      ``Op(MARK, 0, "", target="scan-complete")``: from that point the
-      replica that applied everything before it equals the primary as of the
-      pass.
-    * Overflow (the kernel's inotify queue or capture's in-process queue):
-      a full rescan against the index; no change is lost, the cost is time.
-    * ``run`` raises :class:`CaptureError` when it can no longer guarantee a
-      complete capture (a tree root deleted or unmounted, the inotify watch
-      limit reached): the caller must stop shipping and report, never
-      interpret it as "the tree is empty".
-    * ``stop()`` asks ``run`` to finish its current step and waits until
-      ``run`` has returned; changes not yet emitted are found again by the
-      next start's scan. Never await ``stop()`` from inside ``emit``.
-    """
-
-    async def run(self, emit: Emit) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-def scan_full(
-    trees: list[Path], exclude: list[str], block_size: int = 64 * 1024
-) -> Iterator[Op]:
-    """The ops that recreate every tree on an empty replica: per directory,
-    MKDIR before its contents; per file CREATE, WRITE blocks, UTIME; SYMLINK."""
-    roots = [os.path.realpath(t) for t in trees]
-    rec = Reconciler(roots, exclude, NullIndex(block_size))
-    for tree in range(len(roots)):
-        for op in rec.reconcile(tree, "", How.SCAN):
-            if op is not None:
-                yield op
-
 
 _MASK = (
     ino.IN_MODIFY | ino.IN_ATTRIB | ino.IN_CLOSE_WRITE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO
@@ -137,7 +84,7 @@ def _under(path: str, top: str) -> bool:
 
 class WatchCapture:
     """The ``watch`` capture method: inotify + block-hash index (see
-    :class:`Capture` for the contract).
+    :class:`~mirrorkit.agent.capture.base.Capture` for the contract).
 
     Coalescing: IN_CLOSE_WRITE, deletes, attribute changes and renames are
     processed at the end of the batch of events they arrived in; IN_MODIFY /

@@ -41,6 +41,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrorkit.agent.capture import Capture, new_capture
+from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
@@ -139,7 +141,7 @@ class PrimaryMirror(MirrorWorker):
         self._new_data = asyncio.Event()
         self.emit_lock = asyncio.Lock()  # see emit()
         self._started = time.time()  # age floor for records logged before a restart
-        self._capture: Any = None
+        self._capture: Capture | None = None
         self._resync_ids = 0
 
     async def open(self) -> None:
@@ -178,12 +180,10 @@ class PrimaryMirror(MirrorWorker):
     # -- capture -> log -----------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        from mirrorkit.agent.capture.watch import CaptureError, WatchCapture
-
         backoff = Backoff(1.0, 30.0)
         while True:
-            self._capture = WatchCapture(list(self.cfg.targets), list(self.cfg.exclude),
-                                         self.index_path)
+            self._capture = new_capture(list(self.cfg.targets), list(self.cfg.exclude),
+                                        self.index_path)
             self.capture.started()
             if self.capture.restarts:
                 log.warning("%s: capture restarting (restart %d); healthy again once its "
