@@ -366,7 +366,7 @@ async def test_synthetic_overflow_event_triggers_full_rescan(tmp_path: Path) -> 
     await h.start()
     ino = h.cap._ino
     assert ino is not None
-    for wd in list(h.cap._wds):
+    for wd in list(h.cap._watches.by_wd):
         ino.rm_watch(wd)  # from now on the kernel reports nothing
     await asyncio.sleep(0.1)
     (h.src / "d" / "unseen").write_text("made while blind")
