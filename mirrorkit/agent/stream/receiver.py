@@ -114,6 +114,7 @@ class ReceiverMirror(MirrorWorker):
         self.resyncs = 0
         self.resync: ReceiverResync | None = None  # the current or last resync
         self._manifest_task: asyncio.Task[None] | None = None
+        self._resync_at: int | None = None  # this session's resync: its snapshot LSN
 
     def _checkpoint(self, lsn: int) -> None:
         self.store.save_applied(lsn)
@@ -329,7 +330,7 @@ class ReceiverMirror(MirrorWorker):
         await race(read(), self._handle(conn, inbox))
 
     async def _handle(self, conn: Connection, inbox: asyncio.Queue[Message]) -> None:
-        resync_at: int | None = None
+        self._resync_at = None
         held: Message | None = None
         while True:
             if held is not None:
@@ -342,62 +343,82 @@ class ReceiverMirror(MirrorWorker):
                 raise PeerRefused(f"primary sent term {msg.term}, ours is {self.term}: "
                                   f"{'stale primary' if msg.term < self.term else 'reconnect'}")
             if isinstance(msg, Records):
-                records = list(msg.records)
-                if resync_at is None:
-                    # Coalesce what is already waiting: consecutive, gapless batches.
-                    while not inbox.empty() and len(records) < MERGE_RECORDS:
-                        nxt = inbox.get_nowait()
-                        if (not isinstance(nxt, Records) or not nxt.records or not records
-                                or nxt.records[0].lsn != records[-1].lsn + 1):
-                            held = nxt
-                            break
-                        records.extend(nxt.records)
-                if self.failure is not None and (resync_at is None or self.failure.in_resync):
-                    continue  # nothing after the failed record is applied or acknowledged
-                await self._records(conn, records, resync_at is not None)
+                held = await self._on_records(conn, msg, inbox)
             elif isinstance(msg, Heartbeat):
-                self.primary_lsn = msg.lsn
-                self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
+                self._on_heartbeat(msg)
             elif isinstance(msg, ResyncBegin):
-                if resync_at is not None or msg.lsn < self.applied:
-                    raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
-                try:
-                    self.resync = ReceiverResync(
-                        msg, list(self.cfg.targets),
-                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
-                        exclude=list(self.cfg.exclude), stats=self.metrics)
-                except ValueError as exc:
-                    raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
-                resync_at = msg.lsn
-                self.resyncing = True
-                if self.failure is not None:
-                    self.failure.in_resync = False  # this resync may clear it
-                log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
-                            self.name, msg.mode, msg.lsn, self.applied)
-                self._manifest_task = asyncio.create_task(
-                    self.resync.send_manifest(conn, lambda: self.term))
+                self._on_resync_begin(conn, msg)
             elif isinstance(msg, ResyncProgress):
-                if self.resync is None or resync_at is None:
-                    raise ProtocolError("RESYNC_PROGRESS outside a resync")
-                self.resync.on_progress(msg)
+                self._on_resync_progress(msg)
             elif isinstance(msg, ResyncEnd):
-                if resync_at is None or msg.lsn != resync_at:
-                    raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
-                if self.failure is not None and self.failure.in_resync:
-                    resync_at, self.resyncing = None, False
-                    self.failure.in_resync = False  # stay stopped; no ACK
-                    continue
-                task = self._manifest_task
-                if task is None or not task.done() or task.exception() is not None:
-                    raise ProtocolError("RESYNC_END before our manifest was sent")
-                await asyncio.to_thread(self._finish_resync, msg.lsn)
-                resync_at = None
-                await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
+                await self._on_resync_end(conn, msg)
             elif isinstance(msg, Error):
                 log.warning("%s: primary reports: %s", self.name, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
+
+    async def _on_records(self, conn: Connection, msg: Records,
+                          inbox: asyncio.Queue[Message]) -> Message | None:
+        """Apply ``msg``'s records; return the message taken from ``inbox``
+        that ends a coalesced run, for :meth:`_handle` to handle next."""
+        records = list(msg.records)
+        held: Message | None = None
+        if self._resync_at is None:
+            # Coalesce what is already waiting: consecutive, gapless batches.
+            while not inbox.empty() and len(records) < MERGE_RECORDS:
+                nxt = inbox.get_nowait()
+                if (not isinstance(nxt, Records) or not nxt.records or not records
+                        or nxt.records[0].lsn != records[-1].lsn + 1):
+                    held = nxt
+                    break
+                records.extend(nxt.records)
+        if self.failure is not None and (self._resync_at is None or self.failure.in_resync):
+            return held  # nothing after the failed record is applied or acknowledged
+        await self._records(conn, records, self._resync_at is not None)
+        return held
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        self.primary_lsn = msg.lsn
+        self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
+
+    def _on_resync_begin(self, conn: Connection, msg: ResyncBegin) -> None:
+        if self._resync_at is not None or msg.lsn < self.applied:
+            raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
+        try:
+            self.resync = ReceiverResync(
+                msg, list(self.cfg.targets),
+                self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
+                exclude=list(self.cfg.exclude), stats=self.metrics)
+        except ValueError as exc:
+            raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
+        self._resync_at = msg.lsn
+        self.resyncing = True
+        if self.failure is not None:
+            self.failure.in_resync = False  # this resync may clear it
+        log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
+                    self.name, msg.mode, msg.lsn, self.applied)
+        self._manifest_task = asyncio.create_task(
+            self.resync.send_manifest(conn, lambda: self.term))
+
+    def _on_resync_progress(self, msg: ResyncProgress) -> None:
+        if self.resync is None or self._resync_at is None:
+            raise ProtocolError("RESYNC_PROGRESS outside a resync")
+        self.resync.on_progress(msg)
+
+    async def _on_resync_end(self, conn: Connection, msg: ResyncEnd) -> None:
+        if self._resync_at is None or msg.lsn != self._resync_at:
+            raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
+        if self.failure is not None and self.failure.in_resync:
+            self._resync_at, self.resyncing = None, False
+            self.failure.in_resync = False  # stay stopped; no ACK
+            return
+        task = self._manifest_task
+        if task is None or not task.done() or task.exception() is not None:
+            raise ProtocolError("RESYNC_END before our manifest was sent")
+        await asyncio.to_thread(self._finish_resync, msg.lsn)
+        self._resync_at = None
+        await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
 
     async def _undo_divergent(self, shared: int, primary: str) -> None:
         try:
