@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 
+from mirrorkit.agent.capture import new_capture
+from mirrorkit.agent.capture.base import Capture, scan_full
 from mirrorkit.agent.capture.filespec import is_excluded
 from mirrorkit.agent.capture.inotify import IN_Q_OVERFLOW, InotifyEvent
 from mirrorkit.agent.capture.reconcile import CaptureError
-from mirrorkit.agent.capture.watch import Capture, WatchCapture, scan_full
+from mirrorkit.agent.capture.watch import WatchCapture
 from mirrorkit.agent.log.records import Op, OpKind
 
 BS = 4096  # small blocks keep the "big file" tests fast
@@ -364,7 +366,7 @@ async def test_synthetic_overflow_event_triggers_full_rescan(tmp_path: Path) -> 
     await h.start()
     ino = h.cap._ino
     assert ino is not None
-    for wd in list(h.cap._wds):
+    for wd in list(h.cap._watches.by_wd):
         ino.rm_watch(wd)  # from now on the kernel reports nothing
     await asyncio.sleep(0.1)
     (h.src / "d" / "unseen").write_text("made while blind")
@@ -532,6 +534,13 @@ async def test_stop_during_initial_scan_returns_promptly_then_resumes(tmp_path: 
     await h.start()
     await h.settle()
     await h.stop()
+
+
+def test_the_factory_builds_a_watch_capture_and_refuses_other_methods(tmp_path: Path) -> None:
+    cap = new_capture([tmp_path], ["*.tmp"], tmp_path / "index.db")
+    assert isinstance(cap, WatchCapture) and cap.exclude == ["*.tmp"]
+    with pytest.raises(ValueError, match="unknown capture method 'mount'"):
+        new_capture([tmp_path], [], tmp_path / "index.db", method="mount")
 
 
 @async_test

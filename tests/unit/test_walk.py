@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mirrorkit.agent.apply.applier import Applier
-from mirrorkit.agent.capture.watch import scan_full
+from mirrorkit.agent.capture.base import scan_full
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.resync.compare import count_tree
 from mirrorkit.agent.resync.manifest import walk_replica

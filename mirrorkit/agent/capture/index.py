@@ -11,7 +11,7 @@ the mirror log). A crash therefore leaves the index behind the log, never
 ahead: a restart re-sends a few idempotent ops instead of losing changes.
 
 :class:`Reconciler` is the diff itself (disk vs index, one path or a whole
-subtree), shared by the watch capture and :func:`capture.scan_full` (which
+subtree), shared by the watch capture and :func:`capture.base.scan_full` (which
 runs it against the always-empty :class:`NullIndex`).
 
 Paths are stored as bytes (UTF-8 with ``surrogateescape``) so every Linux file

@@ -1,8 +1,7 @@
-"""Capture: turn changes under a mirror's trees into ordered :class:`Op` lists.
-
-This module holds the capture interface (:class:`Capture`), the ``watch``
-method (:class:`WatchCapture`: inotify + block-hash index) and
-:func:`scan_full` (the ops that recreate the trees on an empty replica).
+"""The ``watch`` capture method (:class:`WatchCapture`: inotify + block-hash
+index): changes under a mirror's trees become ordered :class:`Op` lists.
+The interface it implements, with its contract, is
+:class:`~mirrorkit.agent.capture.base.Capture`.
 """
 
 from __future__ import annotations
@@ -13,78 +12,27 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from mirrorkit.agent.capture import inotify as ino
+from mirrorkit.agent.capture.base import Emit
 from mirrorkit.agent.capture.filespec import is_excluded
-from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry, NullIndex
+from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry
 from mirrorkit.agent.capture.reconcile import CaptureError, How, Reconciler, removal_op
+from mirrorkit.agent.capture.watches import Key, Move, WatchMap, under
 from mirrorkit.agent.log.records import Op, OpKind
 
-__all__ = ["Capture", "CaptureError", "CaptureStats", "WatchCapture", "scan_full"]
+__all__ = ["CaptureError", "CaptureStats", "WatchCapture"]
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[list[Op]], Awaitable[None]]
 T = TypeVar("T")
 # Work the capture thread does per hop before the loop gets a say (stop,
 # a full batch): bounds how long a cancelled run() leaves its thread busy.
 _SLICE_SECONDS = 0.1
-
-
-class Capture(Protocol):
-    """A capture method for one mirror (``watch`` today, ``mount`` later).
-
-    Contract:
-
-    * ``run(emit)`` runs until :meth:`stop` or an error. It calls ``emit``
-      with non-empty lists of ops, one call at a time, in the order the
-      replicas must apply them. ``emit`` is **the timing-critical call and
-      the back-pressure point**: capture awaits it and produces nothing more
-      meanwhile; the caller returns only once the ops are durable in its
-      mirror log. Capture's own state (the block-hash index) is persisted
-      only after ``emit`` returns, so after a crash it re-sends, never skips.
-    * Ordering: a directory's creation precedes anything inside it; the ops
-      of one path keep the order of its changes; a RENAME comes after every
-      op of its source that preceded it. ``watch`` gives no write-order
-      fidelity *across* files (a replica converges to the primary once the
-      lag drains; it is not crash-consistent in between): that is what
-      ``mount`` is for.
-    * A full pass over the trees (at start and after an overflow) ends with
-      ``Op(MARK, 0, "", target="scan-complete")``: from that point the
-      replica that applied everything before it equals the primary as of the
-      pass.
-    * Overflow (the kernel's inotify queue or capture's in-process queue):
-      a full rescan against the index; no change is lost, the cost is time.
-    * ``run`` raises :class:`CaptureError` when it can no longer guarantee a
-      complete capture (a tree root deleted or unmounted, the inotify watch
-      limit reached): the caller must stop shipping and report, never
-      interpret it as "the tree is empty".
-    * ``stop()`` asks ``run`` to finish its current step and waits until
-      ``run`` has returned; changes not yet emitted are found again by the
-      next start's scan. Never await ``stop()`` from inside ``emit``.
-    """
-
-    async def run(self, emit: Emit) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-def scan_full(
-    trees: list[Path], exclude: list[str], block_size: int = 64 * 1024
-) -> Iterator[Op]:
-    """The ops that recreate every tree on an empty replica: per directory,
-    MKDIR before its contents; per file CREATE, WRITE blocks, UTIME; SYMLINK."""
-    roots = [os.path.realpath(t) for t in trees]
-    rec = Reconciler(roots, exclude, NullIndex(block_size))
-    for tree in range(len(roots)):
-        for op in rec.reconcile(tree, "", How.SCAN):
-            if op is not None:
-                yield op
-
 
 _MASK = (
     ino.IN_MODIFY | ino.IN_ATTRIB | ino.IN_CLOSE_WRITE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO
@@ -113,31 +61,13 @@ class _Dirty:
     how: How
 
 
-_Key = tuple[int, str]
-
-
-@dataclass(frozen=True)
-class _Move:
-    """An IN_MOVED_FROM waiting for its IN_MOVED_TO."""
-
-    tree: int
-    rel: str
-    wds: frozenset[int]  # watches under the moved directory at IN_MOVED_FROM time
-    deadline: float
-    seq: int  # _watch_seq then: a watch (re)added later was re-verified since
-
-
 def _parent(rel: str) -> str:
     return rel.rpartition("/")[0]
 
 
-def _under(path: str, top: str) -> bool:
-    return not top or path == top or path.startswith(top + "/")
-
-
 class WatchCapture:
     """The ``watch`` capture method: inotify + block-hash index (see
-    :class:`Capture` for the contract).
+    :class:`~mirrorkit.agent.capture.base.Capture` for the contract).
 
     Coalescing: IN_CLOSE_WRITE, deletes, attribute changes and renames are
     processed at the end of the batch of events they arrived in; IN_MODIFY /
@@ -194,13 +124,9 @@ class WatchCapture:
         self._running = False
         self._done = asyncio.Event()
         self._ino: ino.Inotify | None = None
-        self._wds: dict[int, _Key] = {}
-        self._wd_seq: dict[int, int] = {}  # when each watch was last (re)added
-        self._watch_seq = 0
-        self._paths: dict[_Key, int] = {}
-        self._seen_wds: set[int] | None = None
-        self._dirty: dict[_Key, _Dirty] = {}
-        self._moves: dict[int, _Move] = {}
+        self._watches = WatchMap()
+        self._dirty: dict[Key, _Dirty] = {}
+        self._moves: dict[int, Move] = {}
         self._batch: list[Op] = []
         self._batch_size = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -245,8 +171,7 @@ class WatchCapture:
             if self._ino is not None:
                 self._ino.close()
                 self._ino = None
-            self._wds.clear()
-            self._paths.clear()
+            self._watches.clear()
             self._dirty.clear()
             self._moves.clear()
             self._batch, self._batch_size = [], 0
@@ -336,67 +261,33 @@ class WatchCapture:
                 ) from exc
             where = self._rec.abspath(tree, rel)
             raise CaptureError(f"cannot watch {where}: {exc.strerror}") from exc
-        old = self._wds.get(wd)
-        if old is not None and old != (tree, rel) and self._paths.get(old) == wd:
-            del self._paths[old]  # the same inode, known under a stale path
-        self._wds[wd] = (tree, rel)
-        self._paths[(tree, rel)] = wd
-        self._watch_seq += 1
-        self._wd_seq[wd] = self._watch_seq
-        if self._seen_wds is not None:
-            self._seen_wds.add(wd)
-        self.stats.watches = len(self._wds)
+        self._watches.add(wd, (tree, rel))
+        self.stats.watches = len(self._watches)
 
     def _forget_wd(self, wd: int) -> None:
-        key = self._wds.pop(wd, None)
-        self._wd_seq.pop(wd, None)
-        if key is not None and self._paths.get(key) == wd:
-            del self._paths[key]
-        self.stats.watches = len(self._wds)
+        self._watches.forget(wd)
+        self.stats.watches = len(self._watches)
 
-    def _wds_under(self, tree: int, rel: str) -> frozenset[int]:
-        return frozenset(wd for (t, p), wd in self._paths.items() if t == tree and _under(p, rel))
-
-    def _moved_wds(self, move: _Move) -> list[int]:
-        """The watches that still belong to the moved directory's old place:
-        not re-added (and so re-located) by a scan since IN_MOVED_FROM."""
-        out = []
-        for wd in move.wds:
-            where = self._wds.get(wd)
-            if (
-                where is not None and where[0] == move.tree and _under(where[1], move.rel)
-                and self._wd_seq.get(wd, 0) <= move.seq
-            ):
-                out.append(wd)
-        return out
-
-    def _unwatch(self, move: _Move) -> None:
+    def _unwatch(self, move: Move) -> None:
         """Drop the watches of a directory moved out of the trees. By watch
         descriptor, not by path: a new directory may already have the old
         name, and a scan may already have re-mapped a watch to the place the
         directory went (then it is still ours)."""
         assert self._ino is not None
-        for wd in self._moved_wds(move):
-            where = self._wds.get(wd)
-            if where is not None:
+        for wd in self._watches.moved(move):
+            if self._watches.get(wd) is not None:
                 self._ino.rm_watch(wd)
                 self._forget_wd(wd)
 
-    def _remap(self, move: _Move, dst: str) -> None:
+    def _remap(self, move: Move, dst: str) -> None:
         """After a rename, watches and pending work under the source are ``dst``'s."""
         tree, src = move.tree, move.rel
-        for wd in self._moved_wds(move):
-            where = self._wds[wd]
-            if self._paths.get(where) == wd:
-                del self._paths[where]
-            new = (tree, dst + where[1][len(src) :])
-            self._wds[wd] = new
-            self._paths[new] = wd
-        for key in [k for k in self._dirty if k[0] == tree and _under(k[1], src)]:
+        self._watches.remap(move, dst)
+        for key in [k for k in self._dirty if k[0] == tree and under(k[1], src)]:
             self._mark((tree, dst + key[1][len(src) :]), self._dirty.pop(key).how, 0.0)
 
     # -- events --------------------------------------------------------------
-    def _mark(self, key: _Key, how: How, delay: float) -> None:
+    def _mark(self, key: Key, how: How, delay: float) -> None:
         due = self._loop.time() + delay
         cur = self._dirty.get(key)
         if cur is None:
@@ -416,7 +307,7 @@ class WatchCapture:
             log.warning("capture: inotify queue overflow; rescanning %s", self.roots)
             await self._full_scan()
             return
-        where = self._wds.get(event.wd)
+        where = self._watches.get(event.wd)
         if where is None:
             return  # a watch we already dropped
         tree, base = where
@@ -434,9 +325,9 @@ class WatchCapture:
         rel = f"{base}/{event.name}" if base else event.name
         isdir = bool(mask & ino.IN_ISDIR)
         if mask & ino.IN_MOVED_FROM:
-            wds = self._wds_under(tree, rel) if isdir else frozenset()
+            wds = self._watches.under(tree, rel) if isdir else frozenset()
             deadline = self._loop.time() + self.move_grace
-            self._moves[event.cookie] = _Move(tree, rel, wds, deadline, self._watch_seq)
+            self._moves[event.cookie] = Move(tree, rel, wds, deadline, self._watches.seq)
         elif mask & ino.IN_MOVED_TO:
             await self._moved(self._moves.pop(event.cookie, None), tree, rel)
         elif is_excluded(rel, self.exclude):
@@ -452,7 +343,7 @@ class WatchCapture:
         elif mask & ino.IN_ATTRIB:
             self._mark((tree, rel), How.ATTR, 0.0)
 
-    async def _moved(self, src: _Move | None, tree: int, rel: str) -> None:
+    async def _moved(self, src: Move | None, tree: int, rel: str) -> None:
         dst_ok = not is_excluded(rel, self.exclude)
         if src is None:  # moved in from outside the trees (or from an excluded name)
             if dst_ok:
@@ -471,7 +362,7 @@ class WatchCapture:
         self._mark((tree, srel), How.CONTENT, 0.0)
         self._mark((tree, rel), How.SCAN, 0.0)
 
-    def _rename_indexed(self, src: _Move, tree: int, rel: str) -> bool:
+    def _rename_indexed(self, src: Move, tree: int, rel: str) -> bool:
         """(capture thread) Batch a RENAME of ``src`` to ``rel`` and move its
         index entries, if the replicas can replay it; else change nothing."""
         stree, srel = src.tree, src.rel
@@ -481,7 +372,7 @@ class WatchCapture:
         if not (
             stree == tree and old is not None
             and parent_entry is not None and parent_entry.kind == DIR
-            and not _under(rel, srel) and not _under(srel, rel)
+            and not under(rel, srel) and not under(srel, rel)
         ):
             return False
         replaced = self._index.get(tree, rel)
@@ -498,7 +389,7 @@ class WatchCapture:
         self._index.rename(tree, srel, rel)
         return True
 
-    async def _moved_out(self, move: _Move) -> None:
+    async def _moved_out(self, move: Move) -> None:
         self._unwatch(move)
         await self._reconcile((move.tree, move.rel), How.CONTENT)
 
@@ -525,10 +416,10 @@ class WatchCapture:
         if work:
             await self._drive(self._reconcile_ops(work))
 
-    async def _reconcile(self, key: _Key, how: How) -> None:
+    async def _reconcile(self, key: Key, how: How) -> None:
         await self._drive(self._reconcile_ops([(key, how)]))
 
-    def _reconcile_ops(self, work: Iterable[tuple[_Key, How]]) -> Iterator[Op | None]:
+    def _reconcile_ops(self, work: Iterable[tuple[Key, How]]) -> Iterator[Op | None]:
         """(capture thread, as it is pulled) Reconcile each path in turn; if
         a path's parent directory is not known yet (its creation is still
         pending), reconcile the top-most unknown ancestor instead, which
@@ -549,13 +440,14 @@ class WatchCapture:
         self.stats.scans += 1
         self._dirty.clear()  # the scan covers them
         self._moves.clear()
-        self._seen_wds = set()
+        seen: set[int] = set()
+        self._watches.seen = seen
         try:
             for tree in range(len(self.roots)):
                 await self._drive(self._rec.reconcile(tree, "", How.SCAN))
-            stale = set(self._wds) - self._seen_wds
+            stale = set(self._watches.by_wd) - seen
         finally:
-            self._seen_wds = None
+            self._watches.seen = None
         assert self._ino is not None
         for wd in stale:
             self._ino.rm_watch(wd)

@@ -113,63 +113,27 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
                       progress: ResyncProgress) -> int:
     """Run one resync of ``member``; return the next LSN to stream from."""
     start = pm.log.last_lsn
-    hb = pm.cfg.timeouts.heartbeat
     roots = [str(Path(t).resolve()) for t in pm.cfg.targets]
     exclude = list(pm.cfg.exclude)
     # Hold retention at S for this peer: the tail from S+1 must survive. Its
     # acknowledged LSN stays what it has: a resyncing peer is not caught up.
     peer.hold_lsn = start
     peer.resyncing = True
-    peer.manifest = asyncio.Queue(maxsize=8)
+    queue: asyncio.Queue[Manifest | ManifestEnd] = asyncio.Queue(maxsize=8)
+    peer.manifest = queue
     progress.state, progress.started = "manifest", time.time()
     log.warning("%s: resync of %s (%s, %s): snapshot after LSN %d, then the log from %d",
                 pm.name, member, progress.mode, progress.requested_by, start, start + 1)
-    worker = _Worker()
+    run = _Resync(pm, conn, peer, member, progress)
     db = pm.mirror_dir() / f"resync-{member}.db"
     store: ManifestStore | None = None
-    last_sent = time.monotonic()
-
-    async def send(msg: Message) -> None:
-        nonlocal last_sent
-        await conn.send(msg)
-        last_sent = time.monotonic()
-
     try:
-        store = await worker.run(ManifestStore, db, BLOCK_SIZE)
-        await send(ResyncBegin(start, pm.term, progress.mode, int(progress.keep_orphans),
-                               BLOCK_SIZE, progress.id))
-        while True:
-            try:
-                msg = await asyncio.wait_for(peer.manifest.get(), hb)
-            except TimeoutError:
-                await send(pm.heartbeat_for(peer))
-                continue
-            if isinstance(msg, ManifestEnd):
-                if msg.entries != store.count:
-                    raise ProtocolError(f"MANIFEST_END says {msg.entries} entries, got "
-                                        f"{store.count}")
-                break
-            if isinstance(msg, Manifest):
-                await worker.run(_add_items, store, msg)
-        await worker.run(store.commit)
-        progress.files_total, progress.bytes_total = await worker.run(count_tree, roots,
-                                                                      exclude)
-        progress.state = "copying"
-        log.info("%s: %s's manifest holds %d entries; comparing (%s)", pm.name, member,
-                 store.count, progress.mode)
-        ops = diff_ops(ResyncReconciler(roots, exclude, store, progress.mode, progress))
-        last_progress = 0.0
-        done = False
-        while not done:
-            batch, done = await worker.run(_take, ops, BATCH_BYTES, hb / 2, pm.term)
-            if batch:
-                await send(Records(pm.term, raw=batch))
-            if done or time.monotonic() - last_progress >= PROGRESS_EVERY:
-                await send(_progress_msg(progress, pm.term))
-                last_progress = time.monotonic()
-            if time.monotonic() - last_sent >= hb:
-                await send(pm.heartbeat_for(peer))
-        await send(ResyncEnd(start, pm.term))
+        store = await run.worker.run(ManifestStore, db, BLOCK_SIZE)
+        await run.send(ResyncBegin(start, pm.term, progress.mode, int(progress.keep_orphans),
+                                   BLOCK_SIZE, progress.id))
+        await run.manifest(queue, store)
+        await run.copy(store, roots, exclude)
+        await run.send(ResyncEnd(start, pm.term))
         progress.state, progress.finished = "done", time.time()
         log.info("%s: resync of %s sent: %d files compared, %d bytes of %d sent, %d "
                  "orphan(s); streaming from LSN %d", pm.name, member, progress.files_done,
@@ -185,8 +149,66 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
         peer.manifest = None
         peer.resyncing = False
         if store is not None:
-            await asyncio.shield(worker.run(store.discard))
-        await asyncio.to_thread(worker.close)
+            await asyncio.shield(run.worker.run(store.discard))
+        await asyncio.to_thread(run.worker.close)
+
+
+class _Resync:
+    """One resync of one receiver (:func:`send_resync` sets it up and cleans
+    up): the manifest phase, then the copy phase, on one worker thread."""
+
+    def __init__(self, pm: ResyncSource, conn: Connection, peer: ResyncPeer, member: str,
+                 progress: ResyncProgress) -> None:
+        self.pm, self.conn, self.peer, self.member = pm, conn, peer, member
+        self.progress = progress
+        self.hb = pm.cfg.timeouts.heartbeat
+        self.worker = _Worker()
+        self.last_sent = time.monotonic()
+
+    async def send(self, msg: Message) -> None:
+        await self.conn.send(msg)
+        self.last_sent = time.monotonic()
+
+    async def manifest(self, queue: asyncio.Queue[Manifest | ManifestEnd],
+                       store: ManifestStore) -> None:
+        """Store the receiver's MANIFEST frames until MANIFEST_END; a
+        heartbeat whenever it has been quiet for a heartbeat interval."""
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), self.hb)
+            except TimeoutError:
+                await self.send(self.pm.heartbeat_for(self.peer))
+                continue
+            if isinstance(msg, ManifestEnd):
+                if msg.entries != store.count:
+                    raise ProtocolError(f"MANIFEST_END says {msg.entries} entries, got "
+                                        f"{store.count}")
+                break
+            if isinstance(msg, Manifest):
+                await self.worker.run(_add_items, store, msg)
+        await self.worker.run(store.commit)
+
+    async def copy(self, store: ManifestStore, roots: list[str], exclude: list[str]) -> None:
+        """Compare our trees with the manifest and send the ops that make the
+        replica equal (LSN-0 records), with progress and heartbeats."""
+        pm, progress, hb = self.pm, self.progress, self.hb
+        progress.files_total, progress.bytes_total = await self.worker.run(count_tree, roots,
+                                                                           exclude)
+        progress.state = "copying"
+        log.info("%s: %s's manifest holds %d entries; comparing (%s)", pm.name, self.member,
+                 store.count, progress.mode)
+        ops = diff_ops(ResyncReconciler(roots, exclude, store, progress.mode, progress))
+        last_progress = 0.0
+        done = False
+        while not done:
+            batch, done = await self.worker.run(_take, ops, BATCH_BYTES, hb / 2, pm.term)
+            if batch:
+                await self.send(Records(pm.term, raw=batch))
+            if done or time.monotonic() - last_progress >= PROGRESS_EVERY:
+                await self.send(_progress_msg(progress, pm.term))
+                last_progress = time.monotonic()
+            if time.monotonic() - self.last_sent >= hb:
+                await self.send(pm.heartbeat_for(self.peer))
 
 
 def _add_items(store: ManifestStore, msg: Manifest) -> None:

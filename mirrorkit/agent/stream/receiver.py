@@ -13,6 +13,10 @@ Order per received batch, so that an ACK always means "survives my crash":
 5. rename the temp file over ``applied.json`` and fsync the state directory;
 6. ``ACK(applied, received)``.
 
+Steps 2-5, and everything else that touches the disk, are the base class's
+(:class:`~mirrorkit.agent.stream.replica.Replica`); this module talks to
+the primary.
+
 Batches that arrive while one is being applied wait in a bounded inbox and
 are then applied together (steps 2-6 once, one ACK for the highest LSN).
 
@@ -44,14 +48,11 @@ import logging
 import time
 from typing import Any
 
-from mirrorkit.agent.apply.applier import Applier, RecordFailed
+from mirrorkit.agent.apply.applier import RecordFailed
 from mirrorkit.agent.log.records import Record
-from mirrorkit.agent.log.segments import MirrorLog
-from mirrorkit.agent.log.terms import TermHistory, last_shared
+from mirrorkit.agent.log.terms import last_shared
 from mirrorkit.agent.resync.receiver import ReceiverResync
-from mirrorkit.agent.stream.apply_failure import ApplyFailure, decide
-from mirrorkit.agent.stream.divergence import DivergenceUnknown, undo_divergent_tail
-from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.stream.replica import Replica
 from mirrorkit.agent.transport.conn import (
     Connection,
     PeerRefused,
@@ -86,17 +87,12 @@ INBOX_MESSAGES = 16  # received, not yet handled (each at most ~1 MiB of records
 MERGE_RECORDS = 50_000  # at most this many records in one coalesced apply
 
 
-class ReceiverMirror(MirrorWorker):
+class ReceiverMirror(Replica):
+    """A backup or async member's worker: dials the primary, receives, has
+    :class:`~mirrorkit.agent.stream.replica.Replica` log and apply, acknowledges."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.log: MirrorLog  # set by open(), with the history and the applier
-        self.history: TermHistory
-        self.applier: Applier
-        self._refused_seen = 0  # applier.refused already counted in metrics
-        self.primary_history: list[tuple[int, int]] = []  # from the primary's HELLO
-        self.divergences = 0
-        self.last_divergence: dict[str, Any] | None = None
-        self.applied = self.store.load_applied()
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
@@ -107,44 +103,9 @@ class ReceiverMirror(MirrorWorker):
         # then: while disconnected the lag keeps growing from there.
         self.lost_at = time.time()
         self.lag_at_loss = 0.0
-        self.failure: ApplyFailure | None = None
-        self._conflict_resyncs = 0  # asked for in a row, without a clean batch
         self.received_records = 0  # since this process started
-        self.resyncing = False
-        self.resyncs = 0
-        self.resync: ReceiverResync | None = None  # the current or last resync
         self._manifest_task: asyncio.Task[None] | None = None
-
-    def _checkpoint(self, lsn: int) -> None:
-        self.store.save_applied(lsn)
-
-    async def open(self) -> None:
-        if not hasattr(self, "log"):
-            await asyncio.to_thread(self._open)
-
-    def _open(self) -> None:
-        """(worker thread) The log's recovery scan, the term history, the
-        applier's descriptors (a reporting copy also locks its roots down,
-        with an fsync)."""
-        mlog = self.open_log()
-        try:
-            log_first, log_last = mlog.first_lsn, mlog.last_lsn
-            if not log_first - 1 <= self.applied <= log_last:
-                # The log and applied.json disagree (crash between resync steps):
-                # applied.json is the truth about the replica; restart the log there.
-                log.warning("%s: applied LSN %d outside log %d..%d; restarting log at %d",
-                            self.name, self.applied, log_first, log_last, self.applied + 1)
-                mlog.reset(self.applied + 1)
-            self.history = TermHistory.load(self.mirror_dir() / "terms.json", mlog)
-            self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
-                                   label=f"{self.cfg.name}:apply",
-                                   # issue #3 (reporting copies): never user-writable
-                                   read_only=self.cfg.kind == "reporting",
-                                   sync_dirs=[self.store.directory])
-        except BaseException:
-            mlog.close()
-            raise
-        self.log = mlog
+        self._resync_at: int | None = None  # this session's resync: its snapshot LSN
 
     async def start(self) -> None:
         await self.open()
@@ -160,20 +121,6 @@ class ReceiverMirror(MirrorWorker):
         self.spawn(self._connect_loop(), "receive")
         self.start_companions()
 
-    async def stop(self) -> None:
-        await super().stop()
-        if hasattr(self, "log"):
-            await asyncio.to_thread(self._close)  # the applier's close syncs
-
-    def _close(self) -> None:
-        try:
-            self.applier.close()
-        finally:
-            self.log.close()
-
-    def last_lsn(self) -> int:
-        return self.log.last_lsn if hasattr(self, "log") else 0
-
     def _hello(self) -> Hello:
         return Hello(self.cfg.name, self.host, self.state.role, self.state.term,
                      self.log.last_lsn, [list(e) for e in self.history.entries])
@@ -183,37 +130,6 @@ class ReceiverMirror(MirrorWorker):
         hello = await server_handshake(conn, self.cfg, me, ("primary", "backup", "async"))
         log.info("%s: %s dialled us, but we are %s (primary: %s)", self.name, hello.member,
                  self.state.role, self.state.primary)
-
-    def _apply_backlog(self) -> None:
-        while self.failure is None and self.applied < self.log.last_lsn:
-            records = self.log.read(self.applied + 1)
-            started = time.perf_counter()
-            try:
-                self.applier.apply_batch(records)
-            except RecordFailed as exc:
-                self._cut_at(exc.lsn)
-                self.failure = self._failure_for(exc, in_resync=False)
-                return
-            self.applied = records[-1].lsn
-            self.store.save_applied(self.applied)
-            self._count_applied(len(records), time.perf_counter() - started)
-            log.info("%s: applied logged backlog up to LSN %d", self.name, self.applied)
-
-    def _cut_at(self, lsn: int) -> None:
-        """Record ``lsn`` was not applied (worker thread): the replica, the
-        applied LSN and the log all end at ``lsn - 1``."""
-        self.store.save_applied(lsn - 1)
-        self.applied = lsn - 1
-        self.log.reset(lsn)
-        self.history.truncate_after(lsn - 1)  # a term that began at lsn is not ours yet
-
-    def _failure_for(self, exc: RecordFailed, in_resync: bool) -> ApplyFailure:
-        if not exc.refused and not in_resync:
-            self._conflict_resyncs += 1
-        failure = decide(exc, in_resync, self._conflict_resyncs, self.applied,
-                         self.cfg.name, self.host)
-        (log.warning if failure.resync else log.error)("%s: %s", self.name, failure.reason)
-        return failure
 
     async def _failed(self, conn: Connection, exc: RecordFailed, in_resync: bool) -> None:
         self.failure = self._failure_for(exc, in_resync)
@@ -227,13 +143,6 @@ class ReceiverMirror(MirrorWorker):
         f = self.failure
         if f is not None:
             await conn.send(ApplyFailed(f.lsn, f.reason[:4000], int(f.resync), self.term))
-
-    def alive(self) -> bool:
-        return super().alive() and (self.failure is None or self.failure.resync)
-
-    def error(self) -> str | None:
-        f = self.failure
-        return super().error() or (f.reason if f is not None and not f.resync else None)
 
     def _candidates(self) -> list[str]:
         names = [self.state.primary] if self.state.primary else []
@@ -329,7 +238,7 @@ class ReceiverMirror(MirrorWorker):
         await race(read(), self._handle(conn, inbox))
 
     async def _handle(self, conn: Connection, inbox: asyncio.Queue[Message]) -> None:
-        resync_at: int | None = None
+        self._resync_at = None
         held: Message | None = None
         while True:
             if held is not None:
@@ -342,100 +251,82 @@ class ReceiverMirror(MirrorWorker):
                 raise PeerRefused(f"primary sent term {msg.term}, ours is {self.term}: "
                                   f"{'stale primary' if msg.term < self.term else 'reconnect'}")
             if isinstance(msg, Records):
-                records = list(msg.records)
-                if resync_at is None:
-                    # Coalesce what is already waiting: consecutive, gapless batches.
-                    while not inbox.empty() and len(records) < MERGE_RECORDS:
-                        nxt = inbox.get_nowait()
-                        if (not isinstance(nxt, Records) or not nxt.records or not records
-                                or nxt.records[0].lsn != records[-1].lsn + 1):
-                            held = nxt
-                            break
-                        records.extend(nxt.records)
-                if self.failure is not None and (resync_at is None or self.failure.in_resync):
-                    continue  # nothing after the failed record is applied or acknowledged
-                await self._records(conn, records, resync_at is not None)
+                held = await self._on_records(conn, msg, inbox)
             elif isinstance(msg, Heartbeat):
-                self.primary_lsn = msg.lsn
-                self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
+                self._on_heartbeat(msg)
             elif isinstance(msg, ResyncBegin):
-                if resync_at is not None or msg.lsn < self.applied:
-                    raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
-                try:
-                    self.resync = ReceiverResync(
-                        msg, list(self.cfg.targets),
-                        self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
-                        exclude=list(self.cfg.exclude), stats=self.metrics)
-                except ValueError as exc:
-                    raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
-                resync_at = msg.lsn
-                self.resyncing = True
-                if self.failure is not None:
-                    self.failure.in_resync = False  # this resync may clear it
-                log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
-                            self.name, msg.mode, msg.lsn, self.applied)
-                self._manifest_task = asyncio.create_task(
-                    self.resync.send_manifest(conn, lambda: self.term))
+                self._on_resync_begin(conn, msg)
             elif isinstance(msg, ResyncProgress):
-                if self.resync is None or resync_at is None:
-                    raise ProtocolError("RESYNC_PROGRESS outside a resync")
-                self.resync.on_progress(msg)
+                self._on_resync_progress(msg)
             elif isinstance(msg, ResyncEnd):
-                if resync_at is None or msg.lsn != resync_at:
-                    raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
-                if self.failure is not None and self.failure.in_resync:
-                    resync_at, self.resyncing = None, False
-                    self.failure.in_resync = False  # stay stopped; no ACK
-                    continue
-                task = self._manifest_task
-                if task is None or not task.done() or task.exception() is not None:
-                    raise ProtocolError("RESYNC_END before our manifest was sent")
-                await asyncio.to_thread(self._finish_resync, msg.lsn)
-                resync_at = None
-                await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
+                await self._on_resync_end(conn, msg)
             elif isinstance(msg, Error):
                 log.warning("%s: primary reports: %s", self.name, msg.reason)
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
-    async def _undo_divergent(self, shared: int, primary: str) -> None:
+    async def _on_records(self, conn: Connection, msg: Records,
+                          inbox: asyncio.Queue[Message]) -> Message | None:
+        """Apply ``msg``'s records; return the message taken from ``inbox``
+        that ends a coalesced run, for :meth:`_handle` to handle next."""
+        records = list(msg.records)
+        held: Message | None = None
+        if self._resync_at is None:
+            # Coalesce what is already waiting: consecutive, gapless batches.
+            while not inbox.empty() and len(records) < MERGE_RECORDS:
+                nxt = inbox.get_nowait()
+                if (not isinstance(nxt, Records) or not nxt.records or not records
+                        or nxt.records[0].lsn != records[-1].lsn + 1):
+                    held = nxt
+                    break
+                records.extend(nxt.records)
+        if self.failure is not None and (self._resync_at is None or self.failure.in_resync):
+            return held  # nothing after the failed record is applied or acknowledged
+        await self._records(conn, records, self._resync_at is not None)
+        return held
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        self.primary_lsn = msg.lsn
+        self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
+
+    def _on_resync_begin(self, conn: Connection, msg: ResyncBegin) -> None:
+        if self._resync_at is not None or msg.lsn < self.applied:
+            raise ProtocolError(f"unexpected RESYNC_BEGIN({msg.lsn})")
         try:
-            undone = await asyncio.to_thread(
-                undo_divergent_tail, self.log, self.history, list(self.cfg.targets),
-                self.mirror_dir() / "quarantine", shared, primary, self.name)
-        except DivergenceUnknown as exc:
-            self.fatal = str(exc)
-            log.error("%s: %s", self.name, exc)
-            raise
-        self.applied = min(self.applied, shared)
-        await asyncio.to_thread(self.store.save_applied, self.applied)
-        self.divergences += 1
-        self.metrics.quarantined("diverged", sum(1 for m in undone.moved if m[3] != "-"))
-        self.last_divergence = {"shared_lsn": shared, "lsn_range": [undone.first, undone.last],
-                                "terms": undone.terms, "paths": len(undone.moved),
-                                "report": str(undone.report), "time": time.time()}
-
-    def _apply_resync(self, resync: ReceiverResync, records: list[Record]) -> None:
-        resync.apply(self.applier, records)
-        self._count_applied(len(records), None)
-
-    def _finish_resync(self, lsn: int) -> None:
-        self.store.save_applied(lsn)
-        self.applied = lsn
-        self.log.reset(lsn + 1)
-        # Our replica is now the primary's at LSN `lsn`: so is our history.
-        self.history.adopt(self.primary_history, lsn)
-        self.resyncing = False
-        self.resyncs += 1
-        self.metrics.resync(self.host, "done")
+            self.resync = ReceiverResync(
+                msg, list(self.cfg.targets),
+                self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
+                exclude=list(self.cfg.exclude), stats=self.metrics)
+        except ValueError as exc:
+            raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
+        self._resync_at = msg.lsn
+        self.resyncing = True
         if self.failure is not None:
-            log.info("%s: the resync covers LSN %d, which we could not apply: resuming",
-                     self.name, self.failure.lsn)
-            self.failure = None
-        if self.resync is not None:
-            self.resync.finish()
-        log.info("%s: resync complete at LSN %d", self.name, lsn)
+            self.failure.in_resync = False  # this resync may clear it
+        log.warning("%s: %s resync from the primary (snapshot at LSN %d; we had %d)",
+                    self.name, msg.mode, msg.lsn, self.applied)
+        self._manifest_task = asyncio.create_task(
+            self.resync.send_manifest(conn, lambda: self.term))
+
+    def _on_resync_progress(self, msg: ResyncProgress) -> None:
+        if self.resync is None or self._resync_at is None:
+            raise ProtocolError("RESYNC_PROGRESS outside a resync")
+        self.resync.on_progress(msg)
+
+    async def _on_resync_end(self, conn: Connection, msg: ResyncEnd) -> None:
+        if self._resync_at is None or msg.lsn != self._resync_at:
+            raise ProtocolError(f"unexpected RESYNC_END({msg.lsn})")
+        if self.failure is not None and self.failure.in_resync:
+            self._resync_at, self.resyncing = None, False
+            self.failure.in_resync = False  # stay stopped; no ACK
+            return
+        task = self._manifest_task
+        if task is None or not task.done() or task.exception() is not None:
+            raise ProtocolError("RESYNC_END before our manifest was sent")
+        await asyncio.to_thread(self._finish_resync, msg.lsn)
+        self._resync_at = None
+        await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
 
     async def _records(self, conn: Connection, records: list[Record], resync: bool) -> None:
         if not records:
@@ -468,34 +359,6 @@ class ReceiverMirror(MirrorWorker):
         self._conflict_resyncs = 0
         self.received_records += len(records)
         await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
-
-    def _log_and_apply(self, records: list[Record]) -> None:
-        for r in records:  # a new term's start is durable before its records
-            if r.term > self.history.last_term:
-                self.history.note(r.term, r.lsn)
-        self.log.append(records)
-        lsn = records[-1].lsn
-        started = time.perf_counter()
-        # applied.json's new contents become durable with the replica data,
-        # and only then replace the old file: never ahead of the replica.
-        try:
-            self.applier.apply_batch(records, stage=lambda: self.store.stage_applied(lsn))
-        except RecordFailed as exc:
-            self._cut_at(exc.lsn)
-            raise
-        self.store.commit_applied()
-        self.applied = lsn
-        self._count_applied(len(records), time.perf_counter() - started)
-        self.log.trim(self.applied, drop_unacked=False)
-
-    def _count_applied(self, records: int, seconds: float | None) -> None:
-        """Metrics of one applied batch (worker thread): records, latency
-        (``None`` for resync batches, which have no durability point of
-        their own), and the records apply refused meanwhile."""
-        self.metrics.applied(records, seconds)
-        refused, self._refused_seen = self.applier.refused - self._refused_seen, \
-            self.applier.refused
-        self.metrics.refused(refused)
 
     def lag(self) -> tuple[int | None, int | None, float]:
         """Our own (bytes, records, seconds) behind the primary. Connected:

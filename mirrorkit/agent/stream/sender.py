@@ -37,10 +37,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
+from mirrorkit.agent.capture import Capture, new_capture
+from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
@@ -48,6 +48,7 @@ from mirrorkit.agent.resync.compare import MODES, ResyncProgress
 from mirrorkit.agent.resync.primary import send_resync
 from mirrorkit.agent.stream.append_times import AppendTimes
 from mirrorkit.agent.stream.capture_state import CaptureState
+from mirrorkit.agent.stream.peers import PeerState, peer_state
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -78,47 +79,6 @@ WINDOW_BYTES = 8 << 20
 INLINE_READ_BYTES = 64 << 10  # a log read this small stays on the loop (see _read)
 
 
-@dataclass
-class PeerState:
-    role: str
-    connected: bool = False
-    acked_lsn: int = 0
-    received_lsn: int = 0
-    last_seen: float = 0.0
-    resyncing: bool = False
-    # Retention floor of a resync in progress (the log after it must survive);
-    # never shown as acknowledged: ``acked_lsn`` stays what the peer has.
-    hold_lsn: int = 0
-    seen: bool = False  # connected at least once since this worker started
-    disconnected_at: float | None = None  # wall clock, while disconnected
-    # What the receiver reported it cannot apply (APPLY_FAILED), until it
-    # acknowledges past that record or a resync covers it.
-    apply_error: str | None = None
-    apply_error_lsn: int = 0
-    clear_error_on_ack: bool = False  # a resync was sent since: its ACK clears the error
-    # (last lsn, bytes) of each batch sent and not yet acknowledged; change it
-    # only through the methods below, which keep ``inflight_bytes`` in step.
-    inflight: deque[tuple[int, int]] = field(default_factory=deque)
-    inflight_bytes: int = 0
-    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[Any] | None = None
-    manifest: asyncio.Queue[Manifest | ManifestEnd] | None = None  # during a resync
-    resync: ResyncProgress | None = None  # the last or current one
-    pending: ResyncProgress | None = None  # asked for, starts at the next send turn
-
-    def sent(self, last_lsn: int, nbytes: int) -> None:
-        self.inflight.append((last_lsn, nbytes))
-        self.inflight_bytes += nbytes
-
-    def acked_through(self, lsn: int) -> None:
-        while self.inflight and self.inflight[0][0] <= lsn:
-            self.inflight_bytes -= self.inflight.popleft()[1]
-
-    def clear_inflight(self) -> None:
-        self.inflight.clear()
-        self.inflight_bytes = 0
-
-
 class PrimaryMirror(MirrorWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,7 +99,7 @@ class PrimaryMirror(MirrorWorker):
         self._new_data = asyncio.Event()
         self.emit_lock = asyncio.Lock()  # see emit()
         self._started = time.time()  # age floor for records logged before a restart
-        self._capture: Any = None
+        self._capture: Capture | None = None
         self._resync_ids = 0
 
     async def open(self) -> None:
@@ -178,12 +138,10 @@ class PrimaryMirror(MirrorWorker):
     # -- capture -> log -----------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        from mirrorkit.agent.capture.watch import CaptureError, WatchCapture
-
         backoff = Backoff(1.0, 30.0)
         while True:
-            self._capture = WatchCapture(list(self.cfg.targets), list(self.cfg.exclude),
-                                         self.index_path)
+            self._capture = new_capture(list(self.cfg.targets), list(self.cfg.exclude),
+                                        self.index_path)
             self.capture.started()
             if self.capture.restarts:
                 log.warning("%s: capture restarting (restart %d); healthy again once its "
@@ -492,7 +450,7 @@ class PrimaryMirror(MirrorWorker):
 
     def _peer_status(self, p: PeerState) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "role": p.role, "connected": p.connected, "state": _peer_state(p),
+            "role": p.role, "connected": p.connected, "state": peer_state(p),
             "acked_lsn": None, "received_lsn": None, "lag_bytes": None,
             "lag_records": None, "lag_seconds": None, "resyncing": p.resyncing,
             "needs_resync": False, "apply_error": p.apply_error,
@@ -508,16 +466,6 @@ class PrimaryMirror(MirrorWorker):
                         "needs_resync": not p.resyncing and lag_records > 0
                         and p.acked_lsn + 1 < self.log.first_lsn})
         return out
-
-
-def _peer_state(p: PeerState) -> str:
-    if not p.seen:
-        return "unknown"
-    if not p.connected:
-        return "disconnected"
-    if p.resyncing or p.pending is not None:
-        return "resyncing"
-    return "apply-failed" if p.apply_error else "streaming"
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
