@@ -368,14 +368,20 @@ def test_apply_after_a_setting_change_and_a_certificate_rotation(
         assert body and not [line for line in body if line in output]
         assert "".join(body) not in output.replace("\n", "")
 
-    # The new certificate and key are in place, and the agent restarted with them.
+    # The new certificate and key are in place, and the agent reloaded with
+    # them (SIGHUP: the same process, a new worker for the rotated mirror).
     target = member(PRIMARY)
     assert target.file(f"/etc/mirrorkit/pki/{MIRROR}/member.crt").content == new_cert
     key_file = target.file(f"/etc/mirrorkit/pki/{MIRROR}/member.key")
     assert key_file.mode == 0o600
     assert key_file.sha256sum == hashlib.sha256(new_key).hexdigest()
     assert "arbiter: 12.0" in target.file("/etc/mirrorkit/agent.yml").content_string
-    assert agent_pids()[PRIMARY] != pids[PRIMARY]
+    assert agent_pids()[PRIMARY] == pids[PRIMARY]
+    code, body = api(target, "/status")
+    status = json.loads(body) if code == 200 else {}
+    deployed = target.file("/etc/mirrorkit/agent.yml").sha256sum
+    assert status.get("config_digest") == deployed and status.get("reloads", 0) >= 1, status
+    assert MIRROR in status["last_reload"]["restarted"]  # its certificate changed
     # The others still talk to the primary over TLS, with its new certificate.
     eventually(lambda: _peers_connected(PRIMARY), 30,
                f"every peer reconnects to {PRIMARY} with its new certificate")
