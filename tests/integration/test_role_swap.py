@@ -235,7 +235,8 @@ def test_a_restarting_primary_stays_primary_while_its_log_opens(
     async def main() -> None:
         run = asyncio.create_task(agent.run(signals=False))
         try:
-            await until(lambda: agent.status()["mirrors"][M].get("starting"), "starting")
+            await until(lambda: agent.status()["mirrors"][M].get("starting")
+                        and agent.status()["mirrors"][M]["alive"], "its log opening")
             status = agent.status()
             assert status["mirrors"][M]["term"] == 4
             assert check_primary(status, M)[0] == 200 and check_health(status)[0] == 200

@@ -194,7 +194,11 @@ class MirrorSupervisor:
             out = {"role": roles.role if roles is not None else "unknown",
                    "term": roles.term if roles is not None else None,
                    "primary": roles.primary if roles is not None else None,
-                   "fenced": True, "alive": False,
-                   "error": self.error or "starting", "failed_starts": self.failed_starts}
+                   "fenced": True, "alive": False, "failed_starts": self.failed_starts}
+            # Not started yet is not an error: say which it is.
+            if self.error is not None:
+                out["error"] = self.error
+            else:
+                out["starting"] = True
         out["role_changes"] = self.role_changes
         return out
