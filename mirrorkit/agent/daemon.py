@@ -237,7 +237,7 @@ def _log_failure(task: asyncio.Task[bool]) -> None:
         log.error("reload failed: %r", task.exception())
 
 
-def _fingerprints(cfg: AgentConfig, path: Path) -> tuple[str | None, dict[str, str]]:
+def _fingerprints(cfg: AgentConfig, path: Path) -> tuple[str, dict[str, str]]:
     """(sha256 of the config file, {mirror: sha256 of its CA, certificate and
     key}); a file that cannot be read counts as its own value."""
     def digest(*files: Path) -> str:
@@ -249,6 +249,5 @@ def _fingerprints(cfg: AgentConfig, path: Path) -> tuple[str | None, dict[str, s
                 h.update(f"unreadable {f}: {exc.errno}".encode())
         return h.hexdigest()
 
-    tls = {name: digest(m.tls.ca, m.tls.cert, m.tls.key) for name, m in cfg.mirrors.items()
-           if m.tls is not None}
+    tls = {name: digest(m.tls.ca, m.tls.cert, m.tls.key) for name, m in cfg.mirrors.items()}
     return digest(path), tls

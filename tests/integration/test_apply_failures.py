@@ -12,8 +12,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,15 +44,6 @@ from mirrorkit.agent.transport.frames import (
 pytestmark = pytest.mark.integration
 __all__ = ["cluster_factory"]  # the fixture, re-exported for this module
 M = TypeVar("M")
-
-
-def health(c: Cluster, node: str, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{c.nodes[node].api_port}{path}",
-                                    timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 class FakePrimary:
@@ -162,7 +151,7 @@ def test_a_refused_record_stops_the_member_until_a_resync(backup_only: Cluster) 
                 c.mirror("node2")), "node2 stops")
             assert "REFUSED record LSN 2 (WRITE '../escape')" in m["error"]
             assert m["applied_lsn"] == 1 and m["apply_failure"]["action"] == "stopped"
-            assert await asyncio.to_thread(health, c, "node2", "/health") == 503
+            assert await asyncio.to_thread(c.code, "node2", "/health") == 503
             assert not (replica / "ok" / "after").exists()
             assert not (replica / "ok" / "later").exists()
             # The way back: a resync from the primary (an operator's).
@@ -172,7 +161,7 @@ def test_a_refused_record_stops_the_member_until_a_resync(backup_only: Cluster) 
             m = await polled(lambda: (lambda m: m if m.get("alive") else None)(
                 c.mirror("node2")), "node2 resumes")
             assert m["apply_failure"] is None and "error" not in m and m["resyncs"] == 1
-            assert await asyncio.to_thread(health, c, "node2", "/health") == 200
+            assert await asyncio.to_thread(c.code, "node2", "/health") == 200
             await fake.records(Op(OpKind.WRITE, 0, "ok/streamed", data=b"z"))
             assert (await fake.expect(Ack)).lsn == 5
 
@@ -198,14 +187,14 @@ def test_a_conflicting_record_is_resynced_never_acknowledged_past(backup_only: C
             m = c.mirror("node2")
             assert m["alive"] is True and m["apply_failure"]["action"] == "resync"
             assert m["applied_lsn"] == 1 and m["conflicts"] == 1
-            assert await asyncio.to_thread(health, c, "node2", f"/replica?mirror={MIRROR}") \
+            assert await asyncio.to_thread(c.code, "node2", f"/replica?mirror={MIRROR}") \
                 == 503
             ack = await fake.resync(Op(OpKind.MKDIR, 0, "d", value=0o755),
                                     Op(OpKind.WRITE, 0, "d/after", data=b"a"))
             assert ack.lsn == 3
             m = c.mirror("node2")
             assert m["apply_failure"] is None and m["applied_lsn"] == 3
-            assert await asyncio.to_thread(health, c, "node2", f"/replica?mirror={MIRROR}") \
+            assert await asyncio.to_thread(c.code, "node2", f"/replica?mirror={MIRROR}") \
                 == 200
             # The same conflict again and again: after 3 resyncs in a row, it stops.
             for attempt in range(4):
@@ -256,7 +245,7 @@ def test_a_conflict_the_resync_cannot_fix_stops_until_an_operator_resync(
         wait_for(lambda: c.mirror("node1")["peers"]["node2"]["state"] == "apply-failed",
                  "the primary shows why")
         assert "failed during a resync" in c.mirror("node1")["peers"]["node2"]["apply_error"]
-        assert health(c, "node2", "/health") == 503
+        assert c.code("node2", "/health") == 503
         assert (replica / "f").read_text() == "version 1\n"
     finally:
         chattr("-i", replica / "f")
@@ -270,5 +259,5 @@ def test_a_conflict_the_resync_cannot_fix_stops_until_an_operator_resync(
              "the backup resumes after the operator's resync")
     assert differences(root, replica) == []
     assert c.mirror("node1")["peers"]["node2"]["apply_error"] is None
-    assert health(c, "node2", "/health") == 200
+    assert c.code("node2", "/health") == 200
     assert os.path.exists(replica / "f")

@@ -13,8 +13,6 @@ import random
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,17 +183,6 @@ def test_primary_killed_repeatedly_converges(
 # -- corruption in the middle of a log ---------------------------------------
 
 
-def health(c: Cluster, node: str) -> int:
-    url = f"http://127.0.0.1:{c.nodes[node].api_port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def corrupt_middle(log_dir: Path) -> tuple[Path, int, int]:
     """Flip a byte inside a record in the middle of the last segment holding
     at least 3 records; return (segment, byte offset, LSN)."""
@@ -235,7 +222,7 @@ def test_corrupt_receiver_log_stops_the_mirror_until_moved_aside(
     assert m["alive"] is False
     assert str(seg) in m["error"] and f"byte {offset}" in m["error"]
     assert f"LSN {lsn}" in m["error"]
-    wait_for(lambda: health(c, "node2") == 503, "/health answers 503")
+    wait_for(lambda: c.code("node2", "/health") == 503, "/health answers 503")
     (root / "after-corruption").write_text("must not arrive while the log is corrupt")
     # The agent retries failed mirrors every 5 s: each retry hits the same
     # error (logged once, counted in status).
@@ -248,7 +235,7 @@ def test_corrupt_receiver_log_stops_the_mirror_until_moved_aside(
     os.rename(log_dir, log_dir.with_name("log.corrupt"))
     wait_drained(c, "node2")
     assert (c.nodes["node2"].root / "after-corruption").exists()
-    assert health(c, "node2") == 200
+    assert c.code("node2", "/health") == 200
 
 
 def test_corrupt_primary_log_stops_the_primary(
@@ -267,5 +254,5 @@ def test_corrupt_primary_log_stops_the_primary(
                  "the primary reports the corrupt log")
     assert m is not None
     assert m["alive"] is False and str(seg) in m["error"] and f"byte {offset}" in m["error"]
-    wait_for(lambda: health(c, "node1") == 503, "/health answers 503")
+    wait_for(lambda: c.code("node1", "/health") == 503, "/health answers 503")
     assert "Traceback" not in c.nodes["node1"].log_text()

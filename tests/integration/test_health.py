@@ -8,13 +8,10 @@ Every wait is a poll with a generous deadline; nothing asserts speed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,21 +26,6 @@ from test_loopback import (  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.integration
 __all__ = ["cluster_factory"]  # the fixture, re-exported for this module
-
-
-def get(c: Cluster, node: str, path: str) -> tuple[int, dict[str, Any]]:
-    url = f"http://127.0.0.1:{c.nodes[node].api_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except OSError:
-        return 0, {}
-
-
-def code(c: Cluster, node: str, path: str) -> int:
-    return get(c, node, path)[0]
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,27 +64,27 @@ def test_failed_capture_makes_the_primary_unhealthy_until_it_works_again(
         pair: Cluster) -> None:
     c = pair
     root = c.nodes["node1"].root
-    assert code(c, "node1", f"/primary?mirror={MIRROR}") == 200
+    assert c.code("node1", f"/primary?mirror={MIRROR}") == 200
     assert c.mirror("node1")["capture"]["state"] == "running"
     aside = root.with_name("data.aside")
     os.rename(root, aside)  # the mirrored directory disappears: capture fails
-    wait_for(lambda: code(c, "node1", f"/primary?mirror={MIRROR}") == 503, "/primary 503")
-    assert code(c, "node1", "/health") == 503
+    wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 503, "/primary 503")
+    assert c.code("node1", "/health") == 503
     assert probe_primary(c, "node1") == 1  # keepalived's check: not a primary
     m = c.mirror("node1")
     assert m["alive"] is False and m["capture"]["state"] in ("failed", "restarting")
     assert "capture" in m["error"] and str(root) in m["error"]
-    _, body = get(c, "node1", f"/primary?mirror={MIRROR}")
+    _, body = c.get("node1", f"/primary?mirror={MIRROR}")
     assert "capture" in body["mirrors"][MIRROR]["reason"]
     shown = agent_cli("status", "--api-port", str(c.nodes["node1"].api_port)).stdout
     assert "ERROR: capture" in shown  # the agent's own status command says why
     # It keeps failing while the directory is missing: never "healthy" between tries.
     wait_for(lambda: c.mirror("node1")["capture"]["restarts"] >= 1, "a restart is tried")
-    assert code(c, "node1", "/health") == 503
+    assert c.code("node1", "/health") == 503
     os.rename(aside, root)
-    wait_for(lambda: code(c, "node1", f"/primary?mirror={MIRROR}") == 200,
+    wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200,
              "/primary 200 once capture works again", timeout=90)
-    assert code(c, "node1", "/health") == 200 and probe_primary(c, "node1") == 0
+    assert c.code("node1", "/health") == 200 and probe_primary(c, "node1") == 0
     m = c.mirror("node1")
     assert m["capture"]["state"] == "running" and "error" not in m
     (root / "after").write_text("captured again\n")
@@ -148,14 +130,14 @@ def test_a_resyncing_peer_is_shown_resyncing_not_caught_up(
         primary.send_signal(signal.SIGSTOP)
         backup.send_signal(signal.SIGCONT)
         wait_for(lambda: c.mirror("node2").get("resyncing") is True, "node2 resyncing")
-        status, body = get(c, "node2", f"/replica?mirror={MIRROR}")
+        status, body = c.get("node2", f"/replica?mirror={MIRROR}")
         assert status == 503 and "resyncing" in body["mirrors"][MIRROR]["reason"]
     finally:
         primary.send_signal(signal.SIGCONT)
         backup.send_signal(signal.SIGCONT)
     wait_for(lambda: c.mirror("node2").get("resyncs") == 1 and caught_up(c, "node2"),
              "the resync ends and node2 catches up")
-    assert code(c, "node2", f"/replica?mirror={MIRROR}") == 200
+    assert c.code("node2", f"/replica?mirror={MIRROR}") == 200
     assert c.mirror("node1")["peers"]["node2"]["state"] == "streaming"
     assert differences(root, c.nodes["node2"].root) == []
 

@@ -189,6 +189,21 @@ class Cluster:
         except (OSError, urllib.error.URLError, ValueError):
             return None
 
+    def get(self, name: str, path: str) -> tuple[int, dict[str, Any]]:
+        """GET ``path`` on ``name``'s API: (status code, JSON body); (0, {})
+        when nothing answers."""
+        url = f"http://127.0.0.1:{self.nodes[name].api_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return int(resp.status), json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except OSError:
+            return 0, {}
+
+    def code(self, name: str, path: str) -> int:
+        return self.get(name, path)[0]
+
     def mirror(self, name: str) -> dict[str, Any]:
         st = self.status(name)
         if not st:

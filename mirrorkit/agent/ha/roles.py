@@ -14,8 +14,9 @@ __all__ = ["create_worker"]
 
 
 def create_worker(agent: AgentConfig, mirror: MirrorConfig, roles: RoleOwner) -> MirrorWorker:
-    """The worker for ``roles``' current role (not started). Opening the
-    mirror log scans it, so call this from a worker thread."""
+    """The worker for ``roles``' current role (not started; its ``open()``
+    reads the mirror log). A receiver reads ``applied.json`` here, so call
+    this from a worker thread."""
     role = roles.role
     worker: MirrorWorker
     if role == "arbiter":
