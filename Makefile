@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop fuzz
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -58,6 +58,12 @@ bench: deps
 LABEL ?= run
 bench-loop: deps
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/loopstall.py --label $(LABEL) $(ARGS)
+
+# The property-based tests (marked `fuzz`, also run by `make test` with a fixed
+# seed and a bounded example count) with many more, random, examples.
+# FUZZ_EXAMPLES=N sets the count per test (default 20000).
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -m fuzz --timeout 3600 tests/unit
 
 clean-lab:
 	$(BIN)/mirrorkit lab down inventories/lab.yml

@@ -9,6 +9,12 @@ with this checkout's dependencies.
 ``nobody_request``: send one raw request as ``nobody`` to a Unix socket
 (a path) or a loopback TCP port (an int) with a standard-library client;
 returns ``{"uid", "pid", "connect": "ok" | errno name, "answer": raw text}``.
+
+Fuzzing (hypothesis): the ``ci`` profile, the default, runs every property
+test with a fixed seed (``derandomize``) and a bounded example count, so
+``make test`` is repeatable and stays short; ``make fuzz`` selects the
+``fuzz`` profile (``HYPOTHESIS_PROFILE=fuzz``): many more examples, random
+seeds, a found case printed to be pasted into a regular test.
 """
 
 from __future__ import annotations
@@ -24,8 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import mirrorkit
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=200, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NOBODY = "nobody"
 REPO = Path(mirrorkit.__file__).resolve().parents[1]
