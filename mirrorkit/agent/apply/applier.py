@@ -63,7 +63,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit.agent.log.records import Op, OpKind, Record
-from mirrorkit.agent.util.fs import UnsafePath, safe_parts, syncfs, syncfs_supported
+from mirrorkit.agent.util.fs import UnsafePath, safe_parts, show_path, syncfs, syncfs_supported
 from mirrorkit.agent.util.walk import remove_tree
 
 __all__ = ["Applier", "ApplyError", "PathRefused", "RecordFailed"]
@@ -80,6 +80,11 @@ def reporting_mode(mode: int, is_dir: bool) -> int:
     """The mode a reporting copy stores for the primary's ``mode`` (verify
     compares a reporting copy against this, not against the primary's bits)."""
     return mode & (_RO_DIR_MASK if is_dir else _RO_FILE_MASK)
+# Descriptors one batch keeps open until its durability point, per cache: a
+# batch of 50,000 records into as many directories or files must not run
+# out of descriptors; what falls out is settled (``Applier._settle``).
+_MAX_CACHED_DIRS = 64
+_MAX_OPEN_FILES = 256
 _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
           errno.ENFILE}
 
@@ -123,8 +128,9 @@ class Applier:
             if read_only:
                 self._lock_down(fd, os.fstat(fd).st_mode)
                 os.fsync(fd)
-        self._dirs: dict[tuple[int, tuple[str, ...]], int] = {}
+        self._dirs: dict[tuple[int, tuple[str, ...]], int] = {}  # LRU order
         self._dirty_dirs: set[int] = set()
+        self._dirty_devs: set[int] = set()  # dirty entries already closed, by st_dev
         self._files: dict[tuple[int, tuple[str, ...]], int] = {}
         self._pending: list[int] = []  # metadata-only fds to fsync and close
         # st_dev -> a descriptor open since now, to syncfs that file system with
@@ -203,14 +209,15 @@ class Applier:
             self._files.clear()
             self._pending.clear()
             self._dirty_dirs.clear()
+            self._dirty_devs.clear()
             self._dirs.clear()
 
     def _sync(self, fds: list[int]) -> None:
         """One syncfs per file system we hold a sync descriptor for; fsync the rest."""
-        if not fds:
+        if not fds and not self._dirty_devs:
             return
         if self._sync_fds:
-            devs: set[int] = set()
+            devs: set[int] = set(self._dirty_devs)
             rest: list[int] = []
             for fd in fds:
                 dev = os.fstat(fd).st_dev
@@ -228,6 +235,8 @@ class Applier:
                                 self.label, exc)
                     self._sync_fds.clear()
                     rest = fds
+                    if self._dirty_devs:
+                        os.sync()  # entries closed already: sync(2) waits for them
                     break
             fds = rest
         for fd in fds:
@@ -241,17 +250,52 @@ class Applier:
         return self._root_fds[tree]
 
     def _dir(self, tree: int, parts: tuple[str, ...], create: bool) -> int | None:
-        """Descriptor of directory ``parts`` under the root (cached; never a
-        symlink); ``None`` if absent and not ``create``."""
+        """Descriptor of directory ``parts`` under the root (never a symlink);
+        ``None`` if absent and not ``create``.
+
+        Iterative, one ``openat`` per component from the deepest cached
+        ancestor: a path thousands of levels deep (deeper than an absolute
+        path may be) needs no recursion and holds at most two descriptors of
+        its own on the way; only the result is cached (at most
+        :data:`_MAX_CACHED_DIRS`, least recently used first out)."""
         if not parts:
             return self._root(tree)
         key = (tree, parts)
-        if key in self._dirs:
-            return self._dirs[key]
-        parent = self._dir(tree, parts[:-1], create)
-        if parent is None:
-            return None
-        name = parts[-1]
+        fd = self._dirs.pop(key, None)
+        if fd is not None:
+            self._dirs[key] = fd  # most recently used last
+            return fd
+        start, fd = 0, self._root(tree)
+        for (t, p), cached in self._dirs.items():
+            if t == tree and start < len(p) < len(parts) and parts[:len(p)] == p:
+                start, fd = len(p), cached
+        owned: int | None = None  # opened on the way, neither cached nor a root
+        try:
+            for depth in range(start, len(parts)):
+                child = self._open_child(tree, parts, depth, fd, create)
+                if owned is not None:
+                    self._settle(owned, owned in self._dirty_dirs)
+                owned = child
+                if child is None:
+                    return None
+                fd = child
+        except BaseException:
+            if owned is not None:
+                self._settle(owned, owned in self._dirty_dirs)
+            raise
+        assert owned is not None
+        while len(self._dirs) >= _MAX_CACHED_DIRS:
+            oldest = next(iter(self._dirs))
+            evicted = self._dirs.pop(oldest)
+            self._settle(evicted, evicted in self._dirty_dirs)
+        self._dirs[key] = owned
+        return owned
+
+    def _open_child(self, tree: int, parts: tuple[str, ...], depth: int, parent: int,
+                    create: bool) -> int | None:
+        """Directory ``parts[depth]`` of ``parent`` opened without following a
+        symlink (created, or replacing a non-directory, with ``create``)."""
+        name = parts[depth]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
@@ -262,23 +306,43 @@ class Applier:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            here = parts[:depth + 1]
             if stat.S_ISLNK(st.st_mode):
-                raise PathRefused(f"path passes through symlink {'/'.join(parts)!r}") from exc
+                raise PathRefused(f"path passes through symlink {show_path('/'.join(here))}") \
+                    from exc
             if not create:
                 return None
             # The primary has a directory where we have a file: follow it.
-            log.warning("%s: replacing non-directory %r by a directory", self.label,
-                        "/".join(parts))
-            self._forget(tree, parts)
+            log.warning("%s: replacing non-directory %s by a directory", self.label,
+                        show_path("/".join(here)))
+            self._forget(tree, here)
             os.unlink(name, dir_fd=parent)
             os.mkdir(name, 0o755, dir_fd=parent)
             self._dirty_dirs.add(parent)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         if self.read_only:
-            self._lock_down(fd, os.fstat(fd).st_mode)
+            try:
+                self._lock_down(fd, os.fstat(fd).st_mode)
+            except BaseException:
+                os.close(fd)
+                raise
             self._dirty_dirs.add(fd)
-        self._dirs[key] = fd
         return fd
+
+    def _settle(self, fd: int, dirty: bool) -> None:
+        """Close ``fd`` before the batch's durability point without losing
+        it: a dirty entry on a file system syncfs covers is remembered by
+        device (synced at :meth:`flush`), any other is fsynced now."""
+        self._dirty_dirs.discard(fd)
+        try:
+            if dirty:
+                dev = os.fstat(fd).st_dev
+                if dev in self._sync_fds:
+                    self._dirty_devs.add(dev)
+                else:
+                    os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _entry(self, tree: int, path: str, create: bool) -> tuple[int | None, str,
                                                                   tuple[str, ...]]:
@@ -373,6 +437,8 @@ class Applier:
         if self.read_only:
             self._lock_down(fd, os.fstat(fd).st_mode)
         self._dirty_dirs.add(d)
+        if len(self._files) >= _MAX_OPEN_FILES:
+            self._settle(self._files.pop(next(iter(self._files))), True)
         self._files[key] = fd
         return fd
 
@@ -419,6 +485,8 @@ class Applier:
                 os.utime(name, ns=(st.st_atime_ns, op.value), dir_fd=d, follow_symlinks=False)
                 self._dirty_dirs.add(d)
             return
+        if len(self._pending) >= _MAX_OPEN_FILES:
+            self._settle(self._pending.pop(0), True)
         self._pending.append(fd)
         if self.read_only:
             self._lock_down(fd, os.fstat(fd).st_mode)

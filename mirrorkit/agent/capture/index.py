@@ -206,6 +206,13 @@ class BlockIndex:
         where, args = self._subtree_where(path)
         self._db.execute(f"DELETE FROM entries WHERE {where}", (tree, *args))
 
+    def longest_below(self, tree: int, path: str) -> int:
+        """The length in bytes of the longest indexed path at or below ``path``."""
+        where, args = self._subtree_where(path)
+        row = self._db.execute(f"SELECT max(length(path)) FROM entries WHERE {where}",
+                               (tree, *args)).fetchone()
+        return int(row[0] or 0)
+
     def rename(self, tree: int, src: str, dst: str) -> None:
         """Move ``src`` and everything below it to ``dst`` (replacing ``dst``)."""
         where, args = self._subtree_where(src)

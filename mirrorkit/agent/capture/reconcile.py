@@ -15,8 +15,9 @@ from enum import IntEnum
 
 from mirrorkit.agent.capture.filespec import excluder, is_excluded
 from mirrorkit.agent.capture.index import DIR, FILE, LINK, Entry, IndexStore
+from mirrorkit.agent.capture.unmirrorable import Unmirrorable
 from mirrorkit.agent.log.records import Op, OpKind
-from mirrorkit.agent.util.fs import UnsafePath, open_file_nofollow, safe_parts
+from mirrorkit.agent.util.fs import UnsafePath, open_file_nofollow, safe_parts, show_path
 from mirrorkit.agent.util.hashing import DIGEST_SIZE, read_blocks
 from mirrorkit.agent.util.walk import END, WalkEntry, lookup, walk
 from mirrorkit.errors import MirrorkitError
@@ -125,8 +126,11 @@ class Reconciler:
         exclude: list[str],
         index: IndexStore,
         on_dir: Callable[[int, str, int], None] | None = None,
+        unmirrorable: Unmirrorable | None = None,
     ) -> None:
         self.roots = roots
+        # Paths too long for a record: skipped, one WARNING each, counted.
+        self.unmirrorable = unmirrorable or Unmirrorable()
         self.exclude = exclude
         self.index = index
         # on_dir(tree, rel, fd) is called with the directory open, before it
@@ -166,7 +170,7 @@ class Reconciler:
         try:
             safe_parts(rel)
         except UnsafePath as exc:  # a path no record can carry (too long)
-            log.error("capture: %s not mirrored: %s", self.abspath(tree, rel), exc)
+            self.too_long(tree, rel, str(exc).removeprefix(f"path {show_path(rel)} "))
             yield None
             return
         if is_excluded(rel, self.exclude):
@@ -177,11 +181,14 @@ class Reconciler:
 
     def _below(self, tree: int, top: str, how: How) -> Iterator[Op | None]:
         for entry in walk(self.roots[tree], top, tree=tree, skip=excluder(self.exclude),
-                          on_dir=self.on_dir, listing=True):
+                          on_dir=self.on_dir, listing=True, on_too_long=self.too_long):
             if entry.kind == END:
                 yield from self._vanished(tree, entry.rel, entry.names)
             else:
                 yield from self._entry(entry, self.index.get(tree, entry.rel), how)
+
+    def too_long(self, tree: int, rel: str, problem: str) -> None:
+        self.unmirrorable.refuse(self.roots[tree], tree, rel, problem)
 
     def _vanished(self, tree: int, rel: str, present: frozenset[str]) -> Iterator[Op | None]:
         """Remove what the index holds below ``rel`` that the listing lacked."""

@@ -22,8 +22,10 @@ from mirrorkit.agent.capture.base import Emit
 from mirrorkit.agent.capture.filespec import is_excluded
 from mirrorkit.agent.capture.index import DIR, BlockIndex, Entry
 from mirrorkit.agent.capture.reconcile import CaptureError, How, Reconciler, removal_op
+from mirrorkit.agent.capture.unmirrorable import Unmirrorable
 from mirrorkit.agent.capture.watches import Key, Move, WatchMap, under
 from mirrorkit.agent.log.records import Op, OpKind
+from mirrorkit.agent.util.fs import PATH_MAX, UnsafePath, safe_parts, show_path
 
 __all__ = ["CaptureError", "CaptureStats", "WatchCapture"]
 
@@ -106,6 +108,7 @@ class WatchCapture:
         batch_ops: int = 256,
         batch_bytes: int = 4 * 1024 * 1024,
         max_pending_events: int = 100_000,
+        unmirrorable: Unmirrorable | None = None,
     ) -> None:
         if block_size <= 0 or not trees:
             raise ValueError("WatchCapture needs at least one tree and a positive block size")
@@ -120,6 +123,7 @@ class WatchCapture:
         self.batch_bytes = batch_bytes
         self.max_pending_events = max_pending_events
         self.stats = CaptureStats()
+        self.unmirrorable = unmirrorable or Unmirrorable()
         self._stopping = False
         self._running = False
         self._done = asyncio.Event()
@@ -151,7 +155,8 @@ class WatchCapture:
             self._index = index
             for tree in await self._io(index.bind_roots, self.roots):
                 log.warning("capture: tree %d is now %s; index reset", tree, self.roots[tree])
-            self._rec = Reconciler(self.roots, self.exclude, index, self._watch)
+            self._rec = Reconciler(self.roots, self.exclude, index, self._watch,
+                                   self.unmirrorable)
             self._ino = ino.Inotify(self.max_pending_events)
             self._ino.attach(self._loop)
             await self._full_scan()
@@ -203,6 +208,15 @@ class WatchCapture:
 
     # -- emitting ------------------------------------------------------------
     def _append(self, op: Op) -> None:
+        # The last guard: never log a record a replica would refuse (it would
+        # stop every receiver there). The reconciler skips such paths before.
+        for path in (op.path, op.target) if op.kind is OpKind.RENAME else (op.path,):
+            try:
+                safe_parts(path, allow_root=True)
+            except UnsafePath as exc:
+                self.unmirrorable.refuse(self.roots[op.tree], op.tree, path,
+                                         str(exc).removeprefix(f"path {show_path(path)} "))
+                return
         self._batch.append(op)
         self._batch_size += len(op.data) + len(op.path) + len(op.target) + 32
 
@@ -373,6 +387,7 @@ class WatchCapture:
             stree == tree and old is not None
             and parent_entry is not None and parent_entry.kind == DIR
             and not under(rel, srel) and not under(srel, rel)
+            and self._fits(tree, srel, rel)
         ):
             return False
         replaced = self._index.get(tree, rel)
@@ -388,6 +403,18 @@ class WatchCapture:
         self._append(Op(OpKind.RENAME, tree, srel, target=rel))
         self._index.rename(tree, srel, rel)
         return True
+
+    def _fits(self, tree: int, src: str, dst: str) -> bool:
+        """(capture thread) Every indexed path below ``src`` still fits a
+        record once moved to ``dst``; if not, the rename is replayed as a
+        removal and a scan, which skips (and counts) what is too long."""
+        try:
+            safe_parts(dst)
+        except UnsafePath:
+            return False
+        grow = len(dst.encode("utf-8", "surrogateescape")) - \
+            len(src.encode("utf-8", "surrogateescape"))
+        return grow <= 0 or self._index.longest_below(tree, src) + grow < PATH_MAX
 
     async def _moved_out(self, move: Move) -> None:
         self._unwatch(move)

@@ -44,7 +44,8 @@ needed).
 
 from __future__ import annotations
 
-import shutil
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -56,7 +57,9 @@ from mirrorkit.agent.capture.index import FILE, LINK, BlockIndex, Entry
 from mirrorkit.agent.capture.reconcile import How, Reconciler
 from mirrorkit.agent.log.records import Op, OpKind
 from mirrorkit.agent.transport.manifest_items import ManifestItem
+from mirrorkit.agent.util.fs import NAME_MAX
 from mirrorkit.agent.util.hashing import DIGEST_SIZE
+from mirrorkit.agent.util.move import make_dirs, move_entry
 from mirrorkit.agent.util.walk import WalkEntry, lookup, walk
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "ResyncReconciler",
     "count_tree",
     "diff_ops",
+    "quarantine_dir",
     "quarantine_path",
 ]
 
@@ -220,18 +224,56 @@ def count_tree(roots: list[str], exclude: list[str]) -> tuple[int, int]:
     return files, size
 
 
+def quarantine_dir(dest: Path) -> None:
+    """Create quarantine directory ``dest`` (``<state_dir>/<mirror>/quarantine/
+    <name>``) and make it and the quarantine root readable by root only:
+    what lands there is the replica's data as it was, moved out of reach."""
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d in (dest.parent, dest):
+        if stat.S_IMODE(d.stat().st_mode) != 0o700:
+            os.chmod(d, 0o700)
+
+
+def _free_name(dir_fd: int, name: str) -> str:
+    """``name``, or ``name.N`` when that is taken (one path quarantined twice)."""
+    candidate, n = name, 0
+    while True:
+        try:
+            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return candidate
+        n += 1
+        base = name
+        while len(base.encode("utf-8", "surrogateescape")) > NAME_MAX - 12:
+            base = base[:-1]
+        candidate = f"{base}.{n}"
+
+
 def quarantine_path(root: Path, tree: int, rel: str, dest: Path) -> Path | None:
     """Move ``root/rel`` (not following any symlink on the way, moving a final
     symlink as a link) to ``dest/<tree>/rel``; return where it went, or
     ``None`` if there is nothing there (or only a fifo, socket or device).
     Raises :class:`~mirrorkit.agent.util.fs.UnsafePath` (a ValueError) on an
-    unsafe path."""
+    unsafe path.
+
+    By descriptors at every step (``util.move``), so a path deeper than an
+    absolute path may be spelt moves like any other; regular files lose
+    their setuid/setgid bits on the way."""
     with lookup(root, rel, tree=tree) as found:
         if found is None:
             return None
-        target = dest / str(tree) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Through the parent's descriptor: an ancestor replaced by a symlink
-        # since the lookup cannot redirect the move.
-        shutil.move(f"/proc/self/fd/{found.dir_fd}/{found.name}", target)
-    return target
+        quarantine_dir(dest)
+        parts = (str(tree), *rel.split("/"))
+        base = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            parent = make_dirs(base, parts[:-1])
+        finally:
+            os.close(base)
+        try:
+            # Through the lookup's parent descriptor: an ancestor replaced by
+            # a symlink since cannot redirect the move.
+            name = _free_name(parent, parts[-1])
+            move_entry(found.dir_fd, found.name, parent, name)
+        finally:
+            os.close(parent)
+    return dest.joinpath(*parts[:-1], name)

@@ -14,12 +14,19 @@ from typing import Any, Protocol
 
 from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.log.records import Op, OpKind, Record
-from mirrorkit.agent.resync.compare import MODES, REPLACE, ResyncProgress, quarantine_path
+from mirrorkit.agent.resync.compare import (
+    MODES,
+    REPLACE,
+    ResyncProgress,
+    quarantine_dir,
+    quarantine_path,
+)
 from mirrorkit.agent.resync.manifest import walk_replica
 from mirrorkit.agent.transport.conn import Connection
 from mirrorkit.agent.transport.frames import Manifest, ManifestEnd, ResyncBegin
 from mirrorkit.agent.transport.frames import ResyncProgress as ProgressMsg
 from mirrorkit.agent.transport.manifest_items import ManifestItem, encode_item
+from mirrorkit.agent.util.walk import lookup
 
 __all__ = ["ReceiverResync"]
 
@@ -119,8 +126,12 @@ class ReceiverResync:
             raise self._refuse(op, f"unknown tree {op.tree}")
         kind = "replaced" if op.target == REPLACE else "orphan"
         if kind == "orphan" and self.progress.keep_orphans:
-            if (self.roots[op.tree] / op.path).is_symlink() or \
-                    (self.roots[op.tree] / op.path).exists():
+            try:
+                with lookup(self.roots[op.tree], op.path, tree=op.tree) as found:
+                    present = found is not None
+            except ValueError as exc:
+                raise self._refuse(op, str(exc)) from None
+            if present:
                 self.orphans_kept += 1
                 log.warning("%s: orphan %r (tree %d) is not on the primary: kept (operator "
                             "asked to keep orphans)", self.label, op.path, op.tree)
@@ -147,7 +158,7 @@ class ReceiverResync:
         return failed
 
     def _report(self, line: str) -> None:
-        self.dest.mkdir(parents=True, exist_ok=True)
+        quarantine_dir(self.dest)
         with open(self.dest / "REPORT.txt", "a", encoding="utf-8",
                   errors="surrogateescape") as f:
             f.write(line + "\n")

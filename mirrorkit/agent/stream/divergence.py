@@ -20,8 +20,6 @@ it. Nothing of it is kept silently and nothing dropped silently:
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +28,9 @@ from pathlib import Path
 from mirrorkit.agent.log.records import OpKind, Record
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.log.terms import TermHistory
-from mirrorkit.agent.resync.compare import quarantine_path
+from mirrorkit.agent.resync.compare import quarantine_dir, quarantine_path
 from mirrorkit.agent.util.fs import UnsafePath, safe_parts
+from mirrorkit.agent.util.walk import DIR, lookup
 
 __all__ = ["DivergenceUnknown", "Undone", "undo_divergent_tail"]
 
@@ -85,12 +84,13 @@ def _should_move(root: Path, path: str, ops: set[str]) -> bool:
         safe_parts(path)
     except UnsafePath:
         return False  # never applied (refused): nothing of it is on disk
-    try:
-        st = os.lstat(root / path)
-    except OSError:
-        return False  # gone (or never there): the resync brings the primary's back
-    if stat.S_ISDIR(st.st_mode):
-        return "MKDIR" in ops or "RENAME" in ops
+    # By descriptors (util.walk.lookup): a path deeper than an absolute path
+    # may be spelt is found like any other, and no symlink is followed.
+    with lookup(root, path) as found:
+        if found is None:
+            return False  # gone (or never there): the resync brings the primary's back
+        if found.kind == DIR:
+            return "MKDIR" in ops or "RENAME" in ops
     return True
 
 
@@ -118,7 +118,7 @@ def undo_divergent_tail(mirror_log: MirrorLog, history: TermHistory, roots: Sequ
         if _should_move(roots[tree], path, ops):
             moved = quarantine_path(roots[tree], tree, path, dest)
         undone.moved.append((tree, path, kinds, str(moved) if moved else "-"))
-    dest.mkdir(parents=True, exist_ok=True)
+    quarantine_dir(dest)
     undone.report = dest / "REPORT.txt"
     _write_report(undone, primary)
     mirror_log.reset(first)

@@ -39,7 +39,7 @@ import logging
 import time
 from typing import Any
 
-from mirrorkit.agent.capture import Capture, new_capture
+from mirrorkit.agent.capture import Capture, Unmirrorable, new_capture
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
@@ -96,6 +96,7 @@ class PrimaryMirror(MirrorWorker):
         # (first LSN of a batch, wall time appended): ages of unacked records.
         self._times = AppendTimes()
         self.capture = CaptureState()
+        self.unmirrorable = Unmirrorable(f"{self.cfg.name}:capture")  # outlives capture runs
         self._new_data = asyncio.Event()
         self.emit_lock = asyncio.Lock()  # see emit()
         self._started = time.time()  # age floor for records logged before a restart
@@ -141,7 +142,7 @@ class PrimaryMirror(MirrorWorker):
         backoff = Backoff(1.0, 30.0)
         while True:
             self._capture = new_capture(list(self.cfg.targets), list(self.cfg.exclude),
-                                        self.index_path)
+                                        self.index_path, unmirrorable=self.unmirrorable)
             self.capture.started()
             if self.capture.restarts:
                 log.warning("%s: capture restarting (restart %d); healthy again once its "
@@ -443,7 +444,9 @@ class PrimaryMirror(MirrorWorker):
             "lsn": self.log.last_lsn, "applied_lsn": self.log.last_lsn,
             "log_first_lsn": self.log.first_lsn, "log_bytes": self.log.size,
             "lag_bytes": 0, "lag_records": 0, "lag_seconds": 0.0, "connected": True,
-            "capture": self.capture.as_dict(), "append_times": len(self._times),
+            "capture": {**self.capture.as_dict(),
+                        "unmirrorable": self.unmirrorable.as_dict()},
+            "append_times": len(self._times),
             "peers": peers,
         })
         return out

@@ -132,8 +132,10 @@ class _Walker:
 
     def __init__(self, root: str, tree: int, skip: Callable[[str], bool] | None,
                  on_dir: Callable[[int, str, int], None] | None, max_fds: int,
-                 everything: bool = False) -> None:
+                 everything: bool = False,
+                 on_too_long: Callable[[int, str, str], None] | None = None) -> None:
         self.root, self.tree, self.skip, self.on_dir = root, tree, skip, on_dir
+        self.on_too_long = on_too_long
         self.everything = everything
         self.max_fds = max(1, max_fds)
         self.stack: list[_Level] = []
@@ -241,7 +243,11 @@ class _Walker:
         size = _nbytes(name)
         problem = length_problem(level.nbytes + bool(level.rel) + size, size)
         if problem:
-            log.error("%s: %s not mirrored: that path %s", self.root, show_path(rel), problem)
+            if self.on_too_long is not None:
+                self.on_too_long(self.tree, rel, problem)
+            else:
+                log.error("%s: %s not mirrored: that path %s", self.root, show_path(rel),
+                          problem)
             return None
         return WalkEntry(self.tree, rel, name, fd, st, kind)
 
@@ -258,6 +264,7 @@ def walk(root: str | os.PathLike[str] | int, top: str = "", *, tree: int = 0,
          skip: Callable[[str], bool] | None = None,
          on_dir: Callable[[int, str, int], None] | None = None,
          listing: bool = False, max_fds: int = 32, everything: bool = False,
+         on_too_long: Callable[[int, str, str], None] | None = None,
          ) -> Iterator[WalkEntry]:
     """Every entry below directory ``top`` (canonical, ``""`` = the root) of
     tree ``tree`` at ``root`` (a path, or an open directory's fd); ``top``
@@ -265,7 +272,9 @@ def walk(root: str | os.PathLike[str] | int, top: str = "", *, tree: int = 0,
     without a symlink. ``on_dir(tree, rel, fd)`` is called with each
     directory (``top`` included) open, before it is listed. ``everything``
     (for removing a tree, not for mirroring one) also yields fifos, sockets
-    and devices (``OTHER``) and paths too long for a record."""
+    and devices (``OTHER``) and paths too long for a record.
+    ``on_too_long(tree, rel, problem)`` is told of each path skipped for its
+    length (default: an ERROR line)."""
     safe_parts(top, allow_root=True)
     parent, _, name = top.rpartition("/")
     pfd = None
@@ -286,7 +295,7 @@ def walk(root: str | os.PathLike[str] | int, top: str = "", *, tree: int = 0,
     if opened is None:
         return
     where = f"fd {root}" if isinstance(root, int) else os.fspath(root)
-    walker = _Walker(where, tree, skip, on_dir, max_fds, everything)
+    walker = _Walker(where, tree, skip, on_dir, max_fds, everything, on_too_long)
     try:
         walker.push(top, name, *opened)
         yield from walker.entries(listing)
