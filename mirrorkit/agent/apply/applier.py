@@ -89,6 +89,12 @@ _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errn
           errno.ENFILE}
 
 
+def _what(op: Op) -> str:
+    """The record, as messages name it (long paths shortened)."""
+    what = f"{op.kind.name} {show_path(op.path)}"
+    return what + (f" -> {show_path(op.target)}" if op.kind is OpKind.RENAME else "")
+
+
 class PathRefused(Exception):
     """The record's path would leave the replica root."""
 
@@ -177,20 +183,18 @@ class Applier:
 
     def _apply_one(self, record: Record) -> None:
         op = record.op
-        what = f"{op.kind.name} {op.path!r}" + (f" -> {op.target!r}" if op.kind is
-                                                 OpKind.RENAME else "")
         try:
             self._dispatch(op)
         except (PathRefused, UnsafePath) as exc:
             self.refused += 1
-            failed = RecordFailed(record.lsn, what, str(exc), refused=True)
+            failed = RecordFailed(record.lsn, _what(op), str(exc), refused=True)
             log.error("%s: %s", self.label, failed)
             raise failed from None
         except OSError as exc:
             if exc.errno in _FATAL:
                 raise ApplyError(f"LSN {record.lsn} {op.kind.name} {op.path!r}: {exc}") from exc
             self.conflicts += 1
-            failed = RecordFailed(record.lsn, what, str(exc), refused=False)
+            failed = RecordFailed(record.lsn, _what(op), str(exc), refused=False)
             log.error("%s: %s", self.label, failed)
             raise failed from exc
         if op.kind is OpKind.RENAME and self.checkpoint is not None:

@@ -109,11 +109,11 @@ def safe_parts(relpath: str, *, allow_root: bool = False) -> tuple[str, ...]:
         if bad in parts:
             raise UnsafePath(f"{what} in path {show_path(relpath)}")
     try:
-        sizes = [len(p.encode("utf-8", "surrogateescape")) for p in parts]
+        raw = relpath.encode("utf-8", "surrogateescape")  # once: 2,048 names cost one call
     except UnicodeEncodeError:
         raise UnsafePath(f"path {show_path(relpath)} is not a file name (unpaired surrogate)") \
             from None
-    problem = length_problem(sum(sizes) + len(sizes) - 1, max(sizes))
+    problem = length_problem(len(raw), max(map(len, raw.split(b"/"))))
     if problem:
         raise UnsafePath(f"path {show_path(relpath)} {problem}")
     return parts
