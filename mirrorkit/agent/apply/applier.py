@@ -62,6 +62,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mirrorkit.agent.apply.held_modes import HeldModes, withheld
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.util.fs import UnsafePath, safe_parts, show_path, syncfs, syncfs_supported
 from mirrorkit.agent.util.walk import remove_tree
@@ -119,8 +120,11 @@ class Applier:
 
     def __init__(self, roots: Sequence[Path], checkpoint: Callable[[int], None] | None = None,
                  label: str = "apply", *, read_only: bool = False,
-                 sync_dirs: Sequence[Path] = ()) -> None:
+                 sync_dirs: Sequence[Path] = (), held: HeldModes | None = None) -> None:
         self.roots = list(roots)
+        # Non-primary members (not reporting copies, which strip more):
+        # files never get setuid/setgid here; their logical modes are kept.
+        self.held = held
         self.checkpoint = checkpoint
         self.label = label
         self.read_only = read_only
@@ -320,6 +324,7 @@ class Applier:
             log.warning("%s: replacing non-directory %s by a directory", self.label,
                         show_path("/".join(here)))
             self._forget(tree, here)
+            self.forget_held(tree, "/".join(here))
             os.unlink(name, dir_fd=parent)
             os.mkdir(name, 0o755, dir_fd=parent)
             self._dirty_dirs.add(parent)
@@ -362,12 +367,24 @@ class Applier:
         except FileNotFoundError:
             return None
 
+    def logical_mode(self, tree: int, rel: str, mode: int) -> int:
+        """The primary's mode of regular file ``rel`` whose mode here is
+        ``mode`` (what manifests report: setuid/setgid held back count)."""
+        return mode if self.held is None else self.held.logical(tree, rel, mode)
+
+    def forget_held(self, tree: int, rel: str) -> None:
+        """``rel`` (and what is below it) left the replica by other means
+        (quarantine, a divergent tail undone): its held modes go too."""
+        if self.held is not None:
+            self.held.forget(tree, rel)
+
     def _remove(self, tree: int, parts: tuple[str, ...], d: int, name: str,
                 st: os.stat_result | None) -> None:
         """Remove entry ``name`` (= ``parts``) of directory ``d``, any type."""
         self._forget(tree, parts)
         if st is None:
             return
+        self.forget_held(tree, "/".join(parts))  # before: the table is never behind
         if stat.S_ISDIR(st.st_mode):
             remove_tree(d, name)  # fd-based, iterative: never follows symlinks
         else:
@@ -404,6 +421,8 @@ class Applier:
         elif kind is OpKind.CREATE:
             fd = self._file(op.tree, parts, d, name)
             os.ftruncate(fd, 0)
+            if self.held is not None:
+                self.held.hold(op.tree, op.path, op.value)  # durable before the chmod
             os.fchmod(fd, self._mode(fd, op.value))
         elif kind is OpKind.WRITE:
             fd = self._file(op.tree, parts, d, name)
@@ -447,8 +466,11 @@ class Applier:
         return fd
 
     def _mode(self, fd: int, mode: int) -> int:
-        """``mode`` as this replica stores it (reporting: never user-writable)."""
+        """``mode`` as this replica stores it (reporting: never user-writable;
+        any other non-primary member: files without setuid/setgid)."""
         if not self.read_only:
+            if self.held is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+                return withheld(mode)
             return mode & 0o7777
         st = os.fstat(fd)
         return reporting_mode(mode, stat.S_ISDIR(st.st_mode))
@@ -495,6 +517,8 @@ class Applier:
         if self.read_only:
             self._lock_down(fd, os.fstat(fd).st_mode)
         if op.kind is OpKind.CHMOD:
+            if self.held is not None and name != "." and stat.S_ISREG(os.fstat(fd).st_mode):
+                self.held.hold(op.tree, op.path, op.value)  # durable before the chmod
             os.fchmod(fd, self._mode(fd, op.value))
         else:
             os.utime(fd, ns=(os.fstat(fd).st_atime_ns, op.value))
@@ -522,5 +546,7 @@ class Applier:
             sd = self._dir(op.tree, src_parts[:-1], create=False)
             dd = self._dir(op.tree, dst_parts[:-1], create=True)
             assert sd is not None and dd is not None
+        if self.held is not None:
+            self.held.rename(op.tree, op.path, op.target)  # before: never behind
         os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=sd, dst_dir_fd=dd)
         self._dirty_dirs.update((sd, dd))

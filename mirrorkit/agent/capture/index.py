@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mirrorkit.agent.util.fs import private_file
 from mirrorkit.agent.util.hashing import HASH_NAME
 from mirrorkit.agent.util.walk import DIR, FILE, LINK
 
@@ -129,6 +130,12 @@ class BlockIndex:
     def __init__(self, path: Path | str, block_size: int = 64 * 1024) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # It holds the block hashes of every replicated file (enough to
+            # test a guess at any block's content): root only, like the data's
+            # own unreadable files would be. Its -wal/-shm files take its mode.
+            for name in (str(path), f"{path}-wal", f"{path}-shm"):
+                if name == str(path) or os.path.exists(name):
+                    private_file(name)
         self.block_size = block_size
         self._db = sqlite3.connect(str(path), isolation_level="DEFERRED")
         # WAL + NORMAL: a power cut may lose the last commits, which only makes

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mirrorkit.agent.apply.held_modes import HELD_MODES_FILE, HeldModes
 from mirrorkit.agent.cli import control_client
 from mirrorkit.agent.config import ConfigError, MirrorConfig, load_config
 from mirrorkit.agent.verify.manifest import ManifestError, build_manifest
@@ -101,6 +103,18 @@ def _wait_applied(port: int, mirror: str, lsn: int, timeout: float) -> int:
         time.sleep(POLL_SECONDS)
 
 
+def _held_modes(config: str, mirror: str) -> HeldModes | None:
+    """The setuid/setgid bits this member holds back (a non-primary member's
+    table, kept by its agent), read-only; None when it keeps none."""
+    path = load_config(Path(config)).mirror_dir(mirror) / HELD_MODES_FILE
+    if not path.exists():
+        return None
+    try:
+        return HeldModes(path, readonly=True)
+    except sqlite3.Error:
+        return None
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     found = _mirror(args.config, args.mirror)
     if isinstance(found, str):
@@ -130,7 +144,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                               "applied_lsn": applied}) + "\n")
         count = 0
         read_only = mirror.kind == "reporting"  # its modes are locked down: see verify.differs
-        for entry in build_manifest(roots, mirror.exclude, only):
+        held = _held_modes(args.config, mirror.name)
+        logical = held.logical if held is not None else None
+        for entry in build_manifest(roots, mirror.exclude, only, logical):
             if read_only:
                 entry["ro"] = True
             out.write(json.dumps(entry, sort_keys=True) + "\n")

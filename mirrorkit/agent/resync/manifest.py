@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mirrorkit.agent.apply.held_modes import LogicalMode
 from mirrorkit.agent.capture.filespec import excluder
 from mirrorkit.agent.capture.index import DIR, FILE, LINK
 from mirrorkit.agent.transport.manifest_items import MAX_HASHES_PER_ITEM, ManifestItem
@@ -56,10 +57,13 @@ def _file_hashes(dir_fd: int, name: str, block_size: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _file_items(entry: WalkEntry, block_size: int, with_hashes: bool) -> Iterator[ManifestItem]:
+def _file_items(entry: WalkEntry, block_size: int, with_hashes: bool,
+                logical: LogicalMode | None) -> Iterator[ManifestItem]:
     assert entry.st is not None
     st = entry.st
     mode = stat.S_IMODE(st.st_mode)
+    if logical is not None:
+        mode = logical(entry.tree, entry.rel, mode)
     chunks = _file_hashes(entry.dir_fd, entry.name, block_size) if with_hashes else iter(())
     head = next(chunks, b"")
     yield ManifestItem(entry.tree, entry.rel, FILE, mode, st.st_size, st.st_mtime_ns, hashes=head)
@@ -71,12 +75,15 @@ def _file_items(entry: WalkEntry, block_size: int, with_hashes: bool) -> Iterato
 
 
 def walk_replica(roots: list[Path], block_size: int, with_hashes: bool,
-                 exclude: Sequence[str] = ()) -> Iterator[ManifestItem]:
+                 exclude: Sequence[str] = (),
+                 logical: LogicalMode | None = None) -> Iterator[ManifestItem]:
     """Every directory, regular file and symlink below ``roots`` (not the roots
     themselves), in the one walker's order (parents before children), except
     what ``exclude`` leaves out (the mirror's patterns, as capture applies
     them). Other kinds (fifos, sockets, device nodes) are not mirrored and
-    not listed; a missing root lists nothing."""
+    not listed; a missing root lists nothing. ``logical(tree, rel, mode)``
+    gives a file's mode as the primary has it (setuid/setgid this member
+    holds back: ``apply.held_modes``), so a resync sends no CHMOD for them."""
     for tree, root in enumerate(roots):
         for entry in walk(root, tree=tree, skip=excluder(exclude)):
             assert entry.st is not None
@@ -89,4 +96,4 @@ def walk_replica(roots: list[Path], block_size: int, with_hashes: bool,
                     continue  # replaced while we looked
                 yield ManifestItem(tree, entry.rel, LINK, target=target)
             else:
-                yield from _file_items(entry, block_size, with_hashes)
+                yield from _file_items(entry, block_size, with_hashes, logical)

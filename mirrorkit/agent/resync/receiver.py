@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mirrorkit.agent.apply.applier import Applier, RecordFailed
+from mirrorkit.agent.apply.held_modes import LogicalMode
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.resync.compare import (
     MODES,
@@ -60,7 +61,8 @@ class ReceiverResync:
 
     def __init__(self, begin: ResyncBegin, roots: list[Path], quarantine: Path,
                  label: str, exclude: list[str] | None = None,
-                 stats: QuarantineStats | None = None) -> None:
+                 stats: QuarantineStats | None = None,
+                 logical: LogicalMode | None = None) -> None:
         if begin.mode not in MODES:
             raise ValueError(f"unknown resync mode {begin.mode!r}")
         if not 4096 <= begin.block_size <= 16 << 20:
@@ -72,6 +74,7 @@ class ReceiverResync:
         self.exclude = exclude or []
         self.label = label
         self.stats = stats
+        self.logical = logical  # files' modes as the primary has them
         self.dest = quarantine / f"resync-{time.strftime('%Y%m%dT%H%M%S')}-{begin.lsn}"
         self.progress = ResyncProgress(begin.mode, "", bool(begin.keep_orphans), begin.id,
                                        state="manifest")
@@ -83,7 +86,7 @@ class ReceiverResync:
 
     async def send_manifest(self, conn: Connection, term: Callable[[], int]) -> None:
         items = walk_replica(self.roots, self.begin.block_size, self.begin.mode == "checksum",
-                             self.exclude)
+                             self.exclude, self.logical)
         while True:
             batch, raw = await asyncio.to_thread(_take_items, items, MANIFEST_FRAME_BYTES)
             if not batch:
@@ -113,6 +116,7 @@ class ReceiverResync:
                     applier.apply_batch(run)
                     run = []
                 self._orphan(r.op)
+                applier.forget_held(r.op.tree, r.op.path)  # moved away, or refused above
                 continue
             if r.op.kind is OpKind.WRITE:
                 self.bytes_received += len(r.op.data)

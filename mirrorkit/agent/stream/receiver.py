@@ -297,7 +297,8 @@ class ReceiverMirror(Replica):
             self.resync = ReceiverResync(
                 msg, list(self.cfg.targets),
                 self.agent.mirror_dir(self.cfg.name) / "quarantine", self.name,
-                exclude=list(self.cfg.exclude), stats=self.metrics)
+                exclude=list(self.cfg.exclude), stats=self.metrics,
+                logical=self.applier.logical_mode)
         except ValueError as exc:
             raise ProtocolError(f"RESYNC_BEGIN: {exc}") from None
         self._resync_at = msg.lsn

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from mirrorkit.agent.apply.applier import Applier, RecordFailed
+from mirrorkit.agent.apply.held_modes import HELD_MODES_FILE, HeldModes
 from mirrorkit.agent.log.records import Record
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.log.terms import TermHistory
@@ -63,6 +64,7 @@ class Replica(MirrorWorker):
         applier's descriptors (a reporting copy also locks its roots down,
         with an fsync)."""
         mlog = self.open_log()
+        held: HeldModes | None = None
         try:
             log_first, log_last = mlog.first_lsn, mlog.last_lsn
             if not log_first - 1 <= self.applied <= log_last:
@@ -72,12 +74,18 @@ class Replica(MirrorWorker):
                             self.name, self.applied, log_first, log_last, self.applied + 1)
                 mlog.reset(self.applied + 1)
             self.history = TermHistory.load(self.mirror_dir() / "terms.json", mlog)
+            reporting = self.cfg.kind == "reporting"
+            if not reporting:  # reporting copies strip these bits (and more) for good
+                held = HeldModes(self.mirror_dir() / HELD_MODES_FILE)
+                held.sweep(list(self.cfg.targets))  # a former primary's tree, an upgrade
             self.applier = Applier(self.cfg.targets, checkpoint=self._checkpoint,
                                    label=f"{self.cfg.name}:apply",
                                    # issue #3 (reporting copies): never user-writable
-                                   read_only=self.cfg.kind == "reporting",
-                                   sync_dirs=[self.store.directory])
+                                   read_only=reporting,
+                                   sync_dirs=[self.store.directory], held=held)
         except BaseException:
+            if held is not None:
+                held.close()
             mlog.close()
             raise
         self.log = mlog
@@ -91,6 +99,8 @@ class Replica(MirrorWorker):
         try:
             self.applier.close()
         finally:
+            if self.applier.held is not None:
+                self.applier.held.close()
             self.log.close()
 
     def last_lsn(self) -> int:
@@ -143,6 +153,9 @@ class Replica(MirrorWorker):
             self.fatal = str(exc)
             log.error("%s: %s", self.name, exc)
             raise
+        for tree, path, _, moved in undone.moved:
+            if moved != "-":  # in quarantine now: nothing of it is held here
+                self.applier.forget_held(tree, path)
         self.applied = min(self.applied, shared)
         await asyncio.to_thread(self.store.save_applied, self.applied)
         self.divergences += 1

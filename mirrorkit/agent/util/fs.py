@@ -15,6 +15,7 @@ __all__ = [
     "length_problem",
     "open_dir_nofollow",
     "open_file_nofollow",
+    "private_file",
     "safe_parts",
     "show_path",
     "syncfs",
@@ -117,6 +118,18 @@ def safe_parts(relpath: str, *, allow_root: bool = False) -> tuple[str, ...]:
     if problem:
         raise UnsafePath(f"path {show_path(relpath)} {problem}")
     return parts
+
+
+def private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` (if missing) readable and writable by its owner only,
+    and make an existing one so (a sqlite database: sqlite gives its journal
+    and WAL files the database file's mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

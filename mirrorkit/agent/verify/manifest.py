@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.apply.applier import reporting_mode
+from mirrorkit.agent.apply.held_modes import LogicalMode
 from mirrorkit.agent.capture.filespec import excluder, is_excluded
 from mirrorkit.agent.capture.index import DIR, FILE, LINK
 from mirrorkit.agent.util.fs import UnsafePath, open_dir_nofollow, open_file_nofollow, safe_parts
@@ -72,7 +73,7 @@ def file_digest(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
     return block_digest(bytes(hashes)).hex(), size
 
 
-def _entry(found: WalkEntry) -> Entry | None:
+def _entry(found: WalkEntry, logical: LogicalMode | None = None) -> Entry | None:
     st, dfd, name = found.st, found.dir_fd, found.name
     assert st is not None
     base: Entry = {"tree": found.tree, "path": found.rel, "mode": stat.S_IMODE(st.st_mode)}
@@ -92,11 +93,15 @@ def _entry(found: WalkEntry) -> Entry | None:
         digest, size = file_digest(fd)
     finally:
         os.close(fd)
-    return {**base, "type": FILE, "mode": stat.S_IMODE(fst.st_mode), "size": size,
+    mode = stat.S_IMODE(fst.st_mode)
+    if logical is not None:  # setuid/setgid this member holds back (apply.held_modes)
+        mode = logical(found.tree, found.rel, mode)
+    return {**base, "type": FILE, "mode": mode, "size": size,
             "mtime_ns": fst.st_mtime_ns, "digest": digest}
 
 
-def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str]) -> Entry | None:
+def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str],
+                   logical: LogicalMode | None = None) -> Entry | None:
     """The entry of one path, or None when it is absent, excluded or not
     mirrored. A path that could leave the tree is a ManifestError."""
     try:
@@ -106,32 +111,36 @@ def manifest_entry(root: str, tree: int, rel: str, exclude: Sequence[str]) -> En
     if is_excluded(rel, exclude):
         return None
     with lookup(root, rel, tree=tree) as found:
-        return None if found is None else _entry(found)
+        return None if found is None else _entry(found, logical)
 
 
-def _walk(root: str, tree: int, exclude: Sequence[str]) -> Iterator[Entry]:
+def _walk(root: str, tree: int, exclude: Sequence[str],
+          logical: LogicalMode | None) -> Iterator[Entry]:
     fd = open_dir_nofollow(root, "")
     if fd is None:
         raise ManifestError(f"mirror tree {root} is missing or not a directory")
     os.close(fd)
     for found in walk(root, tree=tree, skip=excluder(exclude)):
-        entry = _entry(found)
+        entry = _entry(found, logical)
         if entry is not None:
             yield entry
 
 
 def build_manifest(roots: Sequence[str], exclude: Sequence[str],
-                   only: Iterable[Key] | None = None) -> Iterator[Entry]:
+                   only: Iterable[Key] | None = None,
+                   logical: LogicalMode | None = None) -> Iterator[Entry]:
     """Entries of every tree (``roots[i]`` is tree ``i``), or of just the
-    paths in ``only`` (those absent produce nothing)."""
+    paths in ``only`` (those absent produce nothing). ``logical(tree, rel,
+    mode)`` turns a file's mode here into the primary's (a non-primary
+    member holds setuid/setgid back)."""
     if only is None:
         for tree, root in enumerate(roots):
-            yield from _walk(root, tree, exclude)
+            yield from _walk(root, tree, exclude, logical)
         return
     for tree, rel in sorted(set(only)):
         if not 0 <= tree < len(roots):
             raise ManifestError(f"no tree {tree} in this mirror ({len(roots)} trees)")
-        entry = manifest_entry(roots[tree], tree, rel, exclude)
+        entry = manifest_entry(roots[tree], tree, rel, exclude, logical)
         if entry is not None:
             yield entry
 
