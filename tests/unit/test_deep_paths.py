@@ -7,6 +7,7 @@ and by apply (REFUSED), never with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from mirrorkit.agent.apply.applier import Applier, RecordFailed
 from mirrorkit.agent.capture.index import NullIndex
 from mirrorkit.agent.capture.reconcile import How, Reconciler
 from mirrorkit.agent.capture.unmirrorable import Unmirrorable
+from mirrorkit.agent.capture.watch import WatchCapture
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.resync.compare import quarantine_path
 from mirrorkit.agent.util.fs import NAME_MAX, PATH_MAX
@@ -223,3 +225,44 @@ def test_quarantine_across_file_systems_copies_by_descriptors(tmp_path: Path) ->
         assert stat.S_IMODE((q / "resync-1" / "0" / "suid").stat().st_mode) == 0o755
     finally:
         remove_all(q)
+
+
+def test_a_rename_that_would_push_paths_past_the_bound_is_not_replayed_as_a_rename(
+        deep_tmp: Path) -> None:
+    """Renaming a directory to a longer name can make what is below it too
+    long for a record: capture sends a removal and a scan instead (which
+    skips and counts the path that no longer fits), never a RENAME the
+    replicas would follow into paths no record can name."""
+    src = deep_tmp / "src"
+    src.mkdir()
+    chain = ["n" * 255] * 15
+    deep_tree(src, "/".join(["s", *chain, "f"]), b"x")  # 3,843 bytes: fits
+    ops: list[Op] = []
+
+    async def emit(batch: list[Op]) -> None:
+        ops.extend(batch)
+
+    async def main() -> None:
+        cap = WatchCapture([src], [], deep_tmp / "state" / "index.db", 4096, debounce=0.05)
+        task = asyncio.create_task(cap.run(emit))
+        try:
+            while not any(op.kind is OpKind.MARK for op in ops):
+                await asyncio.sleep(0.02)
+            assert any(op.path.endswith("/f") for op in ops)
+            ops.clear()
+            os.rename(src / "s", src / ("t" * 255))  # f would be 4,097 bytes
+            for _ in range(500):
+                if cap.unmirrorable.paths:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # whatever else that change brings
+        finally:
+            await cap.stop()
+            await task
+        assert cap.unmirrorable.paths == 1
+        assert not [op for op in ops if op.kind is OpKind.RENAME]
+        assert ("s", OpKind.RMDIR) in [(op.path, op.kind) for op in ops]
+        assert all(len(op.path.encode()) < PATH_MAX for op in ops)
+        assert any(op.kind is OpKind.MKDIR and op.path.startswith("t" * 255) for op in ops)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
