@@ -266,3 +266,15 @@ def test_a_rename_that_would_push_paths_past_the_bound_is_not_replayed_as_a_rena
         assert any(op.kind is OpKind.MKDIR and op.path.startswith("t" * 255) for op in ops)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_capture_never_batches_an_op_a_replica_would_refuse(tmp_path: Path) -> None:
+    """The last guard before logging (whatever produced the op: a removal of
+    an indexed path, a rename): an op whose path or target fails the
+    sanitiser is dropped and counted, the others are kept."""
+    cap = WatchCapture([tmp_path], [], tmp_path / "index.db")
+    cap._append(Op(OpKind.UNLINK, 0, PAST_BOUND))
+    cap._append(Op(OpKind.RENAME, 0, "a", target=PAST_BOUND))
+    cap._append(Op(OpKind.UNLINK, 0, AT_BOUND))
+    assert [op.path for op in cap._batch] == [AT_BOUND]
+    assert cap.unmirrorable.paths == 1  # one path, refused twice
