@@ -67,6 +67,7 @@ def test_a_setuid_file_is_held_back_on_the_backup_and_verify_and_resync_agree(
              "the setuid file on node2, without the bit")
     assert held_mode(c.nodes["node2"].state_dir, "bin/tool", 0o755) == 0o4755
     assert mode(root / "bin" / "tool") == 0o4755  # the primary keeps its file as it is
+    assert c.mirror("node2")["held_setid_files"] == 1
 
     c.stop("node2")
     c.start("node2")

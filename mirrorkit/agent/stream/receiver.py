@@ -396,5 +396,7 @@ class ReceiverMirror(Replica):
             "apply_failure": None if self.failure is None else self.failure.as_dict(),
             "resync": None if self.resync is None else self.resync.status(),
             "divergences": self.divergences, "last_divergence": self.last_divergence,
+            # files whose setuid/setgid this member holds back (apply.held_modes)
+            "held_setid_files": None if self.applier.held is None else self.applier.held.count,
         })
         return out
