@@ -312,3 +312,9 @@ def test_handshake_read_refuses_a_binary_frame_before_its_payload() -> None:
             await asyncio.wait_for(read_message(reader, control_only=True), 5)
 
     asyncio.run(go())
+
+
+def test_term_prefix_alone_is_an_empty_batch() -> None:
+    # Not a mutation: the smallest valid binary frames.
+    assert decode_frame(frame(2, TERM.pack(3)))[0] == Records(3, [])
+    assert decode_frame(frame(8, TERM.pack(3)))[0] == frames.Manifest(3, [])

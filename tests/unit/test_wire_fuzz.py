@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mirrorkit.agent.log.records import (
@@ -31,7 +31,6 @@ from mirrorkit.agent.transport.frames import (
     FRAME,
     MAGIC,
     PROTOCOL_VERSION,
-    TERM,
     Ack,
     ApplyFailed,
     Error,
@@ -81,20 +80,23 @@ roles = st.sampled_from(["primary", "backup", "arbiter", "async"])
 history = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), max_size=4).map(
     lambda steps: [[sum(t for t, _ in steps[:i + 1]), sum(f for _, f in steps[:i + 1])]
                    for i in range(len(steps))])
-messages: st.SearchStrategy[Message] = st.one_of(
+control_messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Hello, names, names, roles, SMALL, SMALL, history),
-    st.builds(Records, SMALL, st.lists(records, max_size=4)),
     st.builds(Ack, SMALL, SMALL, SMALL),
     st.builds(Heartbeat, SMALL, SMALL, roles, SMALL, SMALL,
               st.floats(0, 1e6, allow_nan=False)),
     st.builds(Error, TEXT, SMALL),
     st.builds(ResyncBegin, SMALL, SMALL, st.sampled_from(["all", "checksum"]),
               st.integers(0, 1), st.integers(4096, 1 << 20), SMALL),
-    st.builds(Manifest, SMALL, st.lists(items, max_size=3)),
     st.builds(ManifestEnd, SMALL, SMALL),
     st.builds(ResyncProgress, SMALL, SMALL, SMALL, SMALL, SMALL, SMALL, SMALL),
     st.builds(ResyncEnd, SMALL, SMALL),
     st.builds(ApplyFailed, SMALL, TEXT, st.integers(0, 1), SMALL),
+)
+messages: st.SearchStrategy[Message] = st.one_of(
+    control_messages,
+    st.builds(Records, SMALL, st.lists(records, max_size=4)),
+    st.builds(Manifest, SMALL, st.lists(items, max_size=3)),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | TEXT,
@@ -131,10 +133,11 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
 def mutated_json(draw: st.DrawFn) -> bytes:
     """A valid control frame whose JSON had fields dropped, retyped, added
     or nested deep."""
-    msg = draw(messages.filter(lambda m: not isinstance(m, Records | Manifest)))
+    msg = draw(control_messages)
     frame = encode_message(msg)
     mtype = frame[3]
     body: dict[str, Any] = json.loads(frame[FRAME.size:])
+    nest = b""
     for _ in range(draw(st.integers(1, 3))):
         key = draw(st.sampled_from(sorted(body) or ["x"]))
         what = draw(st.sampled_from(["drop", "retype", "add", "nest"]))
@@ -144,13 +147,11 @@ def mutated_json(draw: st.DrawFn) -> bytes:
             body[key] = draw(json_values)
         elif what == "add":
             body[draw(TEXT)] = draw(json_values)
-        else:
-            depth = draw(st.integers(1, 1200))
-            body[key] = json.loads("[" * depth + "1" + "]" * depth)
-    try:
-        payload = json.dumps(body).encode()
-    except (RecursionError, ValueError):  # too deep for the encoder: write it ourselves
-        payload = b'{"x": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+        else:  # spliced in as text: cheap to build at any depth
+            depth = draw(st.integers(1, 40) | st.sampled_from([999, 1000, 1200]))
+            nest = b"[" * depth + b"1" + b"]" * depth
+            body[key] = "@nest@"
+    payload = json.dumps(body).encode().replace(b'"@nest@"', nest or b'"@nest@"')
     return _frame(mtype, payload)
 
 
@@ -211,7 +212,6 @@ def test_decode_items_raises_only_manifest_corrupt(data: bytes) -> None:
         decode_items(data)
 
 
-@settings(max_examples=100)
 @given(st.lists(messages.flatmap(lambda m: mutated(encode_message(m))) | mutated_json(),
                 min_size=1, max_size=3))
 def test_read_message_from_a_real_stream(chunks: list[bytes]) -> None:
@@ -233,8 +233,3 @@ def test_read_message_from_a_real_stream(chunks: list[bytes]) -> None:
 
     asyncio.run(go())
 
-
-def test_term_prefix_alone_is_an_empty_batch() -> None:
-    # Not a mutation: the smallest valid binary frames.
-    assert decode_frame(_frame(2, TERM.pack(3)))[0] == Records(3, [])
-    assert decode_frame(_frame(8, TERM.pack(3)))[0] == Manifest(3, [])
