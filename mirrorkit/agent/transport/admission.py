@@ -28,9 +28,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Admission", "PortLimits", "RefusalLog"]
+__all__ = ["HANDSHAKE_TIMEOUT", "Admission", "PortLimits", "RefusalLog"]
 
 log = logging.getLogger("mirrorkit.agent.transport.conn")
+
+HANDSHAKE_TIMEOUT = 10.0  # each of: the TLS handshake, the HELLO exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ class PortLimits:
     connections: int = 64
     handshakes: int = 32
     handshakes_per_source: int = 8
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     log_burst: int = 5
     log_interval: float = 10.0
     log_sources: int = 16  # sources summed up one by one; the rest as "other sources"

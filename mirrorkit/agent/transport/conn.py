@@ -49,7 +49,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirrorkit.agent.config import MirrorConfig, TlsConfig
-from mirrorkit.agent.transport.admission import Admission, PortLimits, RefusalLog
+from mirrorkit.agent.transport.admission import (
+    HANDSHAKE_TIMEOUT,
+    Admission,
+    PortLimits,
+    RefusalLog,
+)
 from mirrorkit.agent.transport.frames import (
     Error,
     Hello,
@@ -77,7 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
 ROLE_CLASSES = {"primary": "failover", "backup": "failover", "arbiter": "arbiter",
                 "async": "async"}
 
