@@ -47,6 +47,8 @@ __all__ = ["cluster_factory"]  # the fixture, re-exported for this module
 # Cluster's start marker, or a traceback's indented continuation.
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
                   r"[\w.]+: |--- start \d+$|    ")
+# A TLS handshake record of 512 bytes announced, 6 sent.
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 FORGED = "2026-12-01 21:00:00,000 WARNING mk: FORGED"  # a CN holds 64 characters
 
 
@@ -162,6 +164,10 @@ def test_connection_flood_is_bounded(pair: Cluster) -> None:
             if i % 10 == 0:
                 stalled.append(s)  # never sends its ClientHello
                 continue
+            if i % 10 == 5:  # stalls mid-ClientHello: a record header, part of a body
+                s.sendall(PARTIAL_HELLO)
+                stalled.append(s)
+                continue
             if i % 2:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(64))
         except OSError:
@@ -170,7 +176,7 @@ def test_connection_flood_is_bounded(pair: Cluster) -> None:
         if i % 100 == 0:
             most_fds = max(most_fds, _fds(node1.proc.pid))
     try:
-        assert len(stalled) == 100
+        assert len(stalled) == 200
         most_fds = max(most_fds, _fds(node1.proc.pid))
         # Stalled handshakes hold at most handshakes_per_source slots; every
         # other connection is closed at once.
