@@ -318,3 +318,14 @@ def test_term_prefix_alone_is_an_empty_batch() -> None:
     # Not a mutation: the smallest valid binary frames.
     assert decode_frame(frame(2, TERM.pack(3)))[0] == Records(3, [])
     assert decode_frame(frame(8, TERM.pack(3)))[0] == frames.Manifest(3, [])
+
+
+def test_encoding_refuses_more_than_a_frame_holds() -> None:
+    rec = Record(1, 1, Op(OpKind.UTIME, 0, "f"))
+    encode_message(Records(1, [rec] * frames.MAX_RECORDS_PER_FRAME))
+    with pytest.raises(ProtocolError, match="exceed the 4096 of one RECORDS frame"):
+        encode_message(Records(1, [rec] * (frames.MAX_RECORDS_PER_FRAME + 1)))
+    item = ManifestItem(0, "d", "d")
+    encode_message(frames.Manifest(1, [item] * MAX_ITEMS_PER_FRAME))
+    with pytest.raises(ProtocolError, match="exceed the 4096 of one MANIFEST frame"):
+        encode_message(frames.Manifest(1, [item] * (MAX_ITEMS_PER_FRAME + 1)))

@@ -329,6 +329,15 @@ _BINARY = (MsgType.RECORDS, MsgType.MANIFEST)
 
 
 def encode_message(msg: Message) -> bytes:
+    """The frame of ``msg``. A RECORDS or MANIFEST message given as objects
+    is held to the per-frame count its receiver enforces; already-encoded
+    ``raw`` batches are cut at that count by their producers."""
+    if isinstance(msg, Records) and len(msg.records) > MAX_RECORDS_PER_FRAME:
+        raise ProtocolError(f"{len(msg.records)} records exceed the {MAX_RECORDS_PER_FRAME} "
+                            f"of one RECORDS frame")
+    if isinstance(msg, Manifest) and len(msg.items) > MAX_ITEMS_PER_FRAME:
+        raise ProtocolError(f"{len(msg.items)} manifest items exceed the {MAX_ITEMS_PER_FRAME} "
+                            f"of one MANIFEST frame")
     if isinstance(msg, Records):
         payload = TERM.pack(msg.term) + (msg.raw or b"".join(encode_record(r)
                                                              for r in msg.records))
