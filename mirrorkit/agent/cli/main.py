@@ -41,6 +41,7 @@ from mirrorkit.agent.cli import resync as resynccli
 from mirrorkit.agent.cli import verify as verifycli
 from mirrorkit.agent.config import ConfigError, load_config
 from mirrorkit.agent.daemon import Agent
+from mirrorkit.agent.util.logsafe import SafeFormatter
 
 __all__ = ["Agent", "main"]
 
@@ -56,8 +57,11 @@ def _setup_logging(verbose: bool) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
-                        stream=sys.stderr)
+    # Peer data (member names, reasons, paths) reaches log messages: the
+    # formatter escapes control characters so no peer can forge a line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter(fmt))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def check_config(path: Path) -> int:

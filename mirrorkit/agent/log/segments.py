@@ -165,11 +165,15 @@ def decode_at(buf: bytes, pos: int) -> tuple[Record, int]:
     return decode_body(buf[pos + HEADER.size : end], crc), end - pos
 
 
-def decode_all(buf: bytes) -> list[Record]:
-    """Decode a buffer holding whole records only (a partial one is corrupt)."""
+def decode_all(buf: bytes, max_records: int | None = None) -> list[Record]:
+    """Decode a buffer holding whole records only (a partial one is corrupt).
+    More than ``max_records`` records is corrupt too, found before the one
+    past the bound is decoded (a frame's decoding is bounded work)."""
     out: list[Record] = []
     pos = 0
     while pos < len(buf):
+        if max_records is not None and len(out) >= max_records:
+            raise RecordCorrupt(f"more than {max_records} records in one buffer")
         try:
             record, length = decode_at(buf, pos)
         except EOFError as exc:
@@ -403,9 +407,11 @@ class MirrorLog:
         seg = self._segments[bisect.bisect_right(firsts, lsn) - 1]
         return seg, lsn - seg.first_lsn
 
-    def read_raw(self, from_lsn: int, max_bytes: int = 1 << 20) -> tuple[bytes, int]:
+    def read_raw(self, from_lsn: int, max_bytes: int = 1 << 20,
+                 max_records: int = 1 << 62) -> tuple[bytes, int]:
         """Encoded records from ``from_lsn`` (at least one if any), within one
-        segment and about ``max_bytes``; returns (bytes, record count)."""
+        segment, about ``max_bytes`` and at most ``max_records``; returns
+        (bytes, record count)."""
         with self._lock:
             if from_lsn < self.first_lsn:
                 raise LogError(f"LSN {from_lsn} is before the log start {self.first_lsn}")
@@ -416,7 +422,8 @@ class MirrorLog:
             count = 1
             limit = start + max(max_bytes, 1)
             n = len(seg.offsets)
-            while index + count < n and seg.offsets[index + count] < limit:
+            while (index + count < n and seg.offsets[index + count] < limit
+                   and count < max_records):
                 count += 1
             # The last included record ends where the next begins (or at end).
             stop = seg.offsets[index + count] if index + count < n else seg.end

@@ -31,6 +31,7 @@ from mirrorkit.agent.resync.compare import (
 )
 from mirrorkit.agent.transport.conn import Connection
 from mirrorkit.agent.transport.frames import (
+    MAX_RECORDS_PER_FRAME,
     Manifest,
     ManifestEnd,
     Message,
@@ -88,9 +89,10 @@ class _Worker:
 
 
 def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float,
-          term: int) -> tuple[bytes, bool]:
-    """Up to ``max_bytes`` of ops or ``seconds`` of work, encoded as LSN-0
-    records here on the worker thread (not on the loop at send time);
+          term: int, max_records: int = MAX_RECORDS_PER_FRAME) -> tuple[bytes, bool]:
+    """Up to ``max_bytes`` of ops, ``max_records`` of them (the receiver
+    refuses a RECORDS frame with more) or ``seconds`` of work, encoded as
+    LSN-0 records here on the worker thread (not on the loop at send time);
     (records, finished)."""
     deadline = time.monotonic() + seconds
     batch: list[bytes] = []
@@ -99,7 +101,7 @@ def _take(ops: Iterator[Op | None], max_bytes: int, seconds: float,
         if op is not None:
             batch.append(encode_record(Record(0, term, op)))
             size += len(batch[-1])
-        if size >= max_bytes or time.monotonic() > deadline:
+        if size >= max_bytes or len(batch) >= max_records or time.monotonic() > deadline:
             return b"".join(batch), False
     return b"".join(batch), True
 

@@ -26,7 +26,11 @@ from mirrorkit.agent.resync.manifest import walk_replica
 from mirrorkit.agent.transport.conn import Connection
 from mirrorkit.agent.transport.frames import Manifest, ManifestEnd, ResyncBegin
 from mirrorkit.agent.transport.frames import ResyncProgress as ProgressMsg
-from mirrorkit.agent.transport.manifest_items import ManifestItem, encode_item
+from mirrorkit.agent.transport.manifest_items import (
+    MAX_ITEMS_PER_FRAME,
+    ManifestItem,
+    encode_item,
+)
 from mirrorkit.agent.util.walk import lookup
 
 __all__ = ["ReceiverResync"]
@@ -42,8 +46,11 @@ class QuarantineStats(Protocol):
     def quarantined(self, reason: str, files: int = 1) -> None: ...
 
 
-def _take_items(items: Any, max_bytes: int) -> tuple[list[ManifestItem], bytes]:
-    """(worker thread) The next items of about ``max_bytes``, and their encoding."""
+def _take_items(items: Any, max_bytes: int,
+                max_items: int = MAX_ITEMS_PER_FRAME) -> tuple[list[ManifestItem], bytes]:
+    """(worker thread) The next items of about ``max_bytes``, at most
+    ``max_items`` (the primary refuses a MANIFEST frame with more), and their
+    encoding."""
     batch: list[ManifestItem] = []
     encoded: list[bytes] = []
     size = 0
@@ -51,7 +58,7 @@ def _take_items(items: Any, max_bytes: int) -> tuple[list[ManifestItem], bytes]:
         batch.append(item)
         encoded.append(encode_item(item))
         size += len(encoded[-1])
-        if size >= max_bytes:
+        if size >= max_bytes or len(batch) >= max_items:
             break
     return batch, b"".join(encoded)
 

@@ -58,6 +58,7 @@ from mirrorkit.agent.transport.conn import (
     server_handshake,
 )
 from mirrorkit.agent.transport.frames import (
+    MAX_RECORDS_PER_FRAME,
     Ack,
     ApplyFailed,
     Error,
@@ -365,14 +366,16 @@ class PrimaryMirror(MirrorWorker):
             self.metrics.sent(member, count, len(data))
 
     async def _read(self, next_lsn: int) -> tuple[bytes, int]:
-        """Up to ``BATCH_BYTES`` of the log from ``next_lsn``: in a worker
+        """Up to ``BATCH_BYTES`` (and ``MAX_RECORDS_PER_FRAME`` records: the
+        receiver refuses more in one frame) of the log from ``next_lsn``: in a worker
         thread (a cold read of 1 MiB waits for the disk), except the few
         bytes just appended for a caught-up peer, which the page cache holds
         and which are not worth a thread hop. Safe against appends and trims
         in the emitting thread (MirrorLog's "Threading")."""
         if self.log.bytes_between(next_lsn, self.log.last_lsn) <= INLINE_READ_BYTES:
-            return self.log.read_raw(next_lsn, BATCH_BYTES)
-        return await asyncio.to_thread(self.log.read_raw, next_lsn, BATCH_BYTES)
+            return self.log.read_raw(next_lsn, BATCH_BYTES, MAX_RECORDS_PER_FRAME)
+        return await asyncio.to_thread(self.log.read_raw, next_lsn, BATCH_BYTES,
+                                       MAX_RECORDS_PER_FRAME)
 
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.peer_lag(peer)

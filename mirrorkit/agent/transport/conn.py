@@ -22,7 +22,10 @@ after *both* checks passed:
    members; a receiver accepts only a primary).
 
 A refused peer gets an ``ERROR`` frame with the reason when it got past TLS,
-and the reason is logged on our side (one line, no traceback).
+and the reason is logged on our side (one line, no traceback), through the
+port's rate-limited :class:`~.admission.RefusalLog`. Before TLS starts,
+:class:`~.admission.Admission` bounds the port's open connections and TLS
+handshakes in flight (in total and per source address).
 
 Timing: the TLS handshake and the HELLO exchange are bounded by
 ``HANDSHAKE_TIMEOUT``; :meth:`Connection.recv` takes a timeout so callers can
@@ -46,6 +49,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirrorkit.agent.config import MirrorConfig, TlsConfig
+from mirrorkit.agent.transport.admission import (
+    HANDSHAKE_TIMEOUT,
+    Admission,
+    PortLimits,
+    RefusalLog,
+)
 from mirrorkit.agent.transport.frames import (
     Error,
     Hello,
@@ -61,6 +70,7 @@ __all__ = [
     "Connection",
     "PeerIdentity",
     "PeerRefused",
+    "PortLimits",
     "check_peer",
     "client_context",
     "client_handshake",
@@ -72,7 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
 ROLE_CLASSES = {"primary": "failover", "backup": "failover", "arbiter": "arbiter",
                 "async": "async"}
 
@@ -162,10 +171,10 @@ class Connection:
         self.writer.write(encode_message(msg))
         await self.writer.drain()
 
-    async def recv(self, timeout: float | None = None) -> Message:
+    async def recv(self, timeout: float | None = None, control_only: bool = False) -> Message:
         if timeout is None:
-            return await read_message(self.reader)
-        return await asyncio.wait_for(read_message(self.reader), timeout)
+            return await read_message(self.reader, control_only)
+        return await asyncio.wait_for(read_message(self.reader, control_only), timeout)
 
     async def close(self, reason: str | None = None) -> None:
         if reason is not None and not self.writer.is_closing():
@@ -184,11 +193,14 @@ async def server_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
     """Read the client's HELLO, verify it, answer with ``me``."""
     conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
-    msg = await conn.recv(HANDSHAKE_TIMEOUT)
+    msg = await conn.recv(HANDSHAKE_TIMEOUT, control_only=True)
     if not isinstance(msg, Hello):
         raise ProtocolError(f"expected HELLO, got {type(msg).__name__}")
-    conn.label = f"{msg.member}@{conn.label}"
+    # The label names the member only once the certificate proved the name
+    # (the decoder already refused a name of the wrong shape): a log line
+    # must not carry a name the peer merely claims.
     check_peer(conn.identity, msg, mirror, accept_roles)
+    conn.label = f"{msg.member}@{conn.label}"
     await conn.send(me)
     return msg
 
@@ -199,13 +211,13 @@ async def client_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
     conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
     await conn.send(me)
-    msg = await conn.recv(HANDSHAKE_TIMEOUT)
+    msg = await conn.recv(HANDSHAKE_TIMEOUT, control_only=True)
     if isinstance(msg, Error):
         raise PeerRefused(f"refused by {conn.label}: {msg.reason}")
     if not isinstance(msg, Hello):
         raise ProtocolError(f"expected HELLO, got {type(msg).__name__}")
-    conn.label = f"{msg.member}@{conn.label}"
     check_peer(conn.identity, msg, mirror, accept_roles)
+    conn.label = f"{msg.member}@{conn.label}"
     return msg
 
 
@@ -223,7 +235,8 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 
 async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler,
-                name: str, sessions: set[asyncio.Task[Any]]) -> asyncio.Server:
+                name: str, sessions: set[asyncio.Task[Any]],
+                limits: PortLimits | None = None) -> asyncio.Server:
     """Listen on ``host:port``; run ``handler`` for each verified-TLS connection.
 
     Each connection's task is kept in ``sessions`` while it runs, so that the
@@ -231,46 +244,74 @@ async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler,
 
     TLS is started explicitly after accept (not by ``start_server(ssl=)``) so
     that a failed handshake, e.g. a certificate from another CA, is logged with
-    its reason instead of being dropped silently by asyncio.
+    its reason instead of being dropped silently by asyncio, and so that a
+    connection over ``limits`` (:mod:`.admission`) is closed before any TLS
+    work. Refusals and failures are logged through one rate-limited
+    :class:`~.admission.RefusalLog` per port.
     """
+    lim = limits or PortLimits()
+    admission = Admission(lim)
+    refusals = RefusalLog(name, lim)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         addr = writer.get_extra_info("peername")
+        source = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         label = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        try:
-            await writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
-            log.warning("%s: refused connection from %s: TLS handshake failed: %s",
-                        name, label, exc)
-            writer.close()
+        refused = admission.refusal(source)
+        if refused is not None:
+            refusals.warning(source, "%s: refused connection from %s: %s", name, label, refused)
+            writer.transport.abort()
             return
-        conn = Connection(reader, writer, label)
-        task = asyncio.current_task()
-        assert task is not None
-        sessions.add(task)
+        admission.opened(source)
         try:
-            await run_guarded(conn, handler, name)
-        except asyncio.CancelledError:
-            # Top of the connection's task: asyncio 3.11 would log a cancelled
-            # client_connected_cb task as an error with a traceback.
-            pass
+            try:
+                await writer.start_tls(ctx, ssl_handshake_timeout=lim.handshake_timeout)
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                refusals.warning(source, "%s: refused connection from %s: TLS handshake "
+                                 "failed: %s", name, label, exc)
+                writer.transport.abort()
+                return
+            finally:
+                admission.handshake_done(source)
+            conn = Connection(reader, writer, label)
+            task = asyncio.current_task()
+            assert task is not None
+            sessions.add(task)
+            try:
+                await run_guarded(conn, handler, name, refusals, source)
+            except asyncio.CancelledError:
+                # Top of the connection's task: asyncio 3.11 would log a cancelled
+                # client_connected_cb task as an error with a traceback.
+                pass
+            finally:
+                sessions.discard(task)
         finally:
-            sessions.discard(task)
+            admission.closed()
 
     return await asyncio.start_server(on_client, host, port, reuse_address=True)
 
 
-async def run_guarded(conn: Connection, handler: Handler, name: str) -> None:
-    """Run ``handler``; turn every failure into one log line and a close."""
+async def run_guarded(conn: Connection, handler: Handler, name: str,
+                      refusals: RefusalLog | None = None, source: str = "") -> None:
+    """Run ``handler``; turn every failure into one log line and a close.
+    With ``refusals`` (a server's port) refusals and protocol errors are
+    rate-limited per source."""
     reason: str | None = None
     try:
         await handler(conn)
     except PeerRefused as exc:
         reason = f"refused: {exc}"
-        log.warning("%s: refused peer %s: %s", name, conn.label, exc)
+        if refusals is not None:
+            refusals.warning(source, "%s: refused peer %s: %s", name, conn.label, exc)
+        else:
+            log.warning("%s: refused peer %s: %s", name, conn.label, exc)
     except ProtocolError as exc:
         reason = f"protocol error: {exc}"
-        log.error("%s: protocol error from %s: %s; closing", name, conn.label, exc)
+        if refusals is not None:
+            refusals.error(source, "%s: protocol error from %s: %s; closing", name, conn.label,
+                           exc)
+        else:
+            log.error("%s: protocol error from %s: %s; closing", name, conn.label, exc)
     except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
         log.info("%s: connection with %s closed: %s", name, conn.label,
                  type(exc).__name__ if not str(exc) else exc)

@@ -27,9 +27,13 @@ Conversation (client = the member that dials):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
+import math
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,14 +41,17 @@ from mirrorkit.agent.log.records import Record, RecordCorrupt, encode_record
 from mirrorkit.agent.log.segments import decode_all
 from mirrorkit.agent.log.terms import valid_history
 from mirrorkit.agent.transport.manifest_items import (
+    MAX_ITEMS_PER_FRAME,
     ManifestCorrupt,
     ManifestItem,
     decode_items,
     encode_item,
 )
+from mirrorkit.agent.util import boundedjson
 
 __all__ = [
     "MAX_FRAME",
+    "MAX_RECORDS_PER_FRAME",
     "PROTOCOL_VERSION",
     "TERM",
     "Ack",
@@ -75,6 +82,11 @@ FRAME = struct.Struct(">2sBBI")
 TERM = struct.Struct(">Q")  # binary payloads (RECORDS, MANIFEST) start with it
 # One batch of at most ~1 MiB, or a single record of up to 16 MiB, plus slack.
 MAX_FRAME = 20 << 20
+# Decoding costs per record (~9 us each), not per byte: a 20 MiB frame of
+# 43-byte records was 487,709 of them and 4.2 s of CPU. Senders cut their
+# batches at this count (stream/sender, resync/primary); a frame over it is
+# refused before the record past the bound is decoded.
+MAX_RECORDS_PER_FRAME = 4096
 MAX_CONTROL = 64 << 10
 THREAD_DECODE_BYTES = 64 << 10  # RECORDS/MANIFEST payloads above this decode in a thread
 
@@ -194,30 +206,138 @@ class ApplyFailed:
 Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd | Manifest
            | ManifestEnd | ResyncProgress | ApplyFailed)
 
-_FIELDS: dict[MsgType, tuple[type[Any], dict[str, type | tuple[type, ...]]]] = {
-    MsgType.HELLO: (Hello, {"mirror": str, "member": str, "role": str, "term": int,
-                            "last_lsn": int, "history": list}),
-    MsgType.ACK: (Ack, {"lsn": int, "received": int, "term": int}),
-    MsgType.HEARTBEAT: (Heartbeat, {"term": int, "lsn": int, "role": str, "lag_bytes": int,
-                                    "lag_records": int, "lag_seconds": (int, float)}),
-    MsgType.ERROR: (Error, {"reason": str, "term": int}),
-    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": int, "term": int, "mode": str,
-                                         "keep_orphans": int, "block_size": int, "id": int}),
-    MsgType.RESYNC_END: (ResyncEnd, {"lsn": int, "term": int}),
-    MsgType.MANIFEST_END: (ManifestEnd, {"entries": int, "term": int}),
+# Field checks. A peer's value is checked for type *and* range before any
+# message object exists, so nothing downstream sees a name with a newline,
+# a negative or NaN lag, or an LSN that does not fit the log's u64.
+U64_MAX = (1 << 64) - 1
+MAX_REASON = 4096  # ERROR/APPLY_FAILED reasons (senders cut at 500 and 4000)
+MAX_MODE = 16  # a resync mode name (the receiver checks it against MODES)
+# Same shape as the agent config's mirror names (config._NAME).
+MIRROR_NAME = re.compile(r"[a-z][a-z0-9_-]{0,30}")
+# Member names are inventory host names: a DNS name or an Ansible-safe name.
+MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+ROLES = ("primary", "backup", "arbiter", "async")
+Check = Callable[[str, Any], Any]
+
+
+def _u64(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where} has the wrong type ({type(value).__name__}; expected "
+                            f"an integer)")
+    if value < 0:
+        raise ProtocolError(f"{where} is negative ({value})")
+    if value > U64_MAX:
+        raise ProtocolError(f"{where} is {value}, over the u64 range")
+    return value
+
+
+def _flag(where: str, value: Any) -> int:
+    if _u64(where, value) > 1:
+        raise ProtocolError(f"{where} is {value} (expected 0 or 1)")
+    return int(value)
+
+
+def _seconds(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{where} has the wrong type ({type(value).__name__}; expected "
+                            f"a number)")
+    if not math.isfinite(value) or value < 0:
+        raise ProtocolError(f"{where} is {value!r} (expected a finite number >= 0)")
+    return float(value) if isinstance(value, float) else value
+
+
+def _text(limit: int) -> Check:
+    def check(where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} has the wrong type ({type(value).__name__}; "
+                                f"expected a string)")
+        if len(value) > limit:
+            raise ProtocolError(f"{where} is {len(value)} characters long (at most {limit})")
+        return value
+    return check
+
+
+def _shaped(pattern: re.Pattern[str], expected: str) -> Check:
+    text = _text(256)
+
+    def check(where: str, value: Any) -> str:
+        name = str(text(where, value))
+        if not pattern.fullmatch(name):
+            raise ProtocolError(f"{where} {name[:80]!r} is not {expected}")
+        return name
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    text = _text(16)
+
+    def check(where: str, value: Any) -> str:
+        if text(where, value) not in choices:
+            raise ProtocolError(f"{where} {value!r} is not one of {', '.join(choices)}")
+        return str(value)
+    return check
+
+
+def _history(where: str, value: Any) -> list[list[int]]:
+    if not isinstance(value, list) or not all(isinstance(e, list) for e in value):
+        raise ProtocolError(f"{where} has the wrong type (expected a list of [term, first "
+                            f"LSN] pairs)")
+    problem = valid_history(value)
+    if problem is not None:
+        raise ProtocolError(f"{where}: {problem}")
+    for entry in value:
+        for x in entry:
+            _u64(where, x)
+    return value
+
+
+_MIRROR = _shaped(MIRROR_NAME, "a mirror name ([a-z][a-z0-9_-]{0,30})")
+_MEMBER = _shaped(MEMBER_NAME, "a member name ([A-Za-z0-9_][A-Za-z0-9_.-]{0,252})")
+_ROLE = _one_of(ROLES)
+_REASON = _text(MAX_REASON)
+
+# Per message type: its class and a check per field. A field is optional
+# exactly when the class gives it a default (HEARTBEAT's role is, HELLO's
+# is not). Unknown fields are refused: agents of a mirror speak one
+# protocol version, so a field we do not know is a peer we do not understand.
+_FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
+    MsgType.HELLO: (Hello, {"mirror": _MIRROR, "member": _MEMBER, "role": _ROLE, "term": _u64,
+                            "last_lsn": _u64, "history": _history}),
+    MsgType.ACK: (Ack, {"lsn": _u64, "received": _u64, "term": _u64}),
+    MsgType.HEARTBEAT: (Heartbeat, {"term": _u64, "lsn": _u64, "role": _one_of(("", *ROLES)),
+                                    "lag_bytes": _u64, "lag_records": _u64,
+                                    "lag_seconds": _seconds}),
+    MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
+    MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),
+                                         "keep_orphans": _flag, "block_size": _u64,
+                                         "id": _u64}),
+    MsgType.RESYNC_END: (ResyncEnd, {"lsn": _u64, "term": _u64}),
+    MsgType.MANIFEST_END: (ManifestEnd, {"entries": _u64, "term": _u64}),
     MsgType.RESYNC_PROGRESS: (ResyncProgress, {
-        "files_total": int, "files_done": int, "bytes_total": int, "bytes_done": int,
-        "bytes_sent": int, "orphans": int, "term": int}),
-    MsgType.APPLY_FAILED: (ApplyFailed, {"lsn": int, "reason": str, "resync": int,
-                                         "term": int}),
+        "files_total": _u64, "files_done": _u64, "bytes_total": _u64, "bytes_done": _u64,
+        "bytes_sent": _u64, "orphans": _u64, "term": _u64}),
+    MsgType.APPLY_FAILED: (ApplyFailed, {"lsn": _u64, "reason": _REASON, "resync": _flag,
+                                         "term": _u64}),
 }
 _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
+_REQUIRED: dict[MsgType, frozenset[str]] = {
+    t: frozenset(f.name for f in dataclasses.fields(cls)
+                 if f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING)
+    for t, (cls, _) in _FIELDS.items()}
 _BINARY = (MsgType.RECORDS, MsgType.MANIFEST)
-_OPTIONAL = {"role", "lag_bytes", "lag_records", "lag_seconds", "mode", "keep_orphans",
-             "block_size", "id", "history"}
 
 
 def encode_message(msg: Message) -> bytes:
+    """The frame of ``msg``. A RECORDS or MANIFEST message given as objects
+    is held to the per-frame count its receiver enforces; already-encoded
+    ``raw`` batches are cut at that count by their producers."""
+    if isinstance(msg, Records) and len(msg.records) > MAX_RECORDS_PER_FRAME:
+        raise ProtocolError(f"{len(msg.records)} records exceed the {MAX_RECORDS_PER_FRAME} "
+                            f"of one RECORDS frame")
+    if isinstance(msg, Manifest) and len(msg.items) > MAX_ITEMS_PER_FRAME:
+        raise ProtocolError(f"{len(msg.items)} manifest items exceed the {MAX_ITEMS_PER_FRAME} "
+                            f"of one MANIFEST frame")
     if isinstance(msg, Records):
         payload = TERM.pack(msg.term) + (msg.raw or b"".join(encode_record(r)
                                                              for r in msg.records))
@@ -259,38 +379,34 @@ def _decode_payload(kind: MsgType, payload: bytes) -> Message:
         body = payload[TERM.size:]
     if kind is MsgType.RECORDS:
         try:
-            records = decode_all(body)
+            records = decode_all(body, max_records=MAX_RECORDS_PER_FRAME)
         except RecordCorrupt as exc:
             raise ProtocolError(f"corrupt record in RECORDS: {exc}") from None
         return Records(term, records=records)
     if kind is MsgType.MANIFEST:
         try:
-            return Manifest(term, decode_items(body))
+            return Manifest(term, decode_items(body, max_items=MAX_ITEMS_PER_FRAME))
         except ManifestCorrupt as exc:
             raise ProtocolError(f"corrupt MANIFEST: {exc}") from None
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{kind.name} payload is not JSON: {exc}") from None
+        obj = boundedjson.loads(payload, max_bytes=MAX_CONTROL, what=f"{kind.name} payload")
+    except boundedjson.JsonRefused as exc:
+        raise ProtocolError(f"{kind.name} payload is not JSON within bounds: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{kind.name} payload is not a JSON object")
     cls, fields = _FIELDS[kind]
+    unknown = obj.keys() - fields.keys()
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in sorted(unknown)[:5])
+        raise ProtocolError(f"{kind.name} has unknown field(s) {names} (known: "
+                            f"{', '.join(fields)})")
     args: dict[str, Any] = {}
-    for name, ftype in fields.items():
+    for name, check in fields.items():
         if name not in obj:
-            if name in _OPTIONAL:
-                continue
-            raise ProtocolError(f"{kind.name} lacks field {name!r}")
-        value = obj[name]
-        if isinstance(value, bool) or not isinstance(value, ftype):
-            raise ProtocolError(f"{kind.name}.{name} has the wrong type")
-        if isinstance(value, int) and value < 0:
-            raise ProtocolError(f"{kind.name}.{name} is negative")
-        args[name] = value
-    if kind is MsgType.HELLO and "history" in args:
-        problem = valid_history(args["history"])
-        if problem is not None:
-            raise ProtocolError(f"HELLO.history: {problem}")
+            if name in _REQUIRED[kind]:
+                raise ProtocolError(f"{kind.name} lacks field {name!r}")
+            continue
+        args[name] = check(f"{kind.name}.{name}", obj[name])
     msg: Message = cls(**args)
     return msg
 
@@ -306,11 +422,16 @@ def decode_frame(buf: bytes) -> tuple[Message, int]:
     return _decode_payload(kind, buf[FRAME.size : end]), end
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
+async def read_message(reader: asyncio.StreamReader, control_only: bool = False) -> Message:
     """Read one message. ``asyncio.IncompleteReadError`` means the peer closed
-    (possibly mid-frame); :class:`ProtocolError` means it sent garbage."""
+    (possibly mid-frame); :class:`ProtocolError` means it sent garbage.
+    ``control_only`` (the handshake): a RECORDS or MANIFEST header is refused
+    before its payload is read, so a peer not yet past HELLO makes us buffer
+    at most ``MAX_CONTROL`` bytes, not ``MAX_FRAME``."""
     header = await reader.readexactly(FRAME.size)
     kind, length = _check_header(header)
+    if control_only and kind in _BINARY:
+        raise ProtocolError(f"{kind.name} frame before the HELLO exchange is done")
     payload = await reader.readexactly(length)
     if kind in _BINARY and length > THREAD_DECODE_BYTES:
         # Checking and decoding 1 MiB of small records takes tens of ms of

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 from mirrorkit.agent.util.hashing import DIGEST_SIZE
 
-__all__ = ["MAX_HASHES_PER_ITEM", "ManifestCorrupt", "ManifestItem", "decode_items", "encode_item"]
+__all__ = ["MAX_HASHES_PER_ITEM", "MAX_ITEMS_PER_FRAME", "ManifestCorrupt", "ManifestItem",
+           "decode_items", "encode_item"]
 
 MAX_HASHES_PER_ITEM = 1 << 16  # 1 MiB of hashes per item
+# Items per MANIFEST frame: decoding costs per item, so a frame of 1 MiB of
+# 35-byte items (30,000) would be ~10x the work of one at this bound. The
+# receiver (resync/receiver) cuts its frames here; more is refused.
+MAX_ITEMS_PER_FRAME = 4096
 
 
 _HEAD = struct.Struct(">HBIQq")
@@ -54,11 +59,16 @@ def encode_item(item: ManifestItem) -> bytes:
     ))
 
 
-def decode_items(buf: bytes) -> list[ManifestItem]:
+def decode_items(buf: bytes, max_items: int | None = None) -> list[ManifestItem]:
+    """The items in ``buf``; :class:`ManifestCorrupt` for anything else,
+    including more than ``max_items`` items or one with more than
+    :data:`MAX_HASHES_PER_ITEM` hashes."""
     items: list[ManifestItem] = []
     pos = 0
     try:
         while pos < len(buf):
+            if max_items is not None and len(items) >= max_items:
+                raise ManifestCorrupt(f"more than {max_items} manifest items in one frame")
             tree, kind, mode, size, mtime_ns = _HEAD.unpack_from(buf, pos)
             pos += _HEAD.size
             (plen,) = _LEN16.unpack_from(buf, pos)
@@ -69,6 +79,9 @@ def decode_items(buf: bytes) -> list[ManifestItem]:
             pos += 2 + tlen
             first, count = _TAIL.unpack_from(buf, pos)
             pos += _TAIL.size
+            if count > MAX_HASHES_PER_ITEM:
+                raise ManifestCorrupt(f"item with {count} block hashes (at most "
+                                      f"{MAX_HASHES_PER_ITEM})")
             hashes = bytes(buf[pos : pos + count * DIGEST_SIZE])
             pos += count * DIGEST_SIZE
             if pos > len(buf) or kind not in _KIND_OF:
