@@ -154,13 +154,14 @@ def test_connection_flood_is_bounded(pair: Cluster) -> None:
     started = time.monotonic()
     before = len(node1.log_text().splitlines())
     stalled: list[socket.socket] = []
-    most_fds = 0
+    most_fds = connected = 0
     for i in range(1000):
         s = socket.socket()
         s.settimeout(10)
         s.bind(("127.0.0.2", 0))
         try:
             s.connect(("127.0.0.1", node1.port))
+            connected += 1
             if i % 10 == 0:
                 stalled.append(s)  # never sends its ClientHello
                 continue
@@ -173,14 +174,20 @@ def test_connection_flood_is_bounded(pair: Cluster) -> None:
         except OSError:
             pass  # refused or reset by the agent: what a flood gets
         s.close()
-        if i % 100 == 0:
+        if i % 20 == 0:
             most_fds = max(most_fds, _fds(node1.proc.pid))
     try:
-        assert len(stalled) == 200
+        assert len(stalled) >= 100 and connected >= 500
         most_fds = max(most_fds, _fds(node1.proc.pid))
-        # Stalled handshakes hold at most handshakes_per_source slots; every
-        # other connection is closed at once.
-        assert most_fds <= baseline + limits.connections + 16
+        # Accepted but not yet refused: a few accept bursts (asyncio accepts
+        # up to the listen backlog per wake-up; a refused socket is closed
+        # within two turns of the loop) on top of what the caps admit.
+        assert most_fds <= baseline + 4 * limits.backlog + limits.handshakes + 16
+        # Once the agent has caught up, the 200 held stalls occupy at most
+        # handshakes_per_source descriptors: the rest were closed at once.
+        pid = node1.proc.pid
+        wait_for(lambda: _fds(pid) <= baseline + limits.handshakes_per_source + 8,
+                 "the agent holds only the admitted stalls")
         (node1.root / "during").write_text("written during the flood\n")
         wait_for(lambda: (c.nodes["node2"].root / "during").exists(), "replication goes on")
         # the backup reconnects while the flood's stalls are held open
@@ -192,17 +199,26 @@ def test_connection_flood_is_bounded(pair: Cluster) -> None:
     finally:
         for s in stalled:
             s.close()
-    wait_for(lambda: "more refused or failed connection(s) from 127.0.0.2"
-             in node1.log_text(), "the summary line", timeout=60)
+    def flood_lines() -> list[str]:
+        return [line for line in node1.log_text().splitlines()[before:] if "127.0.0.2" in line]
+
+    def accounted() -> int:
+        """Refusals logged in full plus those counted in summary lines."""
+        lines = flood_lines()
+        summed = sum(int(m.group(1)) for line in lines
+                     if (m := re.search(r"(\d+) more refused or failed", line)))
+        return summed + sum(1 for line in lines if "more refused" not in line)
+
+    # Every connection that got through connect() is refused or fails its
+    # handshake, and is logged or counted (summaries come at interval ends).
+    wait_for(lambda: accounted() >= connected, "every flood connection accounted for",
+             timeout=90)
     windows = (time.monotonic() - started) / limits.log_interval + 2
-    flood = [line for line in node1.log_text().splitlines()[before:]
-             if "127.0.0.2" in line]
-    assert flood and all(" WARNING " in line for line in flood)
+    flood = flood_lines()
+    assert all(" WARNING " in line for line in flood)
     # at most log_burst lines in full plus one summary per interval
     assert len(flood) <= windows * (limits.log_burst + 1), flood[:20]
-    summed = sum(int(m.group(1)) for line in flood
-                 if (m := re.search(r"(\d+) more refused or failed", line)))
-    assert summed + sum(1 for line in flood if "more refused" not in line) >= 900
+    assert any("more refused or failed connection(s) from 127.0.0.2" in line for line in flood)
     assert _fds(node1.proc.pid) <= baseline + 16
 
 

@@ -44,6 +44,10 @@ class PortLimits:
     handshakes: int = 32
     handshakes_per_source: int = 8
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    # The listen queue, and so the most connections asyncio accepts per
+    # wake-up: a flood's accepted-then-refused sockets are a few of these
+    # bursts at a time, not the whole flood.
+    backlog: int = 16
     log_burst: int = 5
     log_interval: float = 10.0
     log_sources: int = 16  # sources summed up one by one; the rest as "other sources"

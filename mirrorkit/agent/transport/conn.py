@@ -288,7 +288,8 @@ async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler,
         finally:
             admission.closed()
 
-    return await asyncio.start_server(on_client, host, port, reuse_address=True)
+    return await asyncio.start_server(on_client, host, port, reuse_address=True,
+                                      backlog=lim.backlog)
 
 
 async def run_guarded(conn: Connection, handler: Handler, name: str,
