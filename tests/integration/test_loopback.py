@@ -555,10 +555,14 @@ def test_crashed_receiver_resumes_from_durable_lsn(cluster: Cluster) -> None:
     c = cluster
     root = c.nodes["node1"].root
     wait_for(lambda: c.mirror("node2").get("connected"), "backup connected")
-    for i in range(200):  # keep the stream busy while the backup dies
+    for i in range(100):
         (root / f"k{i}").write_bytes(os.urandom(20_000))
-        if i == 100:
-            c.stop("node2", signal.SIGKILL)
+    # Killed once it has logged part of the stream (a kill before it received
+    # anything would make a full resend the right outcome, not a failure).
+    wait_for(lambda: c.mirror("node2").get("received_records", 0) > 0, "backup receiving")
+    c.stop("node2", signal.SIGKILL)
+    for i in range(100, 200):  # the stream goes on while the backup is down
+        (root / f"k{i}").write_bytes(os.urandom(20_000))
     c.start("node2")
     wait_converged(c, "convergence after a crash")
     m = c.mirror("node2")
