@@ -10,6 +10,12 @@ Layout (see docs/architecture.md, "PKI")::
 `ensure_mirror_pki` is idempotent: it creates what is missing and reissues a
 member certificate whose address, class, name or issuer no longer matches.
 Existing keys are kept. Directories are 0700.
+
+Every file it reads or writes is checked to lie directly in its directory
+(names are single path components, resolved paths are inside): the
+inventory's validation already refuses such names, and this is the second
+line, so that `../../escaped` as a host name can never write `escaped.key`
+elsewhere, nor a planted symlink redirect a key.
 """
 
 from __future__ import annotations
@@ -35,9 +41,41 @@ RENEW_BEFORE = dt.timedelta(days=30)
 
 
 def member_files(pki_dir: Path, mirror: str, host: str) -> tuple[Path, Path, Path]:
-    """Return `(ca.crt, <host>.crt, <host>.key)` paths of one member on the controller."""
-    base = Path(pki_dir).expanduser() / mirror
-    return base / "ca.crt", base / f"{host}.crt", base / f"{host}.key"
+    """Return `(ca.crt, <host>.crt, <host>.key)` paths of one member on the controller;
+    MirrorkitError if a name would leave its directory."""
+    base = Path(pki_dir).expanduser()
+    mdir = _inside(base, _component("mirror", mirror, mirror))
+    name = _component("host", host, mirror)
+    return (_inside(mdir, "ca.crt"), _inside(mdir, f"{name}.crt"), _inside(mdir, f"{name}.key"))
+
+
+def _component(kind: str, name: object, mirror: object) -> str:
+    """`name` if it is one path component that stays in its directory."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or not name.isprintable()
+        or len(name.encode("utf-8", errors="surrogatepass")) > 200
+    ):
+        raise MirrorkitError(
+            f"pki: mirror {mirror!r}: {kind} name {name!r} cannot name a file in the PKI "
+            "directory; use a name without '/', not '.' or '..', of printable characters "
+            "(mirrorkit validate checks this for the whole inventory)"
+        )
+    return name
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """`directory / name`, refused if it resolves (symlinks followed) anywhere else."""
+    path = directory / name
+    real_dir = directory.resolve()
+    if path.resolve().parent != real_dir:
+        raise MirrorkitError(
+            f"pki: {path} resolves to {path.resolve()}, outside {real_dir}; remove the "
+            "symlink (each key and certificate lives directly in its mirror's directory)"
+        )
+    return path
 
 
 def ensure_mirror_pki(pki_dir: Path, mirror: str, members: dict[str, tuple[str, str]]) -> bool:
@@ -47,6 +85,7 @@ def ensure_mirror_pki(pki_dir: Path, mirror: str, members: dict[str, tuple[str, 
     Returns True only if something was created or replaced.
     """
     for host, (address, klass) in members.items():
+        member_files(pki_dir, mirror, host)  # every name checked before anything is written
         if klass not in MEMBER_CLASSES:
             raise MirrorkitError(
                 f"pki: mirror {mirror!r}, host {host!r}: member class {klass!r} is not one of "
@@ -60,14 +99,15 @@ def ensure_mirror_pki(pki_dir: Path, mirror: str, members: dict[str, tuple[str, 
             ) from None
     base = Path(pki_dir).expanduser()
     changed = _ensure_dir(base)
-    mdir = base / mirror
+    mdir = _inside(base, _component("mirror", mirror, mirror))
     changed = _ensure_dir(mdir) or changed
-    ca_key, ca_key_changed = _ensure_key(mdir / "ca.key")
+    ca_key, ca_key_changed = _ensure_key(_inside(mdir, "ca.key"))
     changed = changed or ca_key_changed
-    ca_cert = _load_cert(mdir / "ca.crt")
+    ca_crt = _inside(mdir, "ca.crt")
+    ca_cert = _load_cert(ca_crt)
     if ca_key_changed or ca_cert is None or not _ca_ok(ca_cert, ca_key, mirror):
         ca_cert = _make_ca(ca_key, mirror)
-        atomic_write(mdir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         changed = True
     for host, (address, klass) in sorted(members.items()):
         _, crt_path, key_path = member_files(base, mirror, host)

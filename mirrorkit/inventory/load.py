@@ -24,6 +24,7 @@ from mirrorkit.inventory.model import (
     Inventory,
     build_mirrors,
 )
+from mirrorkit.inventory.precheck import YAML_SUFFIXES, precheck_inventory
 from mirrorkit.inventory.validate import MIRRORS_KEY, InventoryVars, ValidationError, validate
 
 SETTINGS = ("mirrorkit_mirrors", "mirrorkit_api_port", "mirrorkit_pki_dir", "mirrorkit_lab")
@@ -37,7 +38,6 @@ CONNECTION_VARS: dict[str, tuple[str, ...]] = {
 }
 # every variable read per host: the connection variables and their aliases
 CONNECTION_KEYS = (*CONNECTION_VARS, *(a for aliases in CONNECTION_VARS.values() for a in aliases))
-_YAML_SUFFIXES = (".yml", ".yaml", ".json")
 
 
 class InventoryInvalid(MirrorkitError):
@@ -119,7 +119,8 @@ def _precheck(source: Path) -> None:
         raise MirrorkitError(f"{source}: inventory file not found")
     if not os.access(source, os.R_OK):
         raise MirrorkitError(f"{source}: cannot read the inventory (permission denied)")
-    if source.is_dir() or source.suffix not in _YAML_SUFFIXES:
+    precheck_inventory(source)  # size, depth, aliases, duplicate keys: before Ansible
+    if source.is_dir() or source.suffix not in YAML_SUFFIXES:
         return
     from ansible.errors import AnsibleError
     from ansible.parsing.dataloader import DataLoader  # type: ignore[import-untyped]
@@ -194,7 +195,7 @@ def _kind(data: object) -> str:
 
 
 def _why_unparsed(source: Path, captured: io.StringIO) -> str:
-    plugin = "yaml" if source.suffix in _YAML_SUFFIXES else "ini"
+    plugin = "yaml" if source.suffix in YAML_SUFFIXES else "ini"
     text = captured.getvalue()
     match = re.search(rf"Failed to parse inventory with '{plugin}' plugin: (.*)", text)
     if match:

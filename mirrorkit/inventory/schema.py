@@ -14,10 +14,29 @@ import jsonschema  # type: ignore[import-untyped]
 
 from mirrorkit.inventory.model import ASYNC_KINDS, HOOKS, MODES
 
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"
+# `\Z`, not `$`: `$` also matches before a final newline ("records\n").
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}\Z"
+# A Linux interface name: at most IFNAMSIZ - 1 = 15 bytes; the kernel also
+# refuses "." and "..", "/", ":" and whitespace. The safe set is what `ip link`
+# creates in practice (eth0, ens3, bond0.100, br-lan).
+INTERFACE_PATTERN = r"^(?!\.{1,2}\Z)[A-Za-z0-9_.-]{1,15}\Z"
+# Longest path, exclude pattern and hook command accepted (see docs/inventory.md).
+MAX_PATH = 1024
+MAX_PATTERN = 256
+MAX_HOOK = 4096
 
 _HOST = {"type": "string", "minLength": 1, "description": "an inventory host name"}
-_SECONDS = {"type": "number", "exclusiveMinimum": 0, "description": "seconds, > 0"}
+
+
+def _seconds(low: float, high: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": low, "maximum": high,
+            "description": f"seconds, from {low:g} to {high:g}"}
+
+
+def _text(max_length: int, description: str) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length,
+            "description": description}
+
 _PORT = {
     "type": "integer", "minimum": 1024, "maximum": 65535,
     "description": "an integer TCP port from 1024 to 65535",
@@ -31,13 +50,15 @@ MIRROR_SCHEMA: dict[str, Any] = {
         "paths": {
             "type": "array",
             "minItems": 1,
-            "items": {"type": "string", "minLength": 1},
-            "description": "a list of absolute paths, e.g. [/srv/records]",
+            "maxItems": 64,
+            "items": _text(MAX_PATH, f"an absolute path of at most {MAX_PATH} characters"),
+            "description": "a list of 1 to 64 absolute paths, e.g. [/srv/records]",
         },
         "exclude": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1},
-            "description": "a list of patterns, e.g. ['*.tmp']",
+            "maxItems": 256,
+            "items": _text(MAX_PATTERN, f"a pattern of at most {MAX_PATTERN} characters"),
+            "description": "a list of at most 256 patterns, e.g. ['*.tmp']",
         },
         "mode": {"enum": list(MODES)},
         "port": _PORT,
@@ -46,7 +67,8 @@ MIRROR_SCHEMA: dict[str, Any] = {
         "arbiter": {**_HOST, "type": ["string", "null"]},
         "async": {
             "type": ["array", "null"],
-            "description": "a list like [{host: dr1, kind: dr}]",
+            "maxItems": 64,
+            "description": "a list of at most 64 entries like [{host: dr1, kind: dr}]",
             "items": {
                 "type": "object",
                 "required": ["host", "kind"],
@@ -55,7 +77,7 @@ MIRROR_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "host": _HOST,
                     "kind": {"enum": list(ASYNC_KINDS)},
-                    "root": {"type": "string", "minLength": 1},
+                    "root": _text(MAX_PATH, f"an absolute path of at most {MAX_PATH} characters"),
                 },
             },
         },
@@ -66,19 +88,30 @@ MIRROR_SCHEMA: dict[str, Any] = {
             "description": "{address: a.b.c.d/len, interface: eth0, router_id: 1..255}",
             "properties": {
                 "address": {"type": "string", "description": "a.b.c.d/len"},
-                "interface": {"type": "string", "minLength": 1},
+                "interface": {
+                    "type": "string", "pattern": INTERFACE_PATTERN,
+                    "description": "a Linux interface name: 1 to 15 of a-z, A-Z, 0-9, '.', '_' "
+                                   "or '-' (e.g. eth0)",
+                },
                 "router_id": {"type": "integer", "minimum": 1, "maximum": 255},
             },
         },
         "timeouts": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"heartbeat": _SECONDS, "qos": _SECONDS, "arbiter": _SECONDS},
+            # A heartbeat below 50 ms is busy-polling; above a minute, failover
+            # takes many minutes. An hour is past any sensible qos or arbiter wait.
+            "properties": {"heartbeat": _seconds(0.05, 60), "qos": _seconds(0.15, 3600),
+                           "arbiter": _seconds(0.15, 3600)},
         },
         "hooks": {
             "type": ["object", "null"],
             "additionalProperties": False,
-            "properties": {h: {"type": "string"} for h in HOOKS},
+            "properties": {
+                h: {"type": "string", "maxLength": MAX_HOOK,
+                    "description": f"a command of at most {MAX_HOOK} characters"}
+                for h in HOOKS
+            },
         },
     },
 }
@@ -89,11 +122,12 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "properties": {
         "mirrorkit_mirrors": {
             "type": "object",
-            "description": "a mapping of mirror name -> mirror settings",
+            "maxProperties": 256,
+            "description": "a mapping of at most 256 mirror names -> mirror settings",
             "additionalProperties": MIRROR_SCHEMA,
         },
         "mirrorkit_api_port": _PORT,
-        "mirrorkit_pki_dir": {"type": "string", "minLength": 1},
+        "mirrorkit_pki_dir": _text(MAX_PATH, f"a path of at most {MAX_PATH} characters"),
         "mirrorkit_lab": {"type": "object"},
     },
 }
@@ -127,22 +161,33 @@ def describe(value: object) -> str:
     if isinstance(value, list | tuple):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"the string {short(value)}"
+    return f"{type(value).__name__} {short(repr(value), quote=False)}"
+
+
+def short(value: str, limit: int = 60, quote: bool = True) -> str:
+    """`value` quoted (repr), cut to `limit` characters with its length when longer:
+    an error message never echoes a 100 MB value."""
+    if len(value) <= limit:
+        return repr(value) if quote else value
+    head = repr(value[:limit]) if quote else value[:limit]
+    return f"{head}... ({len(value):,} characters)"
 
 
 def dotted(path: Sequence[str | int]) -> str:
     """('mirrorkit_mirrors', 'm', 'async', 0, 'kind') -> 'mirrorkit_mirrors.m.async[0].kind'."""
     out = ""
     for part in path:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
+        elif isinstance(part, str) and not part.isprintable():
+            out += f"[{short(part)}]"  # never a raw newline in an error line
+        else:  # a key; YAML also allows numbers and booleans as keys (`1.5:`)
+            out += ("." if out else "") + str(part)
     return out
 
 
-def structural_errors(settings: Mapping[str, Any]) -> Iterator[tuple[list[str | int], str, str]]:
+def structural_errors(settings: Mapping[str, Any]) -> Iterator[tuple[list[Any], str, str]]:
     """(path, problem, fix) for every JSON Schema violation, in document order."""
     validator = jsonschema.Draft202012Validator(SETTINGS_SCHEMA)
     errors = sorted(validator.iter_errors(settings), key=lambda e: [str(p) for p in e.path])
@@ -160,8 +205,8 @@ def _expected(schema: Mapping[str, Any]) -> str:
     return " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in names if t)
 
 
-def _translate(error: Any) -> Iterator[tuple[list[str | int], str, str]]:
-    path: list[str | int] = list(error.absolute_path)
+def _translate(error: Any) -> Iterator[tuple[list[Any], str, str]]:
+    path: list[Any] = list(error.absolute_path)
     kind = error.validator
     schema = error.schema
     value = error.instance
@@ -169,7 +214,7 @@ def _translate(error: Any) -> Iterator[tuple[list[str | int], str, str]]:
         allowed = sorted(schema.get("properties", {}))
         for key in sorted(set(value) - set(allowed), key=str):
             fix = _unknown_key_fix(path, str(key), allowed)
-            yield [*path, str(key)], f"unknown key {key!r}", fix
+            yield [*path, str(key)], f"unknown key {short(str(key))}", fix
     elif kind == "required":
         missing = next(
             (k for k in schema["required"] if k not in value and repr(k) in error.message), "?"
@@ -187,15 +232,21 @@ def _translate(error: Any) -> Iterator[tuple[list[str | int], str, str]]:
         if "exclusiveMinimum" in schema:
             rule = f"greater than {schema['exclusiveMinimum']}"
         else:
-            rule = f"between {lo} and {hi}"
+            rule = f"between {lo:g} and {hi:g}"
         yield path, f"{value!r} is out of range", f"use a value {rule}"
     elif kind in ("minItems", "minLength"):
         yield path, f"is {describe(value) if value else 'empty'}", f"give {_expected(schema)}"
+    elif kind in ("maxItems", "maxProperties"):
+        yield path, f"has {len(value)} entries, too many", f"give {_expected(schema)}"
+    elif kind == "maxLength":
+        yield path, f"is {len(value):,} characters long, too long", f"give {_expected(schema)}"
+    elif kind == "pattern":
+        yield path, f"{describe(value)} is not allowed", f"use {_expected(schema)}"
     else:  # pragma: no cover - every keyword we use is handled above
         yield path, error.message, "see docs/inventory.md"
 
 
-def _unknown_key_fix(path: list[str | int], key: str, allowed: list[str]) -> str:
+def _unknown_key_fix(path: list[Any], key: str, allowed: list[str]) -> str:
     parent = path[-1] if path else ""
     in_async = len(path) >= 2 and path[-2] == "async"
     if parent == "vip" and key in _VIP_HOLDER_KEYS:

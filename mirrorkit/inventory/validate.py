@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import posixpath
 import re
 from collections.abc import Mapping
@@ -24,10 +25,26 @@ from mirrorkit.inventory.model import (
     default_router_id,
     join_root,
 )
-from mirrorkit.inventory.schema import NAME_PATTERN, describe, dotted, structural_errors
+from mirrorkit.inventory.schema import NAME_PATTERN, describe, dotted, short, structural_errors
 
 MIRRORS_KEY = "mirrorkit_mirrors"
-_VIP_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}/\d{1,2}$")
+_VIP_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}/\d{1,2}")
+# A member's name is its certificate's CN (at most 64 characters), the name of
+# its key file on the controller and a log label: a DNS name or an Ansible
+# host name, dot-separated labels of letters, digits, '-' and '_'.
+_HOST_RE = re.compile(r"(?!.{65})[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_][A-Za-z0-9_-]*)*",
+                      re.DOTALL)
+_HOST_FIX = (
+    "use a DNS name or Ansible host name: dot-separated labels of letters, digits, '-' and "
+    "'_' (a label does not start with '-'), at most 64 characters; the name becomes the "
+    "member's certificate and key file names"
+)
+# The shortest VIP prefix accepted: keepalived adds the VIP with its prefix,
+# which puts the whole prefix on-link on the holder; /0 would make every
+# address "local" and break the host's routing. /8 is the largest real subnet.
+MIN_VIP_PREFIX = 8
+# NAME_MAX on Linux filesystems.
+MAX_COMPONENT_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,10 @@ def validate(inv: InventoryVars) -> list[ValidationError]:
     for path, problem, fix in structural_errors(inv.all_vars):
         mirror = str(path[1]) if len(path) > 1 and path[0] == MIRRORS_KEY else None
         ctx.add(mirror, None, dotted(path), problem, fix)
+    pki_dir = inv.all_vars.get("mirrorkit_pki_dir")
+    if isinstance(pki_dir, str) and pki_dir and not pki_dir.isprintable():
+        ctx.add(None, None, "mirrorkit_pki_dir", f"{short(pki_dir)} contains {_control(pki_dir)}",
+                "give a directory on the controller, in printable characters")
     mirrors = inv.all_vars.get(MIRRORS_KEY)
     if not isinstance(mirrors, Mapping):
         return ctx.errors
@@ -104,10 +125,18 @@ def validate(inv: InventoryVars) -> list[ValidationError]:
     addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
     for name in sorted(mirrors, key=str):
         spec = mirrors[name]
+        if not isinstance(name, str):
+            ctx.add(
+                str(name), None, _f(str(name)), f"the mirror name is {describe(name)}",
+                "a mirror name is a string: a lowercase letter then up to 30 of a-z, 0-9, "
+                "'_' or '-' (quote it if YAML reads it as a number: '1.5' is still refused)",
+            )
+            continue
         if not isinstance(spec, Mapping):
             continue
-        _check_mirror(ctx, str(name), spec, addresses)
-    _check_across_mirrors(ctx, {str(k): v for k, v in mirrors.items() if isinstance(v, Mapping)})
+        _check_mirror(ctx, name, spec, addresses)
+    _check_across_mirrors(
+        ctx, {k: v for k, v in mirrors.items() if isinstance(k, str) and isinstance(v, Mapping)})
     return sorted(ctx.errors, key=lambda e: (e.mirror or "", e.field))
 
 
@@ -169,7 +198,7 @@ def _address(ctx: _Ctx, host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
         ctx.reported_hosts.add(host)
         return None
     try:
-        return ipaddress.ip_address(str(raw))
+        address = ipaddress.ip_address(str(raw))
     except ValueError:
         if host not in ctx.reported_hosts:
             ctx.add(
@@ -179,6 +208,34 @@ def _address(ctx: _Ctx, host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
             )
         ctx.reported_hosts.add(host)
         return None
+    problem = not_unicast(address)
+    if problem is None:
+        return address
+    if host not in ctx.reported_hosts:
+        ctx.add(
+            None, host, "ansible_host", f"{address} is {problem}",
+            "set ansible_host to the member's own unicast address, the one its peers "
+            "connect to (e.g. 198.18.7.11)",
+        )
+    ctx.reported_hosts.add(host)
+    return None
+
+
+def not_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `address` cannot be a member's or a VIP's address, or None if it can."""
+    if address.is_unspecified:
+        return "the unspecified address (it names no host)"
+    if address.is_loopback:
+        return "a loopback address (no other host can reach it)"
+    if address.is_multicast:
+        return "a multicast address"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if address.is_link_local and address.version == 6:
+        return "an IPv6 link-local address (it needs an interface scope)"
+    if address.is_reserved:
+        return "a reserved address"
+    return None
 
 
 def _check_redefined(ctx: _Ctx, mirrors: Mapping[str, Any]) -> None:
@@ -209,6 +266,10 @@ def _check_mirror(
     known = [str(h) for h in ctx.hostvars]
     seen: dict[str, str] = {}
     for host, role, path in _members(spec):
+        if not _HOST_RE.fullmatch(host):
+            ctx.add(name, None, _f(name, *_split(path)),
+                    f"host name {short(host)} is not allowed", _HOST_FIX)
+            continue
         if host not in ctx.hostvars:
             close = difflib.get_close_matches(host, known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -234,6 +295,7 @@ def _check_mirror(
     _check_addresses_distinct(ctx, name, seen, addresses)
     _check_mode(ctx, name, spec)
     _check_paths(ctx, name, spec)
+    _check_hooks(ctx, name, spec.get("hooks"))
     _check_timeouts(ctx, name, spec.get("timeouts"))
     _check_port(ctx, name, spec)
     _check_vip(ctx, name, spec, seen, addresses)
@@ -287,6 +349,10 @@ def _check_paths(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
         if not isinstance(path, str) or not path:
             continue
         where = _f(name, "paths", i)
+        problem = path_problem(path)
+        if problem:
+            ctx.add(name, None, where, f"{short(path)} {problem}", _PATH_FIX)
+            continue
         if not path.startswith("/"):
             ctx.add(name, None, where, f"{path!r} is a relative path",
                     f"use an absolute path, e.g. /{path.lstrip('./')}")
@@ -314,7 +380,10 @@ def _check_paths(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
     root_fields = spec.get("async")
     for i, entry in enumerate(root_fields if isinstance(root_fields, list) else []):
         root = entry.get("root") if isinstance(entry, Mapping) else None
-        if isinstance(root, str) and root:
+        if isinstance(root, str) and root and path_problem(root):
+            ctx.add(name, _str(entry.get("host")), _f(name, "async", i, "root"),
+                    f"{short(root)} {path_problem(root)}", _PATH_FIX)
+        elif isinstance(root, str) and root:
             norm = posixpath.normpath(root)
             if not root.startswith("/") or norm != root or norm == "/":
                 ctx.add(
@@ -324,7 +393,12 @@ def _check_paths(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
                 )
     excludes = spec.get("exclude")
     for i, pattern in enumerate(excludes if isinstance(excludes, list) else []):
-        if isinstance(pattern, str) and pattern.startswith("/"):
+        if isinstance(pattern, str) and not pattern.isprintable():
+            ctx.add(name, None, _f(name, "exclude", i),
+                    f"{short(pattern)} contains {_control(pattern)}",
+                    "write the pattern with printable characters only (use ? or [...] "
+                    "to match an unusual character)")
+        elif isinstance(pattern, str) and pattern.startswith("/"):
             ctx.add(
                 name, None, _f(name, "exclude", i), f"{pattern!r} starts with '/'",
                 "exclude patterns match the path relative to each mirror path; "
@@ -332,14 +406,56 @@ def _check_paths(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
             )
 
 
+_PATH_FIX = (
+    "use an absolute path of printable characters (spaces are fine), each component at "
+    f"most {MAX_COMPONENT_BYTES} bytes, e.g. /srv/records"
+)
+
+
+def path_problem(path: str) -> str | None:
+    """What makes `path` unusable as a directory on a member, or None.
+    (Absolute and normalised are checked by the caller, with their own fix.)"""
+    if not path.isprintable():
+        return f"contains {_control(path)}"
+    for part in path.split("/"):
+        if len(part.encode("utf-8", errors="surrogatepass")) > MAX_COMPONENT_BYTES:
+            return f"has a component longer than {MAX_COMPONENT_BYTES} bytes ({short(part, 20)})"
+    return None
+
+
+def _control(text: str) -> str:
+    """Names the first non-printable character of `text`."""
+    char = next(c for c in text if not c.isprintable())
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\0": "a NUL byte"}
+    return names.get(char, f"the non-printable character {char!r}")
+
+
+def _check_hooks(ctx: _Ctx, name: str, raw: object) -> None:
+    # A command may span lines (a shell script) and use tabs; any other
+    # control character (NUL above all: no exec() takes it) is a mistake.
+    if not isinstance(raw, Mapping):
+        return
+    for hook, command in raw.items():
+        if isinstance(command, str) and not command.replace("\n", "").replace(
+                "\t", "").isprintable():
+            stripped = command.replace("\n", " ").replace("\t", " ")
+            ctx.add(name, None, _f(name, "hooks", str(hook)),
+                    f"the command contains {_control(stripped)}",
+                    "write the command with printable characters, newlines and tabs only")
+
+
 def _check_timeouts(ctx: _Ctx, name: str, raw: object) -> None:
     if not isinstance(raw, Mapping):
         return
+    for key, value in raw.items():
+        if isinstance(value, float) and math.isnan(value):  # JSON Schema's ranges miss NaN
+            ctx.add(name, None, _f(name, "timeouts", str(key)), "is not a number (NaN)",
+                    "give a number of seconds, e.g. 1.0")
     d = Timeouts()
     hb = raw.get("heartbeat", d.heartbeat)
     qos = raw.get("qos", d.qos)
     arb = raw.get("arbiter", d.arbiter)
-    if not all(_is_num(v) and v > 0 for v in (hb, qos, arb)):
+    if not all(_is_num(v) and 0 < v < math.inf for v in (hb, qos, arb)):
         return  # reported by the schema
     if hb * 3 > qos:
         ctx.add(
@@ -388,14 +504,24 @@ def _check_vip(
         return
     where = _f(name, "vip", "address")
     try:
-        if not _VIP_RE.match(raw):
+        if not _VIP_RE.fullmatch(raw):
             raise ValueError(raw)
         iface = ipaddress.IPv4Interface(raw)
     except ValueError:
-        ctx.add(name, None, where, f"{raw!r} is not an IPv4 address with prefix length",
+        ctx.add(name, None, where, f"{short(raw)} is not an IPv4 address with prefix length",
                 "write it as a.b.c.d/len, e.g. 198.18.7.100/24")
         return
     net = iface.network
+    if net.prefixlen < MIN_VIP_PREFIX:
+        ctx.add(name, None, where, f"the prefix /{net.prefixlen} is too short",
+                f"use a prefix length from /{MIN_VIP_PREFIX} to /32, that of the subnet "
+                "the VIP lives in (e.g. /24): keepalived puts the whole prefix on-link")
+        return
+    problem = not_unicast(iface.ip)
+    if problem is not None:
+        ctx.add(name, None, where, f"{iface.ip} is {problem}",
+                "choose an unused unicast address in the primary's and backup's subnet")
+        return
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
         ctx.add(name, None, where, f"{iface.ip} is the network or broadcast address of {net}",
                 f"choose a host address inside {net}")

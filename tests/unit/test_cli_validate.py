@@ -69,3 +69,50 @@ def test_installed_command_never_prints_a_traceback(name: str) -> None:
     assert proc.returncode == (0 if name == "multi.yml" else 1)
     if proc.returncode:
         assert str(HERE / name) in proc.stderr
+
+
+# -- hostile files (issue 7): exit 1, a message naming the file, no traceback ------------
+
+HOSTILE = {
+    "alias_bomb.yml": "all:\n  vars:\n    l0: &l0 [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
+        f"    l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 9)),
+    "deep.yml": "{all: {vars: {x: " + "[" * 100_000 + "]" * 100_000 + "}}}\n",
+    "duplicate_key.yml": "all:\n  hosts:\n    node1: {ansible_host: 198.18.7.11}\n  vars:\n"
+                         "    mirrorkit_mirrors:\n      m:\n        paths: [/a]\n"
+                         "        primary: node1\n        paths: [/b]\n",
+    "number_name.yml": "all:\n  hosts:\n    node1: {ansible_host: 198.18.7.11}\n  vars:\n"
+                       "    mirrorkit_mirrors:\n      1.5: {paths: 5, primary: node1}\n",
+    "escaping_host.yml": "all:\n  hosts:\n    ../../escaped: {ansible_host: 198.18.7.11}\n"
+                         "  vars:\n    mirrorkit_mirrors:\n"
+                         "      m: {paths: [/d], primary: ../../escaped}\n",
+    "many_hosts.yml": "all:\n  hosts:\n    node[0:99999999]: {}\n",
+    "newline_interface.yml": "all:\n  hosts:\n    node1: {ansible_host: 198.18.7.11}\n  vars:\n"
+                             "    mirrorkit_mirrors:\n      m: {paths: [/d], primary: node1, "
+                             "vip: {address: 198.18.7.100/24, interface: \"eth0\\n  x\"}}\n",
+    "inf_timeout.yml": "all:\n  hosts:\n    node1: {ansible_host: 198.18.7.11}\n  vars:\n"
+                       "    mirrorkit_mirrors:\n      m: {paths: [/d], primary: node1, "
+                       "timeouts: {heartbeat: .inf, qos: .nan}}\n",
+}
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("alias_bomb.yml", "aliases"), ("deep.yml", "levels deep"),
+    ("duplicate_key.yml", "key 'paths' appears twice"), ("number_name.yml", "is a string"),
+    ("escaping_host.yml", "is not allowed"), ("many_hosts.yml", "more than 1,000 hosts"),
+    ("newline_interface.yml", "vip.interface"), ("inf_timeout.yml", "timeouts.heartbeat"),
+])
+def test_hostile_inventories_exit_1_without_traceback(tmp_path: Path, name: str,
+                                                      text: str) -> None:
+    path = tmp_path / name
+    path.write_text(HOSTILE[name])
+
+    def cap_memory() -> None:  # before the fix the alias bomb grew past a GB
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    proc = subprocess.run([sys.executable, "-m", "mirrorkit", "validate", str(path)],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+                          preexec_fn=cap_memory)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and text in proc.stderr

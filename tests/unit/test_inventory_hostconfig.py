@@ -201,11 +201,11 @@ def test_unit_gives_the_control_socket_a_0700_runtime_directory(tmp_path: Path) 
     assert "RuntimeDirectory=mirrorkit" in unit and "RuntimeDirectoryMode=0700" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # config changes reload (SIGHUP)
     rw = next(line for line in unit if line.startswith("ReadWritePaths="))
-    assert rw == "ReadWritePaths=/var/lib/mirrorkit /srv/records"
+    assert rw == 'ReadWritePaths="/var/lib/mirrorkit" "/srv/records"'
     assert "ProtectSystem=strict" in unit
     unit = render_unit(tmp_path, "/run/mirrorkit/control.sock", sandbox=False).splitlines()
     assert "RuntimeDirectory=mirrorkit" in unit and "ProtectSystem=strict" not in unit
     # elsewhere than /run: no RuntimeDirectory, but writable in the sandbox
     unit = render_unit(tmp_path, "/var/lib/mirrorkit-ctl/control.sock").splitlines()
     assert not any(line.startswith("RuntimeDirectory") for line in unit)
-    assert "ReadWritePaths=/var/lib/mirrorkit /srv/records /var/lib/mirrorkit-ctl" in unit
+    assert 'ReadWritePaths="/var/lib/mirrorkit" "/srv/records" "/var/lib/mirrorkit-ctl"' in unit

@@ -157,8 +157,9 @@ CASES: list[tuple[str, Mutation, str, str | None, str]] = [
     ("unknown mode", _set(mode="semi-sync"), "mode", None, "use sync or async"),
     ("sync needs mount capture", _set(mode="sync"), "mode", None, "use mode: async for now"),
     ("zero timeout", _set(timeouts={"heartbeat": 0}), "timeouts.heartbeat", None,
-     "greater than 0"),
-    ("negative timeout", _set(timeouts={"qos": -1}), "timeouts.qos", None, "greater than 0"),
+     "between 0.05 and 60"),
+    ("negative timeout", _set(timeouts={"qos": -1}), "timeouts.qos", None,
+     "between 0.15 and 3600"),
     ("qos under 3 heartbeats", _set(timeouts={"heartbeat": 3, "qos": 8, "arbiter": 20}),
      "timeouts.qos", None, "less than 3 heartbeats"),
     ("arbiter under 3 heartbeats", _set(timeouts={"heartbeat": 4, "qos": 12, "arbiter": 11}),
@@ -183,7 +184,7 @@ CASES: list[tuple[str, Mutation, str, str | None, str]] = [
     ("unknown mirror key", _set(arbitre="arb1"), "arbitre", None, "did you mean 'arbiter'"),
     ("unknown hook", _set(hooks={"on_promte": "x"}), "hooks.on_promte", None,
      "did you mean 'on_promote'"),
-    ("async as string", _set(**{"async": "dr1"}), "async", None, "list like"),
+    ("async as string", _set(**{"async": "dr1"}), "async", None, "entries like"),
 ]
 
 

@@ -142,3 +142,47 @@ def test_mirrors_have_separate_cas(tmp_path: Path) -> None:
 def test_bad_member_is_a_clear_error(tmp_path: Path, members: dict[str, tuple[str, str]]) -> None:
     with pytest.raises(MirrorkitError, match="node1"):
         ensure_mirror_pki(tmp_path, "records", members)
+
+
+# -- names that would leave the PKI directory (issue 7) -----------------------------
+
+
+def _tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("host", ["../../escaped", "a/b", "..", "", "x\0y", "/abs"])
+def test_host_name_leaving_the_directory_writes_nothing(tmp_path: Path, host: str) -> None:
+    pki = tmp_path / "deep" / "pki"
+    before = _tree(tmp_path)
+    with pytest.raises(MirrorkitError, match="cannot name a file in the PKI directory"):
+        ensure_mirror_pki(pki, "records", {"node1": ("198.18.7.11", "failover"),
+                                           host: ("198.18.7.12", "failover")})
+    assert _tree(tmp_path) == before  # nothing written, not even the CA
+
+
+@pytest.mark.parametrize("mirror", ["../records", "..", "a/b"])
+def test_mirror_name_leaving_the_directory_writes_nothing(tmp_path: Path, mirror: str) -> None:
+    with pytest.raises(MirrorkitError, match="mirror name"):
+        ensure_mirror_pki(tmp_path / "pki", mirror, MEMBERS)
+    assert _tree(tmp_path) == set()
+    with pytest.raises(MirrorkitError):
+        member_files(tmp_path / "pki", mirror, "node1")
+
+
+def test_nearest_valid_names_are_accepted(tmp_path: Path) -> None:
+    members = {"escaped": ("198.18.7.11", "failover"), "a_b.example": ("198.18.7.12", "async")}
+    assert ensure_mirror_pki(tmp_path / "pki", "records", members) is True
+    assert (tmp_path / "pki" / "records" / "escaped.key").is_file()
+
+
+def test_a_symlinked_key_pointing_outside_is_refused(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    ensure_mirror_pki(pki, "records", MEMBERS)
+    outside = tmp_path / "stolen.key"
+    key = pki / "records" / "node1.key"
+    key.unlink()
+    key.symlink_to(outside)
+    with pytest.raises(MirrorkitError, match="outside"):
+        ensure_mirror_pki(pki, "records", MEMBERS)
+    assert not outside.exists()

@@ -8,6 +8,8 @@ with every problem listed, never a traceback.
     {{ mirrorkit_mirrors | mirrorkit_host_config(inventory_hostname, hostvars, api_port) }}
     {{ mirrorkit_mirrors | mirrorkit_vip_instances(inventory_hostname, hostvars) }}
     {{ mirrorkit_mirrors | mirrorkit_pki_members(hostvars) }}
+    ReadWritePaths={{ paths | mirrorkit_systemd_words }}
+    interface {{ vi.interface | mirrorkit_keepalived_word }}
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ansible.errors import AnsibleFilterError  # type: ignore[import-untyped]
 
 try:
     from mirrorkit.errors import MirrorkitError
-    from mirrorkit.inventory import hostconfig
+    from mirrorkit.inventory import escape, hostconfig
     from mirrorkit.inventory.model import DEFAULT_API_PORT
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
     _IMPORT_ERROR: ImportError | None = exc
@@ -75,6 +77,21 @@ def mirrorkit_pki_members(
     return result
 
 
+def _escaping(name: str) -> Callable[..., str]:
+    def apply(value: Any) -> str:
+        if _IMPORT_ERROR is not None:
+            raise AnsibleFilterError(f"mirrorkit filters: cannot import mirrorkit: {_IMPORT_ERROR}")
+        try:
+            result: str = getattr(escape, name)(value)
+        except MirrorkitError as exc:
+            raise AnsibleFilterError(str(exc)) from None
+        return result
+
+    apply.__name__ = f"mirrorkit_{name}"
+    apply.__doc__ = f"mirrorkit.inventory.escape.{name} as a filter."
+    return apply
+
+
 class FilterModule:
     """mirrorkit's inventory filters."""
 
@@ -83,4 +100,6 @@ class FilterModule:
             "mirrorkit_host_config": mirrorkit_host_config,
             "mirrorkit_vip_instances": mirrorkit_vip_instances,
             "mirrorkit_pki_members": mirrorkit_pki_members,
+            "mirrorkit_systemd_words": _escaping("systemd_words"),
+            "mirrorkit_keepalived_word": _escaping("keepalived_word"),
         }
