@@ -231,13 +231,17 @@ class HttpServer:
     async def serve(self, lsock: socket.socket) -> None:
         """Accept connections on the listening ``lsock`` until cancelled."""
         loop = asyncio.get_running_loop()
+        failing = False
         while True:
             try:
                 sock, _ = await loop.sock_accept(lsock)
             except OSError as exc:  # EMFILE and friends: back off, keep serving
-                log.warning("agent API: accept failed: %s", exc)
+                if not failing:  # once until it works again, not ten lines a second
+                    log.warning("agent API: accept failed: %s (retrying)", exc)
+                failing = True
                 await asyncio.sleep(0.1)
                 continue
+            failing = False
             while len(self._conns) >= self.limits.connections and not self._evict(None):
                 # Every slot is being dispatched or young: this one waits
                 # for a slot, the next ones in the kernel's backlog.
@@ -308,8 +312,9 @@ class HttpServer:
             if writer is not None and not conn.answered:  # best effort: say why
                 with contextlib.suppress(Exception):
                     writer.write(_head(*error_body(
-                        503, f"evicted: all {self.limits.connections} connection slots "
-                             "were taken; send the whole request at once"), self.allow))
+                        503, "evicted: the connection slots were all taken and this "
+                             "request was not complete; send the whole request at once"),
+                        self.allow))
         except Exception:  # never let one connection take the server down
             log.exception("agent API: unexpected error")
         finally:
