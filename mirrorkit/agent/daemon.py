@@ -18,6 +18,8 @@ from mirrorkit.agent.api.control import control_routes
 from mirrorkit.agent.api.control_socket import ControlSocket, start_control
 from mirrorkit.agent.api.http import start_api
 from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
+from mirrorkit.agent.api.primary_publisher import PrimaryPublisher
+from mirrorkit.agent.api.server import Listener
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
@@ -45,7 +47,10 @@ class Agent:
         self.metrics.registry.register(StatusCollector(self.status))
         self.supervisors = {name: self._supervisor(cfg, name) for name in cfg.mirrors}
         self._stop = asyncio.Event()
-        self._api: asyncio.base_events.Server | None = None
+        self._api: Listener | None = None
+        # keepalived's check reads these files, not the API (api/primary_publisher.py).
+        self.primary_files = PrimaryPublisher(lambda: self.cfg.control_socket.parent,
+                                              self.status)
         self._control: ControlSocket | None = None
         self._reloading = asyncio.Lock()
         self.reloads = 0
@@ -89,6 +94,7 @@ class Agent:
         # refusing connections.
         self._api = await self._start_api()
         self._control = await self._start_control()
+        publisher = asyncio.create_task(self.primary_files.run(), name="primary-files")
         await asyncio.gather(*(sup.start() for sup in self.supervisors.values()))
         log.info("agent %s %s running %d of %d mirror(s)", self.cfg.host, __version__,
                  sum(s.running for s in self.supervisors.values()), len(self.supervisors))
@@ -97,6 +103,8 @@ class Agent:
         log.info("shutting down")
         retry.cancel()
         stall.cancel()
+        publisher.cancel()
+        self.primary_files.stop()  # first: a stopping agent is nobody's primary
         if self._api is not None:
             self._api.close()
         if self._control is not None:
@@ -190,7 +198,7 @@ class Agent:
                 if not sup.running:
                     await sup.start()
 
-    async def _start_api(self) -> asyncio.base_events.Server | None:
+    async def _start_api(self) -> Listener | None:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
                                    str(self.cfg.control_socket),

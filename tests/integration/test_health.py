@@ -34,8 +34,15 @@ def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def probe_primary(c: Cluster, node: str) -> int:
-    return agent_cli("probe", "primary", "--mirror", MIRROR, "--api-port",
-                     str(c.nodes[node].api_port)).returncode
+    """keepalived's check: the agent's primary file, which lags the API by
+    at most one write interval."""
+    def settled() -> int | None:
+        code = agent_cli("--config", str(c.nodes[node].config), "probe", "primary",
+                         "--mirror", MIRROR).returncode
+        api = 0 if c.code(node, f"/primary?mirror={MIRROR}") == 200 else 1
+        return code + 1 if code == api else None  # +1: 0 is falsy
+
+    return int(wait_for(settled, "the probe to agree with /primary", timeout=30)) - 1
 
 
 def caught_up(c: Cluster, receiver: str) -> bool:

@@ -535,8 +535,7 @@ def test_cli_status_and_probe(cluster: Cluster) -> None:
                               capture_output=True, text=True, timeout=60)
 
     for name, expected in (("node1", 0), ("node2", 1), ("dr1", 1), ("arb1", 1)):
-        port = str(c.nodes[name].api_port)
-        got = cli("probe", "primary", "--mirror", MIRROR, "--api-port", port)
+        got = cli("--config", str(c.nodes[name].config), "probe", "primary", "--mirror", MIRROR)
         assert got.returncode == expected, (name, got.stderr)
     got = cli("status", "--json", "--api-port", str(c.nodes["node2"].api_port))
     assert got.returncode == 0
@@ -544,9 +543,10 @@ def test_cli_status_and_probe(cluster: Cluster) -> None:
     got = cli("--config", str(c.nodes["node1"].config), "status")
     assert got.returncode == 0 and "primary" in got.stdout
     assert cli("--check-config", str(c.nodes["dr1"].config)).returncode == 0
-    # no agent listening: not a primary, a clear error for status
+    # no agent: not a primary, a clear error for status
     port = str(free_port())
-    assert cli("probe", "primary", "--mirror", MIRROR, "--api-port", port).returncode == 1
+    nowhere = str(c.base / "no-agent-here")
+    assert cli("probe", "primary", "--mirror", MIRROR, "--runtime-dir", nowhere).returncode == 1
     got = cli("status", "--api-port", port)
     assert got.returncode == 1 and "cannot reach" in got.stderr
 

@@ -1,88 +1,195 @@
-"""keepalived's probe, against the real status API on loopback."""
+"""keepalived's probe: the agent's primary file (util/primary_file.py), its
+writer (api/primary_publisher.py) and both readers, the Python probe and
+the role's bash check (rendered from its template), on real files."""
 
 from __future__ import annotations
 
-import asyncio
+import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 
-from mirrorkit.agent.api.http import start_api
-from mirrorkit.agent.cli.probe import api_port_from
+from mirrorkit.agent.api.primary_publisher import PrimaryPublisher
+from mirrorkit.agent.cli.probe import DEFAULT_RUNTIME_DIR, runtime_dir_from
+from mirrorkit.agent.cli.probe import main as probe_main
+from mirrorkit.agent.util import primary_file
+from mirrorkit.agent.util.primary_file import (
+    STALE_SECONDS,
+    boottime,
+    file_for,
+    read_verdict,
+    render,
+)
 
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "roles/mirrorkit_vip/templates/mirrorkit-primary-check.j2"
 ROLES = {"records": "primary", "orders": "backup"}
 
 
 def status() -> dict[str, Any]:
     return {"host": "node1", "mirrors": {
-        name: {"role": role, "term": 1, "fenced": False, "alive": True, "connected": True,
+        name: {"role": role, "term": 4, "fenced": False, "alive": True, "connected": True,
                "primary": "node1" if role == "primary" else "node2", "lag_seconds": 0.0}
         for name, role in ROLES.items()}}
 
 
-@pytest.fixture
-def api_port() -> Iterator[int]:
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def serve() -> None:
-        server = await start_api("127.0.0.1", 0, status)
-        holder["port"] = server.sockets[0].getsockname()[1]
-        holder["server"] = server
-        started.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()),
-                                              loop.run_forever()), daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield int(holder["port"])
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-
-
-def probe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mirrorkit.agent.entry", "probe", *args],
+def probe(directory: Path, mirror: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mirrorkit.agent.entry", "probe", "primary",
+                           "--mirror", mirror, "--runtime-dir", str(directory), *args],
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_primary_of_the_mirror_is_0_anything_else_1(api_port: int) -> None:
-    port = str(api_port)
-    assert probe("primary", "--mirror", "records", "--api-port", port).returncode == 0
-    assert probe("primary", "--mirror", "orders", "--api-port", port).returncode == 1
-    assert probe("primary", "--mirror", "nosuch", "--api-port", port).returncode == 1
+@pytest.fixture
+def bash_check(tmp_path: Path) -> Path:
+    text = jinja2.Template(TEMPLATE.read_text(), keep_trailing_newline=True).render(
+        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS)
+    path = tmp_path / "mirrorkit-primary-check"
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
 
 
-def test_no_agent_answering_is_never_primary(api_port: int) -> None:
-    closed = str(api_port + 1 if api_port < 65535 else api_port - 1)
-    assert probe("primary", "--mirror", "records", "--api-port", closed).returncode == 1
+def checks(bash: Path, directory: Path, mirror: str) -> tuple[int, int]:
+    """(Python probe's exit, in this process; bash check's exit)."""
+    shell = subprocess.run([str(bash), mirror, str(directory)], capture_output=True,
+                           timeout=60, check=False)
+    python = probe_main(["primary", "--mirror", mirror, "--runtime-dir", str(directory)])
+    return python, shell.returncode
 
 
-def test_probe_path_does_not_load_the_agent(api_port: int) -> None:
+def test_the_publisher_writes_the_verdict_of_get_primary(tmp_path: Path,
+                                                         bash_check: Path) -> None:
+    run = tmp_path / "run"
+    publisher = PrimaryPublisher(lambda: run, status)
+    publisher.publish()
+    assert (run.stat().st_mode & 0o777) == 0o700
+    line = file_for(run, "records").read_text()
+    assert line.startswith("mirrorkit-primary/1 1 4 ") and "writable primary" in line
+    assert (file_for(run, "records").stat().st_mode & 0o777) == 0o600
+    assert checks(bash_check, run, "records") == (0, 0)
+    assert checks(bash_check, run, "orders") == (1, 1)  # backup: not primary
+    assert checks(bash_check, run, "nosuch") == (1, 1)  # no file
+    verbose = probe(run, "orders", "--verbose")
+    assert verbose.stdout.strip() == "not primary: role is backup"
+    publisher.stop()  # a stopping agent is nobody's primary
+    assert not list(run.iterdir())
+    assert checks(bash_check, run, "records") == (1, 1)
+
+
+def test_a_mirror_gone_from_status_loses_its_file(tmp_path: Path) -> None:
+    mirrors = dict(status()["mirrors"])
+    publisher = PrimaryPublisher(lambda: tmp_path, lambda: {"mirrors": mirrors})
+    publisher.publish()
+    del mirrors["records"]
+    publisher.publish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.primary"]
+
+
+def test_a_failing_status_removes_the_files(tmp_path: Path) -> None:
+    state = {"broken": False}
+
+    def flaky() -> dict[str, Any]:
+        if state["broken"]:
+            raise RuntimeError("state unreadable")
+        return status()
+
+    publisher = PrimaryPublisher(lambda: tmp_path, flaky)
+    publisher.publish()
+    state["broken"] = True
+    publisher.publish()
+    assert not list(tmp_path.iterdir())
+
+
+def write_raw(directory: Path, mirror: str, data: bytes, mode: int = 0o600) -> None:
+    path = file_for(directory, mirror)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def test_fresh_at_the_bound_is_primary_one_past_is_not(tmp_path: Path) -> None:
+    primary_file.write(tmp_path, "records", True, 4, "ok")
+    written = float(file_for(tmp_path, "records").read_text().split(" ")[3])
+    assert read_verdict(tmp_path, "records", now=written + STALE_SECONDS)[0]
+    ok, why = read_verdict(tmp_path, "records", now=written + STALE_SECONDS + 0.02)
+    assert not ok and "stale" in why
+
+
+def test_both_probes_fail_on_a_stale_file(tmp_path: Path, bash_check: Path) -> None:
+    write_raw(tmp_path, "records", render(True, 4, "ok", boottime()))
+    assert checks(bash_check, tmp_path, "records") == (0, 0)
+    write_raw(tmp_path, "records", render(True, 4, "ok", boottime() - STALE_SECONDS - 3))
+    assert checks(bash_check, tmp_path, "records") == (1, 1)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"mirrorkit-primary/1 1 4\n",
+    b"mirrorkit-primary/2 1 4 %s ok\n",
+    b"mirrorkit-primary/1 yes 4 %s ok\n",
+    b"mirrorkit-primary/1 0 4 %s role is backup\n",
+    b"mirrorkit-primary/1 1 4 12.3 ok\n",
+    b"mirrorkit-primary/1 1 4 -1.00 ok\n",
+    b"mirrorkit-primary/1 1 4 99999999999.00 ok\n",  # from the future (a reboot)
+    b"\xff\xfe garbage\n",
+])
+def test_anything_but_a_fresh_primary_line_is_not_primary(tmp_path: Path, bash_check: Path,
+                                                          data: bytes) -> None:
+    now = render(True, 4, "", boottime()).split(b" ")[3]
+    write_raw(tmp_path, "records", data.replace(b"%s", now))
+    assert checks(bash_check, tmp_path, "records") == (1, 1)
+
+
+def test_a_file_others_may_write_is_not_trusted(tmp_path: Path) -> None:
+    primary_file.write(tmp_path, "records", True, 4, "ok")
+    os.chmod(file_for(tmp_path, "records"), 0o666)
+    assert probe(tmp_path, "records").returncode == 1
+
+
+def test_a_symlinked_file_is_not_followed(tmp_path: Path, bash_check: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    primary_file.write(elsewhere, "records", True, 4, "ok")
+    run = tmp_path / "run"
+    run.mkdir()
+    file_for(run, "records").symlink_to(file_for(elsewhere, "records"))
+    assert probe(run, "records").returncode == 1
+
+
+def test_a_mirror_name_that_is_no_name_is_refused(tmp_path: Path, bash_check: Path) -> None:
+    primary_file.write(tmp_path, "records", True, 4, "ok")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    assert checks(bash_check, sub, "../records") == (1, 1)
+
+
+def test_the_probe_does_not_load_the_agent(tmp_path: Path) -> None:
+    primary_file.write(tmp_path, "records", True, 4, "ok")
     code = (
         "import sys; from mirrorkit.agent.entry import main; "
-        f"rc = main(['probe', 'primary', '--mirror', 'records', '--api-port', '{api_port}']); "
+        f"rc = main(['probe', 'primary', '--mirror', 'records', '--runtime-dir', '{tmp_path}']); "
         "print(rc, 'mirrorkit.agent.cli.main' in sys.modules, 'asyncio' in sys.modules, "
-        "'prometheus_client' in sys.modules)"
+        "'prometheus_client' in sys.modules, 'urllib.request' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
-    assert out == ["0", "False", "False", "False"]
+    assert out == ["0", "False", "False", "False", "False"]
 
 
-def test_api_port_comes_from_the_config(tmp_path: Path) -> None:
+def test_the_runtime_dir_comes_from_the_config(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yml"
-    cfg.write_text("host: node1\napi: {listen: 127.0.0.1, port: 7555}\n")
-    assert api_port_from(cfg) == 7555
-    assert api_port_from(tmp_path / "missing.yml") == 7480
+    cfg.write_text("host: node1\ncontrol_socket: /run/mk/x/control.sock\n")
+    assert runtime_dir_from(cfg) == Path("/run/mk/x")
+    assert runtime_dir_from(tmp_path / "missing.yml") == DEFAULT_RUNTIME_DIR
     cfg.write_text(": not yaml [")
-    assert api_port_from(cfg) == 7480
+    assert runtime_dir_from(cfg) == DEFAULT_RUNTIME_DIR
+    cfg.write_text("host: node1\n")
+    assert runtime_dir_from(cfg) == DEFAULT_RUNTIME_DIR
 
 
 def test_usage_error_is_2() -> None:
-    assert probe("primary").returncode == 2
+    assert subprocess.run([sys.executable, "-m", "mirrorkit.agent.entry", "probe", "primary"],
+                          capture_output=True, timeout=60, check=False).returncode == 2

@@ -245,21 +245,24 @@ def test_post_on_tcp_is_refused_and_points_to_the_control_socket(route: str) -> 
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "expected"),
     [
-        b"garbage\r\n\r\n",
-        b"\x00\xff\xfe\r\n\r\n",
-        b"GET /health\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n",
-        b"GET health HTTP/1.1\r\n\r\n",
-        b"GET /health HTTP/9\r\n\r\n",
-        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
-        b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
-        b"GET /health HTTP/1.1\r\n",  # client gives up before the blank line
-        b"",
+        (b"garbage\r\n\r\n", 400),
+        (b"\x00\xff\xfe\r\n\r\n", 400),
+        (b"GET /health\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /health HTTP/9\r\n\r\n", 400),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
+        (b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\n", 400),  # client gives up before the blank line
+        (b"", 400),
     ],
 )
-def test_garbage_gets_400_and_the_server_survives(raw: bytes) -> None:
+def test_garbage_gets_4xx_and_the_server_survives(raw: bytes, expected: int) -> None:
     async def main() -> None:
         server = await start_api("127.0.0.1", 0, primary_status)
         port = server.sockets[0].getsockname()[1]
@@ -269,7 +272,7 @@ def test_garbage_gets_400_and_the_server_survives(raw: bytes) -> None:
             writer.write_eof()
             data = await asyncio.wait_for(reader.read(), 10)
             writer.close()
-            assert data.startswith(b"HTTP/1.1 400 "), data[:100]
+            assert data.startswith(b"HTTP/1.1 %d " % expected), data[:100]
             assert b"Traceback" not in data
             code, _, _ = await request(port, get("/health"))
             assert code == 200

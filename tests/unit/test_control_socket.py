@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mirrorkit.agent.api.control import RESYNC_PARAMS, control_routes
+from mirrorkit.agent.api.control import REPAIR_MAX_BODY, RESYNC_PARAMS, control_routes
 from mirrorkit.agent.api.control_socket import ControlRoute, ControlSocket, start_control
-from mirrorkit.agent.api.http import MAX_BODY
 
 T = TypeVar("T")
 Calls = list[tuple[str, dict[str, str], bytes]]
@@ -39,14 +38,14 @@ def base() -> Iterator[Path]:
 
 
 def recording_routes(calls: Calls) -> dict[str, ControlRoute]:
-    def route(name: str, params: tuple[str, ...]) -> ControlRoute:
+    def route(name: str, params: tuple[str, ...], max_body: int = 0) -> ControlRoute:
         async def handler(query: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
             calls.append((name, query, body))
             return 200, {"route": name, "params": query}
-        return ControlRoute(params, handler)
+        return ControlRoute(params, handler, max_body)
 
     return {"/resync": route("/resync", RESYNC_PARAMS),
-            "/repair": route("/repair", ("mirror",))}
+            "/repair": route("/repair", ("mirror",), REPAIR_MAX_BODY)}
 
 
 def serve(path: Path, calls: Calls, test: Callable[[ControlSocket], Awaitable[T]],
@@ -114,7 +113,7 @@ def test_routes_params_and_errors_on_the_socket(base: Path) -> None:
             post("/switchover?mirror=records"),
             b"GET /status HTTP/1.1\r\n\r\n",
             post("/resync?mirror=records&lagg=1"),
-            b"POST /repair HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1),
+            b"POST /repair HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (REPAIR_MAX_BODY + 1),
             b"garbage\r\n\r\n",
         )]
 
@@ -230,7 +229,10 @@ def test_agent_commands_as_root_post_to_the_socket(base: Path) -> None:
                                     "keep_orphans": "0"}, b"")
     assert calls[1] == ("/repair", {"mirror": "records"}, b'{"paths": ["/srv/a", "/srv/b"]}')
     assert rc1 == rc2 == 0, err1 + err2
-    assert json.loads(out1)["route"] == "/resync" and json.loads(out2)["route"] == "/repair"
+    assert json.loads(out1)["route"] == "/resync"
+    # repair prints the answers of its requests merged (here: one, with no paths re-sent)
+    assert json.loads(out2) == {"resent": [], "not_on_primary": [], "refused": [], "ops": 0,
+                                "lsn": 0}
 
 
 def test_no_agent_is_a_clear_error(tmp_path: Path) -> None:

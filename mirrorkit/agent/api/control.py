@@ -9,19 +9,29 @@ there, and the control socket's credential check covers it like the others.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from mirrorkit.agent.api.control_socket import ControlRoute
 from mirrorkit.agent.api.http import Answer
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.stream.worker import MirrorWorker
+from mirrorkit.agent.util.boundedjson import JsonRefused, loads
 from mirrorkit.agent.verify.repair import resend
 
-__all__ = ["RESYNC_PARAMS", "control_routes", "repair", "start_resync"]
+__all__ = ["REPAIR_MAX_BODY", "REPAIR_MAX_PATH", "REPAIR_MAX_PATHS", "RESYNC_PARAMS",
+           "control_routes", "repair", "repair_paths", "start_resync"]
 
 RESYNC_PARAMS = ("mirror", "member", "mode", "keep_orphans")
+# POST /repair's body, {"paths": [...]}: `mirrorkit-agent repair` sends
+# longer lists in several requests (cli/verify.py), so these bound one
+# request's memory (the parsed list costs a few times the body), not what
+# can be repaired.
+REPAIR_MAX_BODY = 1 << 20
+REPAIR_MAX_PATHS = 10_000
+REPAIR_MAX_PATH = 4096  # bytes of one path (Linux's PATH_MAX)
+_REPAIR_SHAPE = '{"paths": ["/abs/path", ...]}'
 
 
 def start_resync(workers: Mapping[str, MirrorWorker], params: dict[str, str]) -> Answer:
@@ -58,15 +68,45 @@ async def repair(workers: Mapping[str, MirrorWorker], params: dict[str, str],
         return 409, {"error": f"this host is not the primary of {name} "
                               f"(role {worker.state.role}): repair on the primary"}
     try:
-        doc = json.loads(body)
-        paths = doc["paths"]
-        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
-            raise TypeError("paths must be a list of strings")
-    except (ValueError, KeyError, TypeError) as exc:
-        return 400, {"error": f'body must be {{"paths": ["/abs/path", ...]}}: {exc}'}
+        paths = repair_paths(body)
+    except ValueError as exc:
+        return 400, {"error": f"body must be {_REPAIR_SHAPE}: {exc}"}
     roots = [os.path.realpath(t) for t in worker.cfg.targets]
     result = await resend(worker, roots, worker.cfg.exclude, paths)
     return 200, result.as_dict()
+
+
+def repair_paths(body: bytes) -> list[str]:
+    """The paths of a /repair body; raises ValueError saying what is wrong."""
+    try:
+        doc: Any = loads(body, max_bytes=REPAIR_MAX_BODY, what="the body")
+    except JsonRefused as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"the body is a JSON {type(doc).__name__}, not an object")
+    unknown = sorted(set(doc) - {"paths"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))[:200]}")
+    paths = doc.get("paths")
+    if not isinstance(paths, list):
+        raise ValueError("'paths' must be a list of absolute paths")
+    if len(paths) > REPAIR_MAX_PATHS:
+        raise ValueError(f"{len(paths)} paths, at most {REPAIR_MAX_PATHS} per request")
+    for i, path in enumerate(paths):
+        if not isinstance(path, str):
+            raise ValueError(f"paths[{i}] is a {type(path).__name__}, not a string")
+        if not path.startswith("/") or "\x00" in path:
+            raise ValueError(f"paths[{i}] must be an absolute path without NUL, "
+                             f"got {path[:100]!r}")
+        try:
+            raw = os.fsencode(path)  # what the file system is asked for
+        except UnicodeError:
+            raise ValueError(f"paths[{i}] is not a file name this host can encode: "
+                             f"{path[:100]!r}") from None
+        if len(raw) > REPAIR_MAX_PATH:
+            raise ValueError(f"paths[{i}] is {len(raw)} bytes, longer than "
+                             f"{REPAIR_MAX_PATH}")
+    return paths
 
 
 def control_routes(workers: Mapping[str, MirrorWorker]) -> dict[str, ControlRoute]:
@@ -76,10 +116,11 @@ def control_routes(workers: Mapping[str, MirrorWorker]) -> dict[str, ControlRout
     async def resync(params: dict[str, str], body: bytes) -> Answer:
         return start_resync(workers, params)
 
-    async def repair_paths(params: dict[str, str], body: bytes) -> Answer:
+    async def repair_body(params: dict[str, str], body: bytes) -> Answer:
         return await repair(workers, params, body)
 
     return {
-        "/resync": ControlRoute(RESYNC_PARAMS, resync),
-        "/repair": ControlRoute(("mirror",), repair_paths),
+        # /resync takes everything in its query string: no body at all.
+        "/resync": ControlRoute(RESYNC_PARAMS, resync, max_body=0),
+        "/repair": ControlRoute(("mirror",), repair_body, max_body=REPAIR_MAX_BODY),
     }

@@ -38,34 +38,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mirrorkit.agent.api.http import (
-    LINE_LIMIT,
-    MAX_BODY,
-    Answer,
+from mirrorkit.agent.api.http import Answer, json_body, parse_params
+from mirrorkit.agent.api.server import (
+    BACKLOG,
     HttpServer,
+    Limits,
+    Listener,
+    Request,
     Response,
-    discard_body,
     error_body,
-    json_body,
-    parse_params,
-    read_body,
 )
 
-__all__ = ["ControlRoute", "ControlSocket", "allowed_uids", "peer_credentials",
-           "start_control"]
+__all__ = ["CONTROL_LIMITS", "ControlRoute", "ControlSocket", "allowed_uids",
+           "peer_credentials", "start_control"]
 
 log = logging.getLogger(__name__)
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
+# Root's own commands, one at a time in practice: a few connections, each
+# holding at most its route's body (``ControlRoute.max_body``).
+CONTROL_LIMITS = Limits(connections=16)
+
 
 @dataclass(frozen=True, slots=True)
 class ControlRoute:
-    """One mutating route: the query parameters it accepts and its handler,
-    ``handler(params, body) -> (code, JSON answer)``."""
+    """One mutating route: the query parameters it accepts, its handler,
+    ``handler(params, body) -> (code, JSON answer)``, and the largest body
+    it takes (bytes; a longer one is 413 and never read)."""
 
     params: tuple[str, ...]
     handler: Callable[[dict[str, str], bytes], Awaitable[Answer]]
+    max_body: int = 0
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -86,7 +90,7 @@ class _ControlServer(HttpServer):
 
     def __init__(self, path: Path, routes: Mapping[str, ControlRoute],
                  allowed: Collection[int]) -> None:
-        super().__init__()
+        super().__init__(CONTROL_LIMITS)
         self.path = path
         self.routes = routes
         self.allowed = allowed
@@ -106,27 +110,24 @@ class _ControlServer(HttpServer):
         return error_body(403, f"uid {uid} may not use the control socket {self.path}: "
                                "only root may change replication state")
 
-    async def dispatch(self, method: str, target: str, length: int,
-                       reader: asyncio.StreamReader) -> Response:
-        path, query = urlsplit(target)[2:4]
+    async def dispatch(self, request: Request, reader: asyncio.StreamReader) -> Response:
+        path, query = urlsplit(request.target)[2:4]
         route = self.routes.get(path)
-        if method != "POST" or route is None:
-            await discard_body(reader, length)
-            if method != "POST":
-                return error_body(405, f"method {method} not allowed; use POST")
+        if request.method != "POST":
+            return error_body(405, f"method {request.method} not allowed; use POST")
+        if route is None:
             known = ", ".join(sorted(self.routes)) or "none"
             return error_body(404, f"no control route {path!r} (known: {known})")
-        if length > MAX_BODY:
-            return error_body(413, f"body over {MAX_BODY} bytes")
-        body = await read_body(reader, length)
-        code, answer = await route.handler(parse_params(query, route.params), body)
+        params = parse_params(query, route.params)
+        body = await self.read_body(reader, request, route.max_body, f"POST {path}")
+        code, answer = await route.handler(params, body)
         return json_body(code, answer)
 
 
 class ControlSocket:
     """A listening control socket; :meth:`close` also removes its file."""
 
-    def __init__(self, server: asyncio.AbstractServer, path: Path, inode: int) -> None:
+    def __init__(self, server: Listener, path: Path, inode: int) -> None:
         self.server = server
         self.path = path
         self._inode = inode
@@ -178,7 +179,7 @@ def _bind(path: Path) -> socket.socket:
             os.fchmod(sock.fileno(), 0o600)
         sock.bind(str(path))
         os.chmod(path, 0o600)
-        sock.listen(64)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -193,8 +194,8 @@ async def start_control(path: Path, routes: Mapping[str, ControlRoute],
     sock = await asyncio.to_thread(_bind, path)
     handler = _ControlServer(path, routes, allowed_uids() if allowed is None else allowed)
     try:
-        server = await asyncio.start_unix_server(handler.handle, sock=sock, limit=LINE_LIMIT)
+        inode = path.lstat().st_ino
     except BaseException:
         sock.close()
         raise
-    return ControlSocket(server, path, path.lstat().st_ino)
+    return ControlSocket(Listener(sock, handler), path, inode)

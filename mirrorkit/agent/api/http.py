@@ -22,20 +22,18 @@ Read-only: every other method is 405 ``Allow: GET``. What changes state
 served only on the root-only control socket (``api/control_socket.py``,
 routes in ``api/control.py``); a POST here answers 405 with a pointer to it.
 
-Deliberately minimal and hard to break: one request per connection
-(``Connection: close``), bounded line length, header count, body size
-(``MAX_BODY``) and time; malformed input gets 400 with a message, never a
-traceback. An unknown query parameter is a 400 rather than ignored, so a
-typo in a health check (``?lagg=5``) cannot silently pass. The control
-socket speaks the same dialect through the same :class:`HttpServer`.
+The server underneath (``api/server.py``, shared with the control socket)
+bounds lines, headers, connections and time, and evicts slow clients; this
+API reads no body at all (a POST is answered 405 at once). An unknown
+query parameter is a 400 rather than ignored, so a typo in a health check
+(``?lagg=5``) cannot silently pass. keepalived does not ask this API: it
+reads the primary file (``api/primary_file.py``), which no client of the
+API can delay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,35 +43,24 @@ from prometheus_client import CollectorRegistry
 
 from mirrorkit.agent.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
+from mirrorkit.agent.api.server import (
+    BadRequest,
+    HttpServer,
+    Limits,
+    Listener,
+    Request,
+    Response,
+    error_body,
+    listen_tcp,
+)
+from mirrorkit.agent.api.server import json_body as _json_body
 
-__all__ = ["LINE_LIMIT", "MAX_BODY", "Answer", "BadRequest", "HttpServer", "Response",
-           "check_health", "check_primary", "check_replica", "discard_body", "error_body",
-           "json_body", "parse_params", "read_body", "start_api"]
-
-log = logging.getLogger(__name__)
+__all__ = ["Answer", "BadRequest", "Response", "check_health", "check_primary",
+           "check_replica", "error_body", "json_body", "parse_params", "start_api"]
 
 StatusFn = Callable[[], dict[str, Any]]
 MetricsFn = Callable[[], bytes]  # the /metrics body
 Answer = tuple[int, dict[str, Any]]
-# (code, content type, body) of one answer.
-Response = tuple[int, str, bytes]
-
-LINE_LIMIT = 8192
-_MAX_HEADERS = 100
-_REQUEST_TIMEOUT = 10.0
-_MAX_CONNECTIONS = 64
-MAX_BODY = 16 << 20
-_REASONS = {
-    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-    413: "Content Too Large", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable",
-}
-_JSON = "application/json"
-
-
-class BadRequest(Exception):
-    """The request is malformed; the message says why (sent with 400)."""
 
 
 def _mirrors(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,142 +235,25 @@ def route(target: str, status: StatusFn,
 
 def json_body(code: int, body: Any) -> Response:
     """One JSON answer (NaN/Inf as null, keys sorted)."""
-    return code, _JSON, (json.dumps(_finite(body), sort_keys=True) + "\n").encode()
-
-
-def error_body(code: int, message: str) -> Response:
-    return code, _JSON, (json.dumps({"error": message}) + "\n").encode()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, int]:
-    """Read the request line and headers; return (method, target, content length)."""
-    try:
-        line = await reader.readline()
-        if not line.endswith(b"\n"):
-            raise BadRequest("incomplete request line")
-        fields = line.decode("latin-1").rstrip("\r\n").split(" ")
-        if len(fields) != 3 or not fields[2].startswith("HTTP/1."):
-            raise BadRequest("request line must be 'METHOD /path HTTP/1.x'")
-        method, target, _ = fields
-        if not method.isalpha() or not (target.startswith("/") or "://" in target):
-            raise BadRequest("malformed method or request target")
-        length = 0
-        for _ in range(_MAX_HEADERS):
-            header = await reader.readline()
-            if header in (b"\r\n", b"\n"):
-                return method, target, length
-            if not header.endswith(b"\n") or b":" not in header:
-                raise BadRequest("malformed header line")
-            name, _, value = header.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                if not value.strip().isdigit():
-                    raise BadRequest("malformed Content-Length")
-                length = int(value.strip())
-        raise BadRequest(f"more than {_MAX_HEADERS} header lines")
-    except (ValueError, asyncio.LimitOverrunError) as exc:  # a line over the limit
-        if isinstance(exc, BadRequest):
-            raise
-        raise BadRequest(f"request line or header longer than {LINE_LIMIT} bytes") from exc
-
-
-class HttpServer:
-    """One request per connection, answered by :meth:`dispatch`.
-
-    :meth:`admit` may refuse a connection as soon as it is accepted (the
-    control socket checks the peer's credentials there): the request is then
-    read and dropped, never dispatched, and the refusal is the answer.
-    :meth:`dispatch` answers a parsed request line. This class reads and
-    bounds the request, maps malformed input to 400, a slow client to 408
-    and any other failure to 500, and writes the answer.
-    """
-
-    allow = "GET"  # the Allow header of a 405
-
-    def __init__(self) -> None:
-        self.active = 0
-
-    async def admit(self, writer: asyncio.StreamWriter) -> Response | None:
-        """A refusal for this connection, or ``None`` to serve it."""
-        return None
-
-    async def dispatch(self, method: str, target: str, length: int,
-                       reader: asyncio.StreamReader) -> Response:
-        raise NotImplementedError
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
-        try:
-            if self.active > _MAX_CONNECTIONS:
-                code, ctype, body = error_body(503, "too many connections")
-            else:
-                code, ctype, body = await self._answer(reader, await self.admit(writer))
-            head = (
-                f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n"
-            )
-            if code == 405:
-                head += f"Allow: {self.allow}\r\n"
-            writer.write(head.encode() + b"\r\n" + body)
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(writer.drain(), _REQUEST_TIMEOUT)
-        except Exception:  # never let one connection take the server down
-            log.exception("agent API: unexpected error")
-        finally:
-            self.active -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _answer(self, reader: asyncio.StreamReader, refusal: Response | None) -> Response:
-        try:
-            method, target, length = await asyncio.wait_for(_read_request(reader),
-                                                            _REQUEST_TIMEOUT)
-            if refusal is not None:
-                await discard_body(reader, length)
-                return refusal
-            return await self.dispatch(method, target, length, reader)
-        except BadRequest as exc:
-            return refusal or error_body(400, str(exc))
-        except TimeoutError:
-            return refusal or error_body(408, "request not received in time")
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return refusal or error_body(400, "connection closed mid-request")
-        except Exception as exc:  # e.g. status() itself failed: say so, keep serving
-            log.exception("agent API: cannot build the answer")
-            return error_body(500, f"cannot answer: {type(exc).__name__}: {exc}")
-
-
-async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
-    """The request body of ``length`` bytes (at most ``MAX_BODY``: the caller
-    checks), in bounded time."""
-    return await asyncio.wait_for(reader.readexactly(length), _REQUEST_TIMEOUT)
-
-
-async def discard_body(reader: asyncio.StreamReader, length: int) -> None:
-    """Read and drop a body that will not be served, so that closing the
-    connection does not reset it before the client has read the answer."""
-    if 0 < length <= MAX_BODY:
-        await read_body(reader, length)
+    return _json_body(code, _finite(body))
 
 
 class _StatusServer(HttpServer):
-    """The loopback TCP status API: GET only."""
+    """The loopback TCP status API: GET only, and no body is ever read."""
 
     def __init__(self, status: StatusFn, control_socket: str | None,
-                 metrics: MetricsFn | None = None) -> None:
-        super().__init__()
+                 metrics: MetricsFn | None = None, limits: Limits | None = None) -> None:
+        super().__init__(limits)
         self.status = status
         self.control_socket = control_socket
         self.metrics = metrics if metrics is not None else status_metrics(status)
 
-    async def dispatch(self, method: str, target: str, length: int,
-                       reader: asyncio.StreamReader) -> Response:
-        if method == "GET":
-            return route(target, self.status, self.metrics)
-        if method != "POST":
-            return error_body(405, f"method {method} not allowed; use GET")
-        await discard_body(reader, length)
+    async def dispatch(self, request: Request, reader: asyncio.StreamReader) -> Response:
+        if request.method == "GET":
+            return route(request.target, self.status, self.metrics)
+        if request.method != "POST":
+            return error_body(405, f"method {request.method} not allowed; use GET")
+        # The body is not read (the lingering close drops it, bounded).
         where = (f"the root-only control socket {self.control_socket}"
                  if self.control_socket else "the agent's root-only control socket")
         return error_body(405, "this status API is read-only (GET); what changes state is "
@@ -393,11 +263,13 @@ class _StatusServer(HttpServer):
 
 async def start_api(host: str, port: int, status: StatusFn,
                     control_socket: str | None = None,
-                    metrics: MetricsFn | None = None) -> asyncio.Server:
+                    metrics: MetricsFn | None = None,
+                    limits: Limits | None = None) -> Listener:
     """Start the read-only status API on ``host:port`` (port 0: an ephemeral
-    port, see ``server.sockets[0].getsockname()``); ``control_socket`` is
+    port, see ``listener.sockets[0].getsockname()``); ``control_socket`` is
     named in the answer to a POST; ``metrics`` renders ``/metrics`` (default:
     the status gauges alone, see :func:`status_metrics`). The caller closes
-    the server."""
-    server = _StatusServer(status, control_socket, metrics)
-    return await asyncio.start_server(server.handle, host, port, limit=LINE_LIMIT)
+    the listener. Raises OSError when it cannot listen."""
+    server = _StatusServer(status, control_socket, metrics, limits)
+    sock = await asyncio.to_thread(listen_tcp, host, port)
+    return Listener(sock, server)

@@ -6,7 +6,8 @@
   the Ansible template's ``validate:``); print every error; exit 0 or 1.
 * ``mirrorkit-agent status [--json] [--api-port N]``: this host's ``/status``.
 * ``mirrorkit-agent probe primary --mirror M``: exit 0 if this host is the
-  writable primary of M (keepalived's ``vrrp_script``), else 1.
+  writable primary of M (keepalived's ``vrrp_script``), else 1; it reads
+  the agent's primary file, not the API (``cli/probe.py``).
 * ``mirrorkit-agent manifest --mirror M [--at-lsn N]`` and
   ``mirrorkit-agent repair --mirror M PATH...``: online verification's
   agent side (``cli/verify.py``).
@@ -124,7 +125,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     # `mirrorkit-agent probe …` normally takes entry.py's fast path; this is
     # the same check when --config comes first or via `python -m …main`.
-    return 0 if probe.is_primary(args.mirror, _api_port(args)) else 1
+    argv = ["primary", "--mirror", args.mirror, "--config", args.config]
+    if args.runtime_dir:
+        argv += ["--runtime-dir", args.runtime_dir]
+    return probe.main(argv + (["--verbose"] if args.probe_verbose else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="exit 0 if this host has the asked role")
     pr.add_argument("what", choices=["primary"])
     pr.add_argument("--mirror", required=True)
-    pr.add_argument("--api-port", type=int, default=0)
+    pr.add_argument("--runtime-dir", default="")
+    pr.add_argument("--verbose", dest="probe_verbose", action="store_true")
     verifycli.add_parsers(sub)
     resynccli.add_parser(sub)
     return p

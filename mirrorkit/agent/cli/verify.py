@@ -11,7 +11,8 @@ agent's ``POST /repair`` handler (the agent side of ``mirrorkit verify``).
 * ``repair --mirror M [--control-socket PATH] [PATH...]`` (paths on stdin,
   one per line, when none are given): ask the local primary, through the
   agent's root-only control socket, to re-send PATHs (absolute paths on the
-  primary) through its mirror log; prints the result as JSON (``{"error"}``
+  primary) through its mirror log, in requests within the route's bounds
+  (``repair_requests``); prints the result as JSON (``{"error"}``
   when refused: not the primary, not root...); exit 0 when every path was
   re-sent, 1 otherwise.
 """
@@ -29,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mirrorkit.agent.api.control import REPAIR_MAX_BODY, REPAIR_MAX_PATHS
 from mirrorkit.agent.apply.held_modes import HELD_MODES_FILE, HeldModes
 from mirrorkit.agent.cli import control_client
 from mirrorkit.agent.config import ConfigError, MirrorConfig, load_config
@@ -159,20 +161,47 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def repair_requests(paths: list[str]) -> list[bytes]:
+    """The bodies of the ``POST /repair`` requests for ``paths``: sorted (so
+    parents still come first across requests), each within the route's
+    bounds (``REPAIR_MAX_BODY`` bytes, ``REPAIR_MAX_PATHS`` paths)."""
+    bodies: list[bytes] = []
+    chunk: list[str] = []
+    size = len(b'{"paths": []}')
+    for path in sorted(set(paths)):
+        cost = len(json.dumps(path)) + 2  # the string and its ", "
+        if chunk and (size + cost > REPAIR_MAX_BODY or len(chunk) >= REPAIR_MAX_PATHS):
+            bodies.append(json.dumps({"paths": chunk}).encode())
+            chunk, size = [], len(b'{"paths": []}')
+        chunk.append(path)
+        size += cost
+    if chunk:
+        bodies.append(json.dumps({"paths": chunk}).encode())
+    return bodies
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     paths = list(args.paths) or [line.strip() for line in sys.stdin if line.strip()]
     if not paths:
         print("mirrorkit-agent: repair: no paths given", file=sys.stderr)
         return 2
     query = urllib.parse.urlencode({"mirror": args.mirror})
-    try:
-        code, result = control_client.post(control_client.socket_path(args), f"/repair?{query}",
-                                           json.dumps({"paths": paths}).encode(), timeout=300)
-    except control_client.ControlUnavailable as exc:
-        print(json.dumps({"error": str(exc)}))
-        print(f"mirrorkit-agent: {exc}", file=sys.stderr)
-        return 1
+    result: dict[str, Any] = {"resent": [], "not_on_primary": [], "refused": [], "ops": 0,
+                              "lsn": 0}
+    for body in repair_requests(paths):
+        try:
+            code, part = control_client.post(control_client.socket_path(args),
+                                             f"/repair?{query}", body, timeout=300)
+        except control_client.ControlUnavailable as exc:
+            print(json.dumps({"error": str(exc)}))
+            print(f"mirrorkit-agent: {exc}", file=sys.stderr)
+            return 1
+        if code != 200:
+            print(json.dumps(part, sort_keys=True))
+            return 1
+        for key in ("resent", "not_on_primary", "refused"):
+            result[key] += list(part.get(key) or [])
+        result["ops"] += int(part.get("ops") or 0)
+        result["lsn"] = max(result["lsn"], int(part.get("lsn") or 0))
     print(json.dumps(result, sort_keys=True))
-    if code != 200:
-        return 1
     return 0 if not (result.get("not_on_primary") or result.get("refused")) else 1

@@ -1,0 +1,90 @@
+"""Keeps each mirror's primary file fresh (format: ``util/primary_file.py``).
+
+keepalived's check reads these files instead of asking the status API, so
+that no client of the API — 1,000 idle connections, a slowloris — can make
+the primary's VIP drop (docs/architecture.md, "Status API, probe and
+control socket", with the measurements). The verdict is the status API's
+own ``check_primary``, so the file and ``GET /primary`` never disagree for
+longer than one ``INTERVAL``.
+
+The writes run on the event loop on purpose: a few hundred bytes renamed
+on tmpfs cost microseconds, and a loop too stalled to write them is one
+whose primary should not keep the VIP — the file goes stale and the check
+fails safe. A write that fails (the directory removed, a full disk) is
+logged once until it works again; the file then goes stale, which is the
+safe answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mirrorkit.agent.api.http import check_primary
+from mirrorkit.agent.util import primary_file
+
+__all__ = ["PrimaryPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+class PrimaryPublisher:
+    """Rewrites ``<directory()>/<mirror>.primary`` for every mirror of
+    ``status()`` every ``primary_file.INTERVAL`` seconds; :meth:`stop`
+    removes them (an agent that stops is nobody's primary)."""
+
+    def __init__(self, directory: Callable[[], Path],
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self._directory = directory
+        self._status = status
+        self._written: set[tuple[Path, str]] = set()
+        self._failing: str | None = None
+        self.writes = 0
+
+    async def run(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(primary_file.INTERVAL)
+
+    def publish(self) -> None:
+        """One round: write every mirror's file, remove those of mirrors gone."""
+        directory = self._directory()
+        try:
+            status = self._status()
+            mirrors = status.get("mirrors") or {}
+        except Exception:  # the status API answers 500: not primary, files removed
+            status, mirrors = {}, {}
+        wanted: set[tuple[Path, str]] = set()
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name in mirrors:
+                code, body = check_primary(status, name)
+                verdict = body.get("mirrors", {}).get(name, {})
+                reason = str(verdict.get("reason") or body.get("reason") or "")
+                term = mirrors[name].get("term") if isinstance(mirrors[name], dict) else None
+                primary_file.write(directory, name, code == 200, term, reason)
+                wanted.add((directory, name))
+        except OSError as exc:
+            if self._failing != str(exc):
+                log.warning("primary file in %s cannot be written: %s (keepalived's check "
+                            "fails until it can)", directory, exc)
+            self._failing = str(exc)
+            return
+        if self._failing is not None:
+            log.info("primary files in %s written again", directory)
+            self._failing = None
+        self.writes += 1
+        for old_dir, name in self._written - wanted:
+            with contextlib.suppress(OSError):
+                primary_file.remove(old_dir, name)
+        self._written = wanted
+
+    def stop(self) -> None:
+        for directory, name in self._written:
+            with contextlib.suppress(OSError):
+                primary_file.remove(directory, name)
+        self._written = set()
