@@ -72,3 +72,20 @@ def test_round_trip_of_any_shallow_document(doc: object) -> None:
 def test_any_bytes_give_a_value_or_json_refused(data: bytes) -> None:
     with contextlib.suppress(JsonRefused):  # anything else fails the test
         loads(data, max_bytes=2048)
+
+
+@pytest.mark.timeout(120)  # a hang guard, not a speed check: linear is ~0.05 s here
+def test_escape_heavy_unterminated_strings_are_linear_not_quadratic() -> None:
+    # Found in review: '"' followed by '\\"' repeated made the string pattern
+    # retry from every quote (8 KB took 0.5 s, 64 KiB ~20 s on the event loop);
+    # 1 MiB of it would take hours with the old pattern.
+    hostile = b'"' + b'\\"' * (512 << 10)
+    assert nesting_depth(hostile) == 0
+    with pytest.raises(JsonRefused):
+        loads(hostile, max_bytes=2 << 20)
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    (b'["a\\"["]', 1), (b'["[', 1), (b'"\\', 0), (b'[["\\\\"]]', 2), (b'["]"]', 1)])
+def test_depth_around_escapes_and_unterminated_strings(text: bytes, depth: int) -> None:
+    assert nesting_depth(text) == depth
