@@ -34,6 +34,8 @@ from mirrorkit.atomicfile import atomic_write
 from mirrorkit.errors import MirrorkitError
 
 MEMBER_CLASSES = ("failover", "arbiter", "async")
+# The file stem of the mirror's CA in its PKI directory: no member may use it.
+RESERVED_HOST = "ca"
 CA_DAYS = 3650
 MEMBER_DAYS = 5 * 365
 # Reissue a member certificate that expires within this window.
@@ -62,6 +64,13 @@ def _component(kind: str, name: object, mirror: object) -> str:
             f"pki: mirror {mirror!r}: {kind} name {name!r} cannot name a file in the PKI "
             "directory; use a name without '/', not '.' or '..', of printable characters "
             "(mirrorkit validate checks this for the whole inventory)"
+        )
+    if kind == "host" and name.lower() == RESERVED_HOST:
+        # ca.crt/ca.key are the mirror's CA: a member named "ca" would be
+        # handed the CA's private key (and overwrite its certificate).
+        raise MirrorkitError(
+            f"pki: mirror {mirror!r}: a member may not be named {name!r}: the name is "
+            "reserved for the mirror's CA files (ca.crt, ca.key); rename the host"
         )
     return name
 

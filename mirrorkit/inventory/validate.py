@@ -270,6 +270,12 @@ def _check_mirror(
             ctx.add(name, None, _f(name, *_split(path)),
                     f"host name {short(host)} is not allowed", _HOST_FIX)
             continue
+        if host.lower() == "ca":  # pki.RESERVED_HOST: its files are the mirror's CA
+            ctx.add(name, host, _f(name, *_split(path)),
+                    f"host name {host!r} is reserved: the mirror's CA files are ca.crt and "
+                    "ca.key, so a member named so would get the CA's private key",
+                    "rename the host (e.g. ca1)")
+            continue
         if host not in ctx.hostvars:
             close = difflib.get_close_matches(host, known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""

@@ -180,3 +180,13 @@ def test_a_huge_value_is_not_echoed_whole() -> None:
     errors = check(v, dict(HOSTS))
     assert len(errors) == 1 and len(str(errors[0])) < 500
     assert "10,000,000 characters" in str(errors[0])
+
+
+def test_a_member_named_ca_is_refused_and_ca1_accepted() -> None:
+    for name, ok in (("ca", False), ("Ca", False), ("ca1", True)):
+        v, hosts = base(), dict(HOSTS)
+        dr_named(name)(v, hosts)
+        errors = check(v, hosts)
+        assert (not errors) == ok, (name, errors)
+        if not ok:
+            assert "reserved" in str(errors[0]) and "rename the host" in str(errors[0])

@@ -186,3 +186,17 @@ def test_a_symlinked_key_pointing_outside_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MirrorkitError, match="outside"):
         ensure_mirror_pki(pki, "records", MEMBERS)
     assert not outside.exists()
+
+
+@pytest.mark.parametrize("host", ["ca", "CA"])
+def test_a_member_named_ca_is_refused_and_never_gets_the_ca_key(tmp_path: Path,
+                                                                  host: str) -> None:
+    # Found in review: the member's key file was ca.key, the CA's own key.
+    pki = tmp_path / "pki"
+    ensure_mirror_pki(pki, "records", MEMBERS)
+    ca_before = (pki / "records" / "ca.crt").read_bytes()
+    with pytest.raises(MirrorkitError, match="reserved for the mirror's CA"):
+        ensure_mirror_pki(pki, "records", {**MEMBERS, host: ("198.18.7.19", "async")})
+    with pytest.raises(MirrorkitError, match="reserved"):
+        member_files(pki, "records", host)
+    assert (pki / "records" / "ca.crt").read_bytes() == ca_before
