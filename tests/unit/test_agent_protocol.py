@@ -204,7 +204,14 @@ def test_heartbeat_lag_seconds_finite_and_not_negative(lag: str) -> None:
         decode_frame(frame(4, body.encode()))
 
 
-@pytest.mark.parametrize("lag", [0, 0.0, 2.5, 1e9])
+@pytest.mark.parametrize("lag", [10**400, -(10**400), 10**12 + 1, 1e13])
+def test_heartbeat_lag_seconds_huge_integers_are_a_protocol_error(lag: float) -> None:
+    # Found in review: 10**400 made math.isfinite raise OverflowError.
+    with pytest.raises(ProtocolError, match="lag_seconds is .*expected a finite number"):
+        decode_frame(control(4, {**HEARTBEAT, "lag_seconds": lag}))
+
+
+@pytest.mark.parametrize("lag", [0, 0.0, 2.5, 1e9, 10**12])
 def test_heartbeat_lag_seconds_accepted(lag: float) -> None:
     msg, _ = decode_frame(control(4, {**HEARTBEAT, "lag_seconds": lag}))
     assert isinstance(msg, Heartbeat) and msg.lag_seconds == lag

@@ -241,9 +241,22 @@ def _seconds(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{where} has the wrong type ({type(value).__name__}; expected "
                             f"a number)")
-    if not math.isfinite(value) or value < 0:
-        raise ProtocolError(f"{where} is {value!r} (expected a finite number >= 0)")
+    # An int beyond a float's range (10**400) makes isfinite() raise
+    # OverflowError: compare it as an int first.
+    if (isinstance(value, int) and not 0 <= value <= _MAX_SECONDS) or not (
+            math.isfinite(value) and 0 <= value <= _MAX_SECONDS):
+        raise ProtocolError(f"{where} is {_short_number(value)} (expected a finite number of "
+                            f"seconds, 0 to {_MAX_SECONDS})")
     return float(value) if isinstance(value, float) else value
+
+
+_MAX_SECONDS = 10**12  # about 31,700 years: any lag beyond is garbage
+
+
+def _short_number(value: float) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
 
 
 def _text(limit: int) -> Check:
