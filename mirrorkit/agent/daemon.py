@@ -63,7 +63,10 @@ class Agent:
 
     def _supervisor(self, cfg: AgentConfig, name: str) -> MirrorSupervisor:
         # The mirror's metric series survive a new worker (role swap, reload).
-        return MirrorSupervisor(cfg, cfg.mirrors[name], self.metrics.mirror(name))
+        # A demoted primary's file says "not primary" at once, not at the
+        # publisher's next round (up to 0.5 s later).
+        return MirrorSupervisor(cfg, cfg.mirrors[name], self.metrics.mirror(name),
+                                on_step_down=lambda: self.primary_files.publish())
 
     @property
     def workers(self) -> Mapping[str, MirrorWorker]:

@@ -202,6 +202,9 @@ class RoleOwner:
         self._lock = asyncio.Lock()
         self._stepping_down = False
         self.listeners: list[Listener] = []
+        # Called the moment ``writable`` turns false, before the new state is
+        # durable (the primary file keepalived reads is rewritten at once).
+        self.step_down_listeners: list[Callable[[], None]] = []
 
     @classmethod
     def load(cls, store: StateStore, member_class: str, initial_role: str,
@@ -245,7 +248,7 @@ class RoleOwner:
         if term <= self._state.term:
             return False
         if self._state.role == "primary":
-            self._stepping_down = True
+            self._step_down()
         async with self._lock:
             if term <= self._state.term:
                 return False
@@ -267,11 +270,19 @@ class RoleOwner:
         if term < self._state.term:
             raise ValueError(f"term {term} is older than our term {self._state.term}")
         if role != "primary" and self._state.role == "primary":
-            self._stepping_down = True  # stop at once; durable below
+            self._step_down()  # stop at once; durable below
         async with self._lock:
             if term < self._state.term:
                 raise ValueError(f"term {term} is older than our term {self._state.term}")
             await self._commit(MirrorState(term, role, primary), why)
+
+    def _step_down(self) -> None:
+        self._stepping_down = True
+        for listener in list(self.step_down_listeners):
+            try:
+                listener()
+            except Exception:  # a listener must not stop the step-down itself
+                log.exception("%s: a step-down listener failed", self.store.directory.name)
 
     async def note_primary(self, primary: str) -> None:
         """Remember who the primary of our current term is (receivers learn it

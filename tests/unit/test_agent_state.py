@@ -94,3 +94,29 @@ def test_role_changes_never_go_back_in_term_or_across_classes(tmp_path: Path) ->
 
     asyncio.run(go())
     assert owner.state == MirrorState(2, "primary", "node2") and owner.writable
+
+
+def test_step_down_listeners_run_before_the_new_term_is_durable(tmp_path: Path) -> None:
+    # Review: the primary file keepalived reads was only rewritten on the
+    # publisher's next round, so it said "primary" up to 0.5 s after demotion.
+    store = StateStore(tmp_path / "records")
+    owner = RoleOwner.load(store, "failover", "primary", "node1")
+    seen: list[tuple[bool, int]] = []
+    owner.step_down_listeners.append(
+        lambda: seen.append((owner.writable, store.load("failover").term)))  # type: ignore[union-attr]
+    assert asyncio.run(owner.observe_term(5, "node2", "node2")) is True
+    assert seen == [(False, 1)]  # not writable yet still term 1 on disk: before durable
+    assert owner.role == "backup" and store.load("failover").term == 5  # type: ignore[union-attr]
+    asyncio.run(owner.observe_term(6, "node2", "node2"))  # a backup steps down from nothing
+    assert len(seen) == 1
+
+
+def test_a_failing_step_down_listener_does_not_stop_the_step_down(tmp_path: Path) -> None:
+    owner = RoleOwner.load(StateStore(tmp_path / "records"), "failover", "primary", "node1")
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    owner.step_down_listeners.append(broken)
+    asyncio.run(owner.change("backup", 2, "node2", "switchover"))
+    assert owner.role == "backup" and not owner.writable

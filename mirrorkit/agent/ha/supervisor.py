@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mirrorkit.agent.config import AgentConfig, MirrorConfig
@@ -41,8 +42,11 @@ class MirrorSupervisor:
     """Runs one mirror: owns its :class:`RoleOwner` and the current worker."""
 
     def __init__(self, agent: AgentConfig, mirror: MirrorConfig,
-                 metrics: MirrorMetrics | None = None) -> None:
+                 metrics: MirrorMetrics | None = None,
+                 on_step_down: Callable[[], None] | None = None) -> None:
         self.agent = agent
+        # Called when this member stops being writable, before that is durable.
+        self.on_step_down = on_step_down
         self.metrics = metrics
         self.cfg = mirror
         self.name = mirror.name
@@ -81,6 +85,8 @@ class MirrorSupervisor:
             if self.roles is None:
                 self.roles = await asyncio.to_thread(self._load_roles)
                 self.roles.listeners.append(self._on_change)
+                if self.on_step_down is not None:
+                    self.roles.step_down_listeners.append(self.on_step_down)
             worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
             if self.metrics is not None:
                 worker.metrics = self.metrics
