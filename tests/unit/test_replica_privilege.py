@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,36 @@ def test_nobody_cannot_run_a_replicated_setuid_program_with_privilege(
                                check=True).stdout))
     finally:
         shutil.rmtree(base)
+
+
+def test_a_crash_in_the_middle_of_a_restore_leaves_the_tree_to_be_swept_again(
+        member: Member, tmp_path: Path) -> None:
+    # Review: "swept" stayed true until the table was cleared at the end, so a
+    # crash after the first restored bit, then a start as a receiver (a higher
+    # term superseded the promotion), kept a setuid file on a non-primary.
+    m = member
+    m.apply(Op(OpKind.CREATE, 0, "a", value=0o4755), Op(OpKind.CREATE, 0, "b", value=0o4755))
+    assert m.held.sweep([m.root]) == 0  # the receiver's start: marked swept
+    m.close()
+    crash_after_first = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from mirrorkit.agent.apply import held_modes\n"
+        "real = held_modes._restore_one\n"
+        "def once(*args):\n"
+        "    real(*args)\n"
+        "    os._exit(9)  # the agent dies right after one file got its bits back\n"
+        "held_modes._restore_one = once\n"
+        "held_modes.restore_held(Path(sys.argv[1]), [Path(sys.argv[2])])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", crash_after_first, str(tmp_path / "state"),
+                          str(m.root)], check=False)
+    assert run.returncode == 9
+    assert 0o4755 in (mode(m.root / "a"), mode(m.root / "b"))  # one came back
+    held = HeldModes(tmp_path / "state" / "held_modes.db")
+    try:
+        assert not held.swept
+        assert held.sweep([m.root]) == 1  # held back again at the start as a receiver
+        assert mode(m.root / "a") == mode(m.root / "b") == 0o755
+    finally:
+        held.close()

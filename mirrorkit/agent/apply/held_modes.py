@@ -173,6 +173,10 @@ class HeldModes:
         self.count = 0
         self._set_swept(False)
 
+    def mark_unswept(self) -> None:
+        """The next start as a receiver sweeps the tree again (durable)."""
+        self._set_swept(False)
+
     def _set_swept(self, value: bool) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('swept', ?)",
                          ("1" if value else "0",))
@@ -259,6 +263,10 @@ def restore_held(mirror_dir: Path, roots: Sequence[Path]) -> int:
     held = HeldModes(path)
     restored = 0
     try:
+        # Durably "not swept" before the first bit comes back: a crash in the
+        # middle followed by a start as a receiver (a higher term superseded
+        # the promotion) sweeps again instead of keeping restored bits.
+        held.mark_unswept()
         for tree, rel, mode in list(held.entries()):
             if not 0 <= tree < len(roots):
                 continue
