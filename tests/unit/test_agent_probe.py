@@ -4,6 +4,7 @@ the role's bash check (rendered from its template), on real files."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -194,3 +195,27 @@ def test_the_runtime_dir_comes_from_the_config(tmp_path: Path) -> None:
 def test_usage_error_is_2() -> None:
     assert subprocess.run([sys.executable, "-m", "mirrorkit.agent.entry", "probe", "primary"],
                           capture_output=True, timeout=60, check=False).returncode == 2
+
+
+def test_an_unexpected_failure_does_not_end_the_publisher(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Review: only OSError was handled; anything else ended the task silently
+    # and the files went stale for good on a healthy primary.
+    rounds = {"n": 0}
+
+    def directory() -> Path:
+        rounds["n"] += 1
+        if rounds["n"] <= 3:
+            raise TypeError("not a path")
+        return tmp_path
+
+    async def main() -> None:
+        publisher = PrimaryPublisher(directory, status)
+        task = asyncio.create_task(publisher.run())
+        while not file_for(tmp_path, "records").exists():
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert rounds["n"] >= 4
+    assert len([r for r in caplog.records if "a round failed" in r.getMessage()]) == 1

@@ -43,11 +43,20 @@ class PrimaryPublisher:
         self._status = status
         self._written: set[tuple[Path, str]] = set()
         self._failing: str | None = None
+        self._unexpected: str | None = None  # the last unexpected failure, logged once
         self.writes = 0
 
     async def run(self) -> None:
         while True:
-            self.publish()
+            try:
+                self.publish()
+            except Exception as exc:  # never die silently: the files would go stale for good
+                if self._unexpected != repr(exc):
+                    log.exception("primary files: a round failed (keepalived's check fails "
+                                  "until one succeeds)")
+                self._unexpected = repr(exc)
+            else:
+                self._unexpected = None
             await asyncio.sleep(primary_file.INTERVAL)
 
     def publish(self) -> None:
