@@ -197,27 +197,25 @@ def _address(ctx: _Ctx, host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
             )
         ctx.reported_hosts.add(host)
         return None
+    def refuse(problem: str, fix: str) -> None:
+        # A host in several mirrors is reported once.
+        if host not in ctx.reported_hosts:
+            ctx.add(None, host, "ansible_host", problem, fix)
+        ctx.reported_hosts.add(host)
+
     try:
         address = ipaddress.ip_address(str(raw))
     except ValueError:
-        if host not in ctx.reported_hosts:
-            ctx.add(
-                None, host, "ansible_host", f"{describe(raw)} is not an IP address",
-                "set ansible_host to the member's IP address, e.g. 198.18.7.11 "
-                "(DNS names are not accepted: certificates and the VIP need the address)",
-            )
-        ctx.reported_hosts.add(host)
+        refuse(f"{describe(raw)} is not an IP address",
+               "set ansible_host to the member's IP address, e.g. 198.18.7.11 "
+               "(DNS names are not accepted: certificates and the VIP need the address)")
         return None
     problem = not_unicast(address)
     if problem is None:
         return address
-    if host not in ctx.reported_hosts:
-        ctx.add(
-            None, host, "ansible_host", f"{address} is {problem}",
-            "set ansible_host to the member's own unicast address, the one its peers "
-            "connect to (e.g. 198.18.7.11)",
-        )
-    ctx.reported_hosts.add(host)
+    refuse(f"{address} is {problem}",
+           "set ansible_host to the member's own unicast address, the one its peers "
+           "connect to (e.g. 198.18.7.11)")
     return None
 
 
