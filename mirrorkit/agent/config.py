@@ -37,6 +37,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "ConfigIssue",
+    "HealthCheck",
     "MemberConfig",
     "MirrorConfig",
     "ReloadPlan",
@@ -48,11 +49,15 @@ __all__ = [
 ]
 
 ROLES = ("primary", "backup", "arbiter", "async")
+HOOKS = ("on_promote", "on_demote", "on_role_change", "health_check")
 KINDS = ("dr", "reporting")
 MODES = ("sync", "async")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 DEFAULT_LOG_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MAX_LAG_ON_FAILOVER = 1 << 20
+DEFAULT_HOOK_TIMEOUT = 30.0
+MAX_HOOK_TIMEOUT = 3600.0
 DEFAULT_CONTROL_SOCKET = Path("/run/mirrorkit/control.sock")
 # sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
@@ -80,9 +85,29 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    heartbeat: float = 1.0
-    qos: float = 8.0
-    arbiter: float = 10.0
+    """Failover timing (docs/architecture.md, "Failover timing"): members
+    heartbeat every ``heartbeat`` s; a failover member whose peer is silent
+    for ``qos`` s has lost it, and a primary that has heard neither its
+    backup nor the arbiter acknowledge it for ``qos`` s is fenced (its lease
+    ran out); the backup promotes only when the arbiter has not heard the
+    primary for ``arbiter`` s, so ``arbiter >= qos + 2 * heartbeat`` keeps
+    "the old primary is fenced" strictly before "the backup is writable"."""
+
+    heartbeat: float = 0.25
+    qos: float = 1.0
+    arbiter: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """The application health check's timing (the command is ``hooks.health_check``):
+    run every ``interval`` s, each run killed after ``timeout`` s, and
+    ``failures`` failed runs in a row on the primary ask for a switchover
+    to an active backup."""
+
+    interval: float = 5.0
+    timeout: float = 5.0
+    failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +148,19 @@ class MirrorConfig:
     listen: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    # An async backup is *active* (may be promoted automatically) while it is
+    # at most this many bytes of log behind the primary.
+    max_lag_on_failover: int = DEFAULT_MAX_LAG_ON_FAILOVER
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT  # seconds; a hook still running is killed
+    health: HealthCheck = field(default_factory=HealthCheck)
+
+    @property
+    def arbiter_name(self) -> str | None:
+        return next((n for n, m in self.members.items() if m.member_class == "arbiter"), None)
+
+    @property
+    def failover_names(self) -> list[str]:
+        return [n for n, m in self.members.items() if m.member_class == "failover"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +321,8 @@ class _Validator:
             return None
         self.unknown(m, {"role", "kind", "mode", "port", "paths", "exclude", "targets",
                          "timeouts", "tls", "members", "hooks", "listen", "log_max_bytes",
-                         "log_segment_bytes"}, p)
+                         "log_segment_bytes", "max_lag_on_failover", "hook_timeout",
+                         "health"}, p)
         before = len(self.issues)
         role = self.string(m, "role", p, choices=ROLES)
         kind = self.string(m, "kind", p, required=role == "async", choices=KINDS)
@@ -312,6 +351,16 @@ class _Validator:
                                     f"{p}.log_max_bytes")
         seg = self.positive_int(m.get("log_segment_bytes", DEFAULT_SEGMENT_BYTES),
                                 f"{p}.log_segment_bytes")
+        max_lag = m.get("max_lag_on_failover", DEFAULT_MAX_LAG_ON_FAILOVER)
+        if isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0:
+            self.err(f"{p}.max_lag_on_failover", f"is {max_lag!r}",
+                     "an integer number of bytes >= 0")
+        hook_timeout = self.seconds(m.get("hook_timeout", DEFAULT_HOOK_TIMEOUT),
+                                    f"{p}.hook_timeout", MAX_HOOK_TIMEOUT)
+        health = self.health(m.get("health", {}), f"{p}.health")
+        for hook in hooks:
+            if hook not in HOOKS:
+                self.err(f"{p}.hooks.{hook}", "is not a hook", "one of " + ", ".join(HOOKS))
         if members is not None and host is not None:
             me = members.get(host)
             if me is None:
@@ -328,8 +377,33 @@ class _Validator:
         assert role is not None and port is not None and tls is not None
         assert members is not None and timeouts is not None and paths is not None
         assert targets is not None and log_max is not None and seg is not None
+        assert hook_timeout is not None and health is not None
         return MirrorConfig(name, role, kind, mode, port, paths, list(exclude), targets,
-                            timeouts, tls, members, dict(hooks), listen, log_max, seg)
+                            timeouts, tls, members, dict(hooks), listen, log_max, seg,
+                            max_lag, hook_timeout, health)
+
+    def seconds(self, value: Any, path: str, limit: float) -> float | None:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 < value <= limit):
+            self.err(path, f"is {value!r}", f"a number of seconds > 0 and <= {limit:g}")
+            return None
+        return float(value)
+
+    def health(self, value: Any, path: str) -> HealthCheck | None:
+        m = self.mapping(value, path)
+        if m is None:
+            return None
+        self.unknown(m, {"interval", "timeout", "failures"}, path)
+        d = HealthCheck()
+        interval = self.seconds(m.get("interval", d.interval), f"{path}.interval", 3600)
+        timeout = self.seconds(m.get("timeout", d.timeout), f"{path}.timeout", 3600)
+        failures = m.get("failures", d.failures)
+        if isinstance(failures, bool) or not isinstance(failures, int) or not 1 <= failures <= 1000:
+            self.err(f"{path}.failures", f"is {failures!r}", "an integer from 1 to 1000")
+            return None
+        if interval is None or timeout is None:
+            return None
+        return HealthCheck(interval, timeout, failures)
 
     def positive_int(self, value: Any, path: str) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -354,9 +428,11 @@ class _Validator:
         if t.heartbeat * 3 > t.qos:
             self.err(f"{path}.qos", f"{t.qos} is less than 3 x heartbeat ({t.heartbeat})",
                      "qos >= 3 * heartbeat")
-        if t.qos > t.arbiter:
-            self.err(f"{path}.arbiter", f"{t.arbiter} is less than qos ({t.qos})",
-                     "arbiter >= qos")
+        if t.qos + 2 * t.heartbeat > t.arbiter:
+            self.err(f"{path}.arbiter", f"{t.arbiter} is less than qos + 2 x heartbeat "
+                     f"({t.qos + 2 * t.heartbeat:g})",
+                     "arbiter >= qos + 2 * heartbeat, so that an isolated primary is fenced "
+                     "before the backup may promote")
         return t
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
@@ -421,7 +497,8 @@ def _choices(choices: tuple[str, ...] | None) -> str | None:
 
 # Mirror settings a running worker reads each time it needs them, so a reload
 # applies them in place (no reconnect, no restart of the mirror's worker).
-RELOAD_IN_PLACE = frozenset({"timeouts", "hooks"})
+RELOAD_IN_PLACE = frozenset({"timeouts", "hooks", "max_lag_on_failover", "hook_timeout",
+                             "health"})
 
 
 @dataclass(frozen=True, slots=True)

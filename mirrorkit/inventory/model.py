@@ -35,9 +35,9 @@ def default_router_id(mirror: str) -> int:
 class Timeouts:
     """Failover timing in seconds (rules in docs/inventory.md)."""
 
-    heartbeat: float = 1.0
-    qos: float = 8.0
-    arbiter: float = 10.0
+    heartbeat: float = 0.25
+    qos: float = 1.0
+    arbiter: float = 2.0
 
     def as_dict(self) -> dict[str, float]:
         return {"heartbeat": self.heartbeat, "qos": self.qos, "arbiter": self.arbiter}

@@ -128,7 +128,7 @@ def test_read_message_from_stream() -> None:
 
 def test_frame_type_values_are_stable() -> None:
     # The wire format is a contract between agent versions.
-    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert [t.value for t in MsgType] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
 
 
 def test_large_binary_frames_are_decoded_off_the_event_loop(

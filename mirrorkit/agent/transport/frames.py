@@ -57,6 +57,7 @@ __all__ = [
     "Ack",
     "ApplyFailed",
     "Error",
+    "Handover",
     "Heartbeat",
     "Hello",
     "Manifest",
@@ -76,7 +77,9 @@ __all__ = [
 # 2: every message carries the sender's term and HELLO its term history.
 # Agents of one mirror run the same version (the role ships one wheel); a
 # member speaking another version is refused with that reason.
-PROTOCOL_VERSION = 2
+# 3: HEARTBEAT carries stamp/echo (the primary's lease) and the arbiter's
+# view of the primary; HANDOVER (switchover).
+PROTOCOL_VERSION = 3
 MAGIC = b"MK"
 FRAME = struct.Struct(">2sBBI")
 TERM = struct.Struct(">Q")  # binary payloads (RECORDS, MANIFEST) start with it
@@ -107,6 +110,7 @@ class MsgType(enum.IntEnum):
     MANIFEST_END = 9
     RESYNC_PROGRESS = 10
     APPLY_FAILED = 11
+    HANDOVER = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +146,35 @@ class Heartbeat:
     lag_bytes: int = 0
     lag_records: int = 0
     lag_seconds: float = 0.0
+    # The sender's own clock (seconds, CLOCK_BOOTTIME) when it sent this, and
+    # the latest ``stamp`` it has received from us (0: none yet). A primary's
+    # lease is renewed by the echo of its own stamp (ha/lease.py): proof that
+    # the peer heard it then, whichever way the network fails.
+    stamp: float = 0.0
+    echo: float = 0.0
+    # Sent by the arbiter only: the member it holds to be the primary of its
+    # term ("" none) and how long it has not heard that primary (0 while it
+    # hears it; -1 when no primary of this term was ever heard).
+    primary: str = ""
+    primary_silence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Error:
     reason: str
     term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Switchover, primary -> its backup: "I stepped down; you are the primary
+    of ``term``". The old primary has persisted itself as backup of ``term``
+    before sending it; the backup accepts only when it has applied everything
+    up to ``lsn`` (the old primary's last LSN) and ``term`` is ours + 1."""
+
+    term: int
+    lsn: int
+    member: str  # the new primary (the backup this was sent to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +231,7 @@ class ApplyFailed:
 
 
 Message = (Hello | Records | Ack | Heartbeat | Error | ResyncBegin | ResyncEnd | Manifest
-           | ManifestEnd | ResyncProgress | ApplyFailed)
+           | ManifestEnd | ResyncProgress | ApplyFailed | Handover)
 
 # Field checks. A peer's value is checked for type *and* range before any
 # message object exists, so nothing downstream sees a name with a newline,
@@ -309,6 +336,14 @@ _MEMBER = _shaped(MEMBER_NAME, "a member name ([A-Za-z0-9_][A-Za-z0-9_.-]{0,252}
 _ROLE = _one_of(ROLES)
 _REASON = _text(MAX_REASON)
 
+
+def _member_or_empty(where: str, value: Any) -> str:
+    return "" if value == "" else _MEMBER(where, value)  # type: ignore[no-any-return]
+
+
+def _silence(where: str, value: Any) -> float:
+    return -1.0 if value == -1 else _seconds(where, value)
+
 # Per message type: its class and a check per field. A field is optional
 # exactly when the class gives it a default (HEARTBEAT's role is, HELLO's
 # is not). Unknown fields are refused: agents of a mirror speak one
@@ -319,7 +354,10 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
     MsgType.ACK: (Ack, {"lsn": _u64, "received": _u64, "term": _u64}),
     MsgType.HEARTBEAT: (Heartbeat, {"term": _u64, "lsn": _u64, "role": _one_of(("", *ROLES)),
                                     "lag_bytes": _u64, "lag_records": _u64,
-                                    "lag_seconds": _seconds}),
+                                    "lag_seconds": _seconds, "stamp": _seconds,
+                                    "echo": _seconds, "primary": _member_or_empty,
+                                    "primary_silence": _silence}),
+    MsgType.HANDOVER: (Handover, {"term": _u64, "lsn": _u64, "member": _MEMBER}),
     MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
     MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),
                                          "keep_orphans": _flag, "block_size": _u64,
