@@ -21,6 +21,7 @@ from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 from mirrorkit.agent.api.primary_publisher import PrimaryPublisher
 from mirrorkit.agent.api.server import Listener
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
+from mirrorkit.agent.ha.loop import HaLoop
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.util.loopstall import LoopStallProbe
@@ -205,7 +206,8 @@ class Agent:
         try:
             return await start_api(self.cfg.api_listen, self.cfg.api_port, self.status,
                                    str(self.cfg.control_socket),
-                                   lambda: metrics_text(self.metrics.registry))
+                                   lambda: metrics_text(self.metrics.registry),
+                                   events=self.events)
         except OSError as exc:
             log.error("status API cannot listen on %s:%d: %s", self.cfg.api_listen,
                       self.cfg.api_port, exc)
@@ -213,7 +215,7 @@ class Agent:
 
     async def _start_control(self) -> ControlSocket | None:
         # Replication goes on without it; only resync and repair wait for a restart.
-        path, routes = self.cfg.control_socket, control_routes(self.workers)
+        path, routes = self.cfg.control_socket, control_routes(self.workers, _Loops(self.supervisors))
         try:
             control = await start_control(path, routes)
         except OSError as exc:
@@ -222,6 +224,37 @@ class Agent:
             return None
         log.info("control socket %s: serving %s to root", path, ", ".join(sorted(routes)))
         return control
+
+
+    def events(self, mirror: str | None, since: int, limit: int) -> tuple[int, dict[str, Any]]:
+        """``GET /events``: one mirror's history, or every mirror's in time order."""
+        if mirror is not None and mirror not in self.supervisors:
+            return 404, {"error": f"no mirror {mirror!r} on this host"}
+        names = [mirror] if mirror is not None else sorted(self.supervisors)
+        found: list[dict[str, Any]] = []
+        last = 0
+        for name in names:
+            log_ = self.supervisors[name].events
+            found += log_.since(since, limit)
+            last = max(last, log_.seq)
+        found.sort(key=lambda e: (e["time"], e["seq"]))
+        return 200, {"events": found[:limit], "last_seq": last}
+
+
+class _Loops(Mapping[str, HaLoop]):
+    """A live view: mirror name -> its HA loop."""
+
+    def __init__(self, supervisors: Mapping[str, MirrorSupervisor]) -> None:
+        self._sups = supervisors
+
+    def __getitem__(self, name: str) -> HaLoop:
+        return self._sups[name].ha
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sups)
+
+    def __len__(self) -> int:
+        return len(self._sups)
 
 
 class _Workers(Mapping[str, MirrorWorker]):

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mirrorkit.agent.util.lease import Lease
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
 __all__ = ["ROLES_OF_CLASS", "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
@@ -201,6 +202,14 @@ class RoleOwner:
         self._state = state
         self._lock = asyncio.Lock()
         self._stepping_down = False
+        # A switchover in progress: still the primary of its term (it keeps
+        # shipping to its receivers) but no longer writable (VIP released,
+        # on_demote has run), until the handover or its abort.
+        self._draining = False
+        # Set by ha when the mirror has a backup and an arbiter: writable
+        # only while a peer's echo renews it (util/lease.py). None: no lease
+        # (no one could take over automatically, so there is nothing to fence for).
+        self.lease: Lease | None = None
         self.listeners: list[Listener] = []
         # Called the moment ``writable`` turns false, before the new state is
         # durable (the primary file keepalived reads is rewritten at once).
@@ -237,9 +246,32 @@ class RoleOwner:
         return self._state.primary
 
     @property
-    def writable(self) -> bool:
-        """May this member act as the mirror's primary right now?"""
+    def holds_primary(self) -> bool:
+        """Is this member the primary of its term (not stepping down)? It
+        keeps serving its receivers while fenced or draining."""
         return self._state.role == "primary" and not self._stepping_down
+
+    @property
+    def writable(self) -> bool:
+        """May this member act as the mirror's primary right now: hold the
+        role, not draining for a switchover, and its lease (if any) valid?"""
+        return (self.holds_primary and not self._draining
+                and (self.lease is None or self.lease.valid()))
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """Stop being writable for a switchover (announced at once, like a step-down)."""
+        if self._draining:
+            return
+        self._draining = True
+        self._announce_step_down()
+
+    def end_drain(self) -> None:
+        """The switchover was abandoned: writable again (if the lease allows)."""
+        self._draining = False
 
     async def observe_term(self, term: int, primary: str | None, source: str) -> bool:
         """A message from ``source`` carried ``term``. A higher term than ours
@@ -278,6 +310,9 @@ class RoleOwner:
 
     def _step_down(self) -> None:
         self._stepping_down = True
+        self._announce_step_down()
+
+    def _announce_step_down(self) -> None:
         for listener in list(self.step_down_listeners):
             try:
                 listener()
@@ -301,6 +336,7 @@ class RoleOwner:
         await asyncio.to_thread(self.store.save, new)
         self._state = new
         self._stepping_down = False
+        self._draining = False
         level = logging.WARNING if old.role != new.role else logging.INFO
         log.log(level, "%s: role %s -> %s, term %d -> %d, primary %s -> %s: %s",
                 self.store.directory.name, old.role, new.role, old.term, new.term,

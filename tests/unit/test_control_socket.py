@@ -189,7 +189,8 @@ def test_nobody_is_refused_by_credentials_when_the_modes_are_opened(
 def test_every_agent_route_is_behind_the_socket() -> None:
     # The one table of mutating routes: whatever it holds is served only by
     # start_control, whose credential check is tested above.
-    assert set(control_routes({})) == {"/resync", "/repair"}
+    assert set(control_routes({})) == {"/resync", "/repair", "/maintenance", "/switchover",
+                                       "/promote"}
 
 
 def test_agent_commands_as_nobody_say_they_need_root(

@@ -1,4 +1,5 @@
-"""The agent's mutating routes: ``POST /resync`` and ``POST /repair``.
+"""The agent's mutating routes: ``POST /resync``, ``/repair``, ``/maintenance``,
+``/switchover`` and ``/promote``.
 
 They change replication state, so they are served only on the root-only
 control socket (:mod:`mirrorkit.agent.api.control_socket`), never on the
@@ -9,12 +10,14 @@ there, and the control socket's credential check covers it like the others.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from mirrorkit.agent.api.control_socket import ControlRoute
 from mirrorkit.agent.api.http import Answer
+from mirrorkit.agent.ha.loop import HaLoop, OperationRefused
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.util.boundedjson import JsonRefused, loads
@@ -109,9 +112,94 @@ def repair_paths(body: bytes) -> list[str]:
     return paths
 
 
-def control_routes(workers: Mapping[str, MirrorWorker]) -> dict[str, ControlRoute]:
+def _flag(params: dict[str, str], key: str) -> bool:
+    value = params.get(key, "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"{key} must be 0 or 1, got {value[:20]!r}")
+    return value == "1"
+
+
+def _loop(ha: Mapping[str, HaLoop], params: dict[str, str]) -> HaLoop | Answer:
+    mirror = params.get("mirror")
+    if not mirror:
+        return 400, {"error": "parameter 'mirror' is required"}
+    loop = ha.get(mirror)
+    if loop is None:
+        return 404, {"error": f"no mirror {mirror!r} on this host"}
+    return loop
+
+
+async def maintenance(ha: Mapping[str, HaLoop], params: dict[str, str]) -> Answer:
+    loop = _loop(ha, params)
+    if not isinstance(loop, HaLoop):
+        return loop
+    if "on" not in params:
+        return 400, {"error": "parameter 'on' (0 or 1) is required"}
+    try:
+        on = _flag(params, "on")
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    return 200, await loop.set_maintenance(on)
+
+
+async def switchover(ha: Mapping[str, HaLoop], params: dict[str, str]) -> Answer:
+    loop = _loop(ha, params)
+    if not isinstance(loop, HaLoop):
+        return loop
+    try:
+        cancel = _flag(params, "cancel")
+        at = _epoch(params.get("at"))
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    if cancel and (at is not None or params.get("to")):
+        return 400, {"error": "cancel takes no 'at' or 'to'"}
+    try:
+        return 200, await loop.schedule_switchover(at, params.get("to") or None, cancel)
+    except OperationRefused as exc:
+        return 409, {"error": str(exc)}
+
+
+def _epoch(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value < 1e11:
+        raise ValueError(f"at must be epoch seconds, got {raw[:40]!r}")
+    return value
+
+
+async def promote(ha: Mapping[str, HaLoop], params: dict[str, str]) -> Answer:
+    loop = _loop(ha, params)
+    if not isinstance(loop, HaLoop):
+        return loop
+    try:
+        force = _flag(params, "force")
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    try:
+        return 200, await loop.promote(force)
+    except OperationRefused as exc:
+        return 409, {"error": str(exc)}
+
+
+def control_routes(workers: Mapping[str, MirrorWorker],
+                   ha: Mapping[str, HaLoop] | None = None) -> dict[str, ControlRoute]:
     """Every mutating route of the agent, bound to its running ``workers``
-    (read at each request, so mirrors started later are found)."""
+    and its mirrors' HA loops (read at each request, so mirrors started
+    later are found)."""
+    loops: Mapping[str, HaLoop] = ha if ha is not None else {}
+
+    async def maintenance_route(params: dict[str, str], body: bytes) -> Answer:
+        return await maintenance(loops, params)
+
+    async def switchover_route(params: dict[str, str], body: bytes) -> Answer:
+        return await switchover(loops, params)
+
+    async def promote_route(params: dict[str, str], body: bytes) -> Answer:
+        return await promote(loops, params)
 
     async def resync(params: dict[str, str], body: bytes) -> Answer:
         return start_resync(workers, params)
@@ -123,4 +211,7 @@ def control_routes(workers: Mapping[str, MirrorWorker]) -> dict[str, ControlRout
         # /resync takes everything in its query string: no body at all.
         "/resync": ControlRoute(RESYNC_PARAMS, resync, max_body=0),
         "/repair": ControlRoute(("mirror",), repair_body, max_body=REPAIR_MAX_BODY),
+        "/maintenance": ControlRoute(("mirror", "on"), maintenance_route),
+        "/switchover": ControlRoute(("mirror", "to", "at", "cancel"), switchover_route),
+        "/promote": ControlRoute(("mirror", "force"), promote_route),
     }

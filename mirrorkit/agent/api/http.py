@@ -16,6 +16,11 @@ and playbooks need not parse anything:
   ``lag`` is given; without ``mirror``: all served mirrors (at least one).
 * ``GET /status`` — the status dict; ``GET /metrics`` — Prometheus text
   (:mod:`mirrorkit.agent.api.metrics`).
+* ``GET /events[?mirror=M][&since=SEQ][&limit=N]`` — the event history
+  (``ha/events.py``): ``{"events": [...], "last_seq": N}``, events with a
+  sequence number above ``since`` (default 0), at most ``limit`` (100,
+  at most 1000), oldest first, every mirror merged in time order when
+  ``mirror`` is left out.
 
 Read-only: every other method is 405 ``Allow: GET``. What changes state
 (``POST /resync``, ``POST /repair``, and every later mutating route) is
@@ -209,11 +214,32 @@ def status_metrics(status: StatusFn) -> MetricsFn:
     return lambda: metrics_text(registry)
 
 
-def route(target: str, status: StatusFn,
-          metrics: MetricsFn | None = None) -> tuple[int, str, bytes]:
+# GET /events?mirror=M&since=SEQ&limit=N: (mirror or None, since, limit) -> answer
+EventsFn = Callable[[str | None, int, int], Answer]
+EVENTS_LIMIT = 100
+EVENTS_MAX = 1000
+
+
+def _count(params: Mapping[str, str], key: str, default: int, top: int) -> int:
+    raw = params.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > top:
+        raise BadRequest(f"{key} must be an integer from 0 to {top}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def route(target: str, status: StatusFn, metrics: MetricsFn | None = None,
+          events: EventsFn | None = None) -> tuple[int, str, bytes]:
     """Answer one GET: (code, content type, body). Raises BadRequest."""
     parts = urlsplit(target)
     path, query = parts.path, parts.query
+    if path == "/events" and events is not None:
+        params = parse_params(query, ("mirror", "since", "limit"))
+        since = _count(params, "since", 0, (1 << 63) - 1)
+        limit = _count(params, "limit", EVENTS_LIMIT, EVENTS_MAX)
+        code, body = events(params.get("mirror"), since, limit)
+        return json_body(code, body)
     if path == "/metrics":
         return 200, METRICS_TYPE, (metrics or status_metrics(status))()
     if path == "/status":
@@ -228,7 +254,7 @@ def route(target: str, status: StatusFn,
         lag = _lag(params.get("lag"))
         code, body = check_replica(status(), params.get("mirror"), lag)
     else:
-        known = "/health, /primary, /replica, /status, /metrics"
+        known = "/health, /primary, /replica, /status, /metrics, /events"
         code, body = 404, {"error": f"no such endpoint {path!r} (known: {known})"}
     return json_body(code, body)
 
@@ -242,15 +268,17 @@ class _StatusServer(HttpServer):
     """The loopback TCP status API: GET only, and no body is ever read."""
 
     def __init__(self, status: StatusFn, control_socket: str | None,
-                 metrics: MetricsFn | None = None, limits: Limits | None = None) -> None:
+                 metrics: MetricsFn | None = None, limits: Limits | None = None,
+                 events: EventsFn | None = None) -> None:
         super().__init__(limits)
         self.status = status
+        self.events = events
         self.control_socket = control_socket
         self.metrics = metrics if metrics is not None else status_metrics(status)
 
     async def dispatch(self, request: Request, reader: asyncio.StreamReader) -> Response:
         if request.method == "GET":
-            return route(request.target, self.status, self.metrics)
+            return route(request.target, self.status, self.metrics, self.events)
         if request.method != "POST":
             return error_body(405, f"method {request.method} not allowed; use GET")
         # The body is not read (the lingering close drops it, bounded).
@@ -264,12 +292,13 @@ class _StatusServer(HttpServer):
 async def start_api(host: str, port: int, status: StatusFn,
                     control_socket: str | None = None,
                     metrics: MetricsFn | None = None,
-                    limits: Limits | None = None) -> Listener:
+                    limits: Limits | None = None,
+                    events: EventsFn | None = None) -> Listener:
     """Start the read-only status API on ``host:port`` (port 0: an ephemeral
     port, see ``listener.sockets[0].getsockname()``); ``control_socket`` is
     named in the answer to a POST; ``metrics`` renders ``/metrics`` (default:
     the status gauges alone, see :func:`status_metrics`). The caller closes
     the listener. Raises OSError when it cannot listen."""
-    server = _StatusServer(status, control_socket, metrics, limits)
+    server = _StatusServer(status, control_socket, metrics, limits, events)
     sock = await asyncio.to_thread(listen_tcp, host, port)
     return Listener(sock, server)

@@ -1,4 +1,10 @@
-"""The failover members' side of the arbiter: :class:`ArbiterLink`."""
+"""The failover members' side of the arbiter: :class:`ArbiterLink`.
+
+Heartbeats both ways. What the link keeps for the HA loop (``ha/view.py``):
+when it last heard the arbiter, the arbiter's latest answer about the
+primary (``Heartbeat.primary`` / ``primary_silence``) and when that answer
+arrived; on a primary, each echo of its own stamp renews its lease.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from mirrorkit.agent.transport.conn import (
     send_heartbeats,
 )
 from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
+from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import Backoff, race
 
 __all__ = ["ArbiterLink"]
@@ -32,7 +39,11 @@ class ArbiterLink:
         self.worker = worker
         self.arbiter = arbiter
         self.connected = False
-        self.last_heartbeat = 0.0
+        self.last_heartbeat = 0.0  # wall clock, for status
+        self.last_heard = 0.0  # util/clock.now()
+        self.stamp_in = 0.0  # the arbiter's newest stamp, echoed back
+        # The arbiter's latest answer: (primary it sees, its silence, when heard).
+        self.answer: tuple[str, float, float] | None = None
 
     def _lsn(self) -> int:
         lsn = getattr(self.worker, "applied", None)
@@ -44,7 +55,8 @@ class ArbiterLink:
     async def run(self) -> None:
         w = self.worker
         ctx = client_context(w.cfg.tls)
-        backoff = Backoff(0.5, 10.0)
+        # Capped low: after a partition heals, the lease waits for this link.
+        backoff = Backoff(0.2, 2.0)
         while True:
             try:
                 conn = await connect(self.arbiter.address, self.arbiter.port, ctx)
@@ -63,18 +75,30 @@ class ArbiterLink:
         conn.term_fn = lambda: w.roles.term
         await self._learn(hello.term)
         self.connected = True
-        self.last_heartbeat = time.time()
+        self.last_heartbeat, self.last_heard, self.stamp_in = time.time(), clock.now(), 0.0
         log.info("%s: connected to arbiter %s", w.name, self.arbiter.name)
         await race(self._listen(conn),
-                   send_heartbeats(conn, lambda: Heartbeat(w.state.term, self._lsn(), w.state.role),
-                               w.cfg.timeouts.heartbeat))
+                   send_heartbeats(conn, self._heartbeat, w.cfg.timeouts.heartbeat))
+
+    def _heartbeat(self) -> Heartbeat:
+        w = self.worker
+        return Heartbeat(w.state.term, self._lsn(), w.state.role, stamp=clock.now(),
+                         echo=self.stamp_in)
 
     async def _listen(self, conn: Connection) -> None:
         while True:
-            msg = await conn.recv(self.worker.cfg.timeouts.arbiter)
+            msg = await conn.recv(self.worker.cfg.timeouts.qos)
             if isinstance(msg, Heartbeat):
-                self.last_heartbeat = time.time()
+                t = clock.now()
+                self.last_heartbeat, self.last_heard = time.time(), t
+                if msg.stamp > 0:
+                    self.stamp_in = msg.stamp
                 await self._learn(msg.term)
+                if msg.term == self.worker.roles.term:
+                    self.answer = (msg.primary, msg.primary_silence, t)
+                    lease = self.worker.roles.lease
+                    if lease is not None and msg.echo > 0 and self.worker.roles.holds_primary:
+                        lease.renew(msg.echo, f"arbiter {self.arbiter.name}")
             elif isinstance(msg, Error):
                 log.warning("%s: arbiter reports: %s", self.worker.name, msg.reason)
                 return
@@ -88,5 +112,9 @@ class ArbiterLink:
 
     def status(self) -> dict[str, Any]:
         age = round(time.time() - self.last_heartbeat, 3) if self.last_heartbeat else None
-        return {self.arbiter.name: {"role": "arbiter", "connected": self.connected,
-                                    "last_heartbeat_age": age}}
+        out: dict[str, Any] = {"role": "arbiter", "connected": self.connected,
+                               "last_heartbeat_age": age, "sees_primary": None}
+        if self.answer is not None:
+            out["sees_primary"] = {"member": self.answer[0] or None, "silence": self.answer[1],
+                                   "age": round(clock.now() - self.answer[2], 3)}
+        return {self.arbiter.name: out}

@@ -1,13 +1,24 @@
-"""Arbiter (minimal): a witness that records failover members' heartbeats.
+"""The arbiter: a witness of the failover members, holding no data.
 
 The arbiter listens on the mirror's port, accepts only failover members
 (certificate OU ``failover``, claiming ``primary`` or ``backup``), and keeps
 per member: the role and term it claims, its LSN and when it was last heard.
 Both sides send ``HEARTBEAT`` every ``timeouts.heartbeat``; a connection
-silent for ``timeouts.arbiter`` is closed. Failover decisions (asking the
-arbiter "do you still see the primary?") come with the HA state machine; the
-data they need is already here, in :meth:`ArbiterMirror.status` ``peers``.
+silent for ``timeouts.qos`` is closed.
 
+It persists (its :class:`~mirrorkit.agent.state.RoleOwner`, ``state.json``)
+the highest term it has seen and who claimed to be primary in it; every
+heartbeat it sends carries that term, so a deposed primary learns at once.
+
+Its answer to "do you still see the primary of this mirror, in this term?"
+is in every heartbeat it sends a member: ``primary`` (whom it holds to be
+the primary of its term) and ``primary_silence`` (seconds it has not heard
+that member claim it; about 0 while it does). Silence counts only while the arbiter itself was listening
+(:class:`~mirrorkit.agent.util.listening.ListenGuard`): a stalled or just
+restarted arbiter never reports a primary as long silent. Each heartbeat
+also echoes the member's own stamp, which renews a primary's lease.
+
+One arbiter process serves several mirrors: one such worker per mirror.
 :class:`ArbiterLink` is the client side, run by the primary and the backup.
 """
 
@@ -28,7 +39,9 @@ from mirrorkit.agent.transport.conn import (
     server_handshake,
 )
 from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
+from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import race
+from mirrorkit.agent.util.listening import ListenGuard
 
 __all__ = ["ArbiterMirror"]
 
@@ -42,6 +55,9 @@ class SeenMember:
     lsn: int = 0
     connected: bool = False
     last_heartbeat: float = 0.0  # wall clock, for status
+    last_heard: float = 0.0  # util/clock.now()
+    last_heard_as_primary: float = 0.0  # ... while it claimed primary of our term
+    stamp_in: float = 0.0  # its newest stamp, echoed back
     task: asyncio.Task[Any] | None = None
 
 
@@ -54,8 +70,33 @@ class ArbiterMirror(MirrorWorker):
             n: SeenMember("backup") for n, m in self.cfg.members.items()
             if m.member_class == "failover"
         }
+        self.guard = ListenGuard()
+
+    def primary_view(self) -> tuple[str, float]:
+        """(the primary of our term or "", seconds we have not heard it claim
+        it while we were listening). Never heard since we started counts
+        from our start: a restarted arbiter does not know how long the
+        primary has been silent, and must not let the backup act on it."""
+        name = self.roles.primary
+        m = self.seen.get(name) if name else None
+        heard = m.last_heard_as_primary if m is not None else 0.0
+        return name or "", round(self.guard.silence(heard), 3)
+
+    def _heartbeat(self, m: SeenMember) -> Heartbeat:
+        primary, silence = self.primary_view()
+        return Heartbeat(self.state.term, 0, "arbiter", stamp=clock.now(), echo=m.stamp_in,
+                         primary=primary, primary_silence=silence)
+
+    def _heard(self, m: SeenMember, member: str, role: str, term: int, stamp: float) -> None:
+        t = clock.now()
+        m.last_heard, m.last_heartbeat = t, time.time()
+        if stamp > 0:
+            m.stamp_in = stamp
+        if role == "primary" and term == self.roles.term and self.roles.primary == member:
+            m.last_heard_as_primary = t
 
     async def start(self) -> None:
+        self.spawn(self.guard.run(), "listen-guard")
         self.servers.append(await serve(self.listen_address, self.me.port,
                                         server_context(self.cfg.tls), self._session, self.name,
                                         self.sessions))
@@ -72,15 +113,16 @@ class ArbiterMirror(MirrorWorker):
             m.task.cancel()
         m.task = asyncio.current_task()
         m.role, m.term, m.lsn, m.connected = hello.role, hello.term, hello.last_lsn, True
-        m.last_heartbeat = time.time()
+        m.stamp_in = 0.0
         conn.term_fn = lambda: self.roles.term
         await self._learn(hello.term, hello.role, hello.member)
+        self._heard(m, hello.member, hello.role, hello.term, 0.0)
         log.info("%s: %s connected as %s (term %d)", self.name, hello.member, hello.role,
                  hello.term)
         try:
             await race(self._listen(conn, m, hello.member),
-                       send_heartbeats(conn, lambda: Heartbeat(self.state.term, 0, "arbiter"),
-                                   self.cfg.timeouts.heartbeat))
+                       send_heartbeats(conn, lambda: self._heartbeat(m),
+                                       self.cfg.timeouts.heartbeat))
         finally:
             if m.task is asyncio.current_task():
                 m.connected = False
@@ -89,12 +131,13 @@ class ArbiterMirror(MirrorWorker):
 
     async def _listen(self, conn: Connection, m: SeenMember, member: str) -> None:
         while True:
-            msg = await conn.recv(self.cfg.timeouts.arbiter)
+            msg = await conn.recv(self.cfg.timeouts.qos)
             if isinstance(msg, Heartbeat):
-                m.term, m.lsn, m.last_heartbeat = msg.term, msg.lsn, time.time()
+                m.term, m.lsn = msg.term, msg.lsn
                 if msg.role in ("primary", "backup"):
                     m.role = msg.role
                 await self._learn(msg.term, msg.role, member)
+                self._heard(m, member, msg.role, msg.term, msg.stamp)
             elif isinstance(msg, Error):
                 log.warning("%s: %s reports: %s", self.name, member, msg.reason)
                 return
@@ -108,6 +151,12 @@ class ArbiterMirror(MirrorWorker):
         if term > self.roles.term:
             await self.roles.observe_term(term, member if role == "primary" else None, member)
         elif term == self.roles.term and role == "primary":
+            if self.roles.primary not in (None, member):
+                # Two members claim primary of one term: never by our rules.
+                # Keep the first; the claim is logged for the operator.
+                log.error("%s: %s claims primary of term %d, which %s holds: ignored",
+                          self.name, member, term, self.roles.primary)
+                return
             await self.roles.note_primary(member)
 
     def status(self) -> dict[str, Any]:
@@ -116,6 +165,7 @@ class ArbiterMirror(MirrorWorker):
         out.update({
             "role": "arbiter", "lsn": 0, "applied_lsn": 0, "lag_bytes": 0, "lag_records": 0,
             "lag_seconds": 0.0, "connected": any(m.connected for m in self.seen.values()),
+            "sees_primary": dict(zip(("member", "silence"), self.primary_view(), strict=True)),
             "peers": {n: {"role": m.role, "connected": m.connected, "term": m.term,
                           "lsn": m.lsn, "last_heartbeat": m.last_heartbeat or None,
                           "last_heartbeat_age": round(now - m.last_heartbeat, 3)

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.config import AgentConfig, MirrorConfig
+from mirrorkit.agent.ha.events import EventLog
+from mirrorkit.agent.ha.loop import HaLoop
 from mirrorkit.agent.ha.roles import create_worker
 from mirrorkit.agent.state import (
     RECOVERY_DOC,
@@ -59,6 +64,11 @@ class MirrorSupervisor:
         self._swap_task: asyncio.Task[None] | None = None
         self._starting: MirrorWorker | None = None  # in worker.start() (opens its log)
         self._stopping = False
+        self.events = EventLog(mirror.name, agent.mirror_dir(mirror.name) / "events.jsonl"
+                               if agent.mirror_dir(mirror.name).is_dir() else None)
+        self.ha = HaLoop(self, self.events, on_step_down)
+        self._ha_task: asyncio.Task[None] | None = None
+        self._quarantine: tuple[float, dict[str, Any]] | None = None
 
     @property
     def running(self) -> bool:
@@ -76,6 +86,10 @@ class MirrorSupervisor:
         self._stopping = True
         if self._swap_task is not None:
             self._swap_task.cancel()
+        if self._ha_task is not None:
+            self._ha_task.cancel()
+            await asyncio.gather(self._ha_task, return_exceptions=True)
+        await self.ha.stop()
         async with self._lock:
             await self._stop_worker()
 
@@ -84,9 +98,16 @@ class MirrorSupervisor:
         try:
             if self.roles is None:
                 self.roles = await asyncio.to_thread(self._load_roles)
+                if self.events.path is None:  # the mirror directory exists now
+                    self.events = self.ha.events = EventLog(
+                        self.name, self.agent.mirror_dir(self.name) / "events.jsonl")
                 self.roles.listeners.append(self._on_change)
+                self.roles.listeners.append(self.ha.on_role_change)
                 if self.on_step_down is not None:
                     self.roles.step_down_listeners.append(self.on_step_down)
+            if self._ha_task is None:
+                self._ha_task = asyncio.get_running_loop().create_task(
+                    self.ha.run(), name=f"{self.name}:ha-loop")
             worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
             if self.metrics is not None:
                 worker.metrics = self.metrics
@@ -105,6 +126,7 @@ class MirrorSupervisor:
         self.error = None
         self.failed_starts = 0
         self.worker = worker
+        self.ha.attach(worker)
         log.info("mirror %s: %s worker running (term %d, %s)", self.name, self.roles.role,
                  self.roles.term, why)
 
@@ -207,4 +229,32 @@ class MirrorSupervisor:
             else:
                 out["starting"] = True
         out["role_changes"] = self.role_changes
+        out["maintenance"] = self.ha.maintenance
+        out["ha"] = self.ha.status()
+        now = time.monotonic()
+        if self._quarantine is None or now - self._quarantine[0] > QUARANTINE_EVERY:
+            self._quarantine = (now, quarantine_summary(
+                self.agent.mirror_dir(self.name) / "quarantine"))
+        out["quarantine"] = self._quarantine[1]
         return out
+
+
+QUARANTINE_EVERY = 5.0  # seconds between two looks at the quarantine directory
+QUARANTINE_SCAN = 10_000  # entries looked at, at most
+
+
+def quarantine_summary(directory: Path) -> dict[str, Any]:
+    """How many quarantined sets (diverged writes, orphans) this member holds
+    and the newest: status marks members holding quarantined data."""
+    names: list[str] = []
+    try:
+        with os.scandir(directory) as it:
+            for n, entry in enumerate(it):
+                if n >= QUARANTINE_SCAN:
+                    break
+                if entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+    except OSError:
+        pass
+    names.sort()
+    return {"reports": len(names), "last": str(directory / names[-1]) if names else None}

@@ -23,6 +23,10 @@ class PeerState:
     acked_lsn: int = 0
     received_lsn: int = 0
     last_seen: float = 0.0
+    # util/clock.now() when we last heard it, and the newest stamp it sent
+    # (echoed back in our heartbeats: the peer's proof that we hear it).
+    last_heard: float = 0.0
+    stamp_in: float = 0.0
     resyncing: bool = False
     # Retention floor of a resync in progress (the log after it must survive);
     # never shown as acknowledged: ``acked_lsn`` stays what the peer has.
@@ -40,6 +44,7 @@ class PeerState:
     inflight_bytes: int = 0
     acked_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[Any] | None = None
+    conn: Any = None  # its Connection while connected (a switchover's HANDOVER goes there)
     manifest: asyncio.Queue[Manifest | ManifestEnd] | None = None  # during a resync
     resync: ResyncProgress | None = None  # the last or current one
     pending: ResyncProgress | None = None  # asked for, starts at the next send turn

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mirrorkit.agent.apply.applier import RecordFailed
@@ -68,6 +69,7 @@ from mirrorkit.agent.transport.frames import (
     Ack,
     ApplyFailed,
     Error,
+    Handover,
     Heartbeat,
     Hello,
     Message,
@@ -77,7 +79,9 @@ from mirrorkit.agent.transport.frames import (
     ResyncEnd,
     ResyncProgress,
 )
+from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import Backoff, race
+from mirrorkit.agent.util.listening import ListenGuard
 
 __all__ = ["ReceiverMirror"]
 
@@ -106,8 +110,30 @@ class ReceiverMirror(Replica):
         self.received_records = 0  # since this process started
         self._manifest_task: asyncio.Task[None] | None = None
         self._resync_at: int | None = None  # this session's resync: its snapshot LSN
+        # util/clock.now() when we last heard the primary (read off the
+        # socket, not when handled: a long apply must not look like silence),
+        # and the newest stamp it sent, which our heartbeats echo.
+        self.last_heard_primary = 0.0
+        self.primary_stamp = 0.0
+        # Called with a HANDOVER from our primary (ha sets it: the switchover's
+        # receiving side); None: a handover is refused.
+        self.on_handover: Callable[[Handover], Awaitable[None]] | None = None
+        self.guard = ListenGuard()  # the primary's silence counts only while we listen
+
+    def primary_silence(self) -> float:
+        """Seconds we have not heard our primary while we were listening
+        (since this worker started, if never)."""
+        return self.guard.silence(self.last_heard_primary)
+
+    def known_lag_bytes(self) -> int | None:
+        """Our lag as the primary last told us, 0 once we applied all it
+        announced; None when no primary was heard since we started."""
+        if not self.primary_known:
+            return None
+        return 0 if self.applied >= self.primary_lsn else int(self.lag_bytes)
 
     async def start(self) -> None:
+        self.spawn(self.guard.run(), "listen-guard")
         await self.open()
         await asyncio.to_thread(self._apply_backlog)
         log.info("%s: %s of %s, term %d, log LSN %d, applied %d", self.name,
@@ -199,6 +225,7 @@ class ReceiverMirror(Replica):
         if shared < self.log.last_lsn:
             await self._undo_divergent(shared, hello.member)
         self.connected, self.connected_to = True, hello.member
+        self.last_heard_primary, self.primary_stamp = clock.now(), 0.0
         self.primary_lsn, self.primary_known = hello.last_lsn, True
         log.info("%s: connected to primary %s (term %d, LSN %d); we are at LSN %d",
                  self.name, hello.member, hello.term, hello.last_lsn, self.log.last_lsn)
@@ -208,7 +235,8 @@ class ReceiverMirror(Replica):
     async def _heartbeat_loop(self, conn: Connection) -> None:
         while True:
             await asyncio.sleep(self.cfg.timeouts.heartbeat)
-            await conn.send(Heartbeat(self.term, self.applied, self.state.role))
+            await conn.send(Heartbeat(self.term, self.applied, self.state.role,
+                                      stamp=clock.now(), echo=self.primary_stamp))
 
     async def _recv_loop(self, conn: Connection) -> None:
         try:
@@ -233,7 +261,11 @@ class ReceiverMirror(Replica):
 
         async def read() -> None:
             while True:
-                await inbox.put(await conn.recv(self.cfg.timeouts.qos))
+                msg = await conn.recv(self.cfg.timeouts.qos)
+                self.last_heard_primary = clock.now()
+                if isinstance(msg, Heartbeat) and msg.stamp > 0:
+                    self.primary_stamp = msg.stamp
+                await inbox.put(msg)
 
         await race(read(), self._handle(conn, inbox))
 
@@ -245,7 +277,7 @@ class ReceiverMirror(Replica):
                 msg, held = held, None
             else:
                 msg = await inbox.get()
-            if msg.term != self.term:
+            if msg.term != self.term and not isinstance(msg, Handover):
                 # Older: a deposed primary (we learnt a newer term meanwhile,
                 # e.g. from the arbiter). Newer: it must say so in a new HELLO.
                 raise PeerRefused(f"primary sent term {msg.term}, ours is {self.term}: "
@@ -260,6 +292,9 @@ class ReceiverMirror(Replica):
                 self._on_resync_progress(msg)
             elif isinstance(msg, ResyncEnd):
                 await self._on_resync_end(conn, msg)
+            elif isinstance(msg, Handover):
+                await self._on_handover(msg)
+                return
             elif isinstance(msg, Error):
                 log.warning("%s: primary reports: %s", self.name, msg.reason)
                 return
@@ -285,6 +320,19 @@ class ReceiverMirror(Replica):
             return held  # nothing after the failed record is applied or acknowledged
         await self._records(conn, records, self._resync_at is not None)
         return held
+
+    async def _on_handover(self, msg: Handover) -> None:
+        """Our primary stepped down for us (a switchover). It checked that
+        we acknowledged its last LSN; we check it too, and the term."""
+        if self.on_handover is None or self.state.role != "backup":
+            raise PeerRefused(f"HANDOVER to a {self.state.role} member: refused")
+        if msg.member != self.host or msg.term != self.term + 1:
+            raise ProtocolError(f"HANDOVER of term {msg.term} to {msg.member}: expected term "
+                                f"{self.term + 1} to {self.host}")
+        if self.applied < msg.lsn or self.log.last_lsn != msg.lsn:
+            raise PeerRefused(f"HANDOVER at LSN {msg.lsn}, but we applied {self.applied} and "
+                              f"logged {self.log.last_lsn}: refused")
+        await self.on_handover(msg)
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self.primary_lsn = msg.lsn

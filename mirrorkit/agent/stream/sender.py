@@ -69,6 +69,7 @@ from mirrorkit.agent.transport.frames import (
     ProtocolError,
     Records,
 )
+from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import Backoff, race
 
 __all__ = ["PrimaryMirror"]
@@ -103,6 +104,7 @@ class PrimaryMirror(MirrorWorker):
         self._started = time.time()  # age floor for records logged before a restart
         self._capture: Capture | None = None
         self._resync_ids = 0
+        self.own_term = self.roles.term  # set again by start()
 
     async def open(self) -> None:
         if not hasattr(self, "log"):
@@ -115,6 +117,11 @@ class PrimaryMirror(MirrorWorker):
     async def start(self) -> None:
         await self.open()
         await self.roles.note_primary(self.host)
+        # The term this worker is primary of: its records and heartbeats carry
+        # it even if the role owner moves on before the worker stops (a
+        # change captured after a step-down is then a divergent tail of the
+        # old term, quarantined at rejoin, never a record of the new term).
+        self.own_term = self.roles.term
         log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
         self.servers.append(await serve(self.listen_address, self.me.port,
@@ -204,7 +211,7 @@ class PrimaryMirror(MirrorWorker):
     def _append(self, ops: list[Op], floor: int) -> list[Record]:
         # One worker thread at a time (capture awaits emit), so append and
         # trim never race each other; readers in the loop are safe (see log).
-        term = self.state.term
+        term = self.own_term
         # The term history says where our term starts before any record of it
         # is in the log (log/terms.py): durable first, then the records.
         self.history.note(term, self.log.last_lsn + 1)
@@ -264,7 +271,7 @@ class PrimaryMirror(MirrorWorker):
         hello = await server_handshake(conn, self.cfg, me, ("backup", "async"))
         conn.term_fn = lambda: self.term
         await self._check_term(hello.term, hello.member)
-        if not self.roles.writable:
+        if not self.roles.holds_primary:
             raise PeerRefused("this member is stepping down as primary")
         theirs = [(t, f) for t, f in hello.history]
         shared = last_shared(self.history.entries, self.log.last_lsn, theirs, hello.last_lsn)
@@ -274,7 +281,9 @@ class PrimaryMirror(MirrorWorker):
                         hello.member)
             peer.task.cancel()
         peer.task = asyncio.current_task()
+        peer.conn = conn
         peer.role, peer.connected, peer.seen = hello.role, True, True
+        peer.last_heard, peer.stamp_in = clock.now(), 0.0
         peer.disconnected_at, peer.hold_lsn = None, 0
         peer.acked_lsn = peer.received_lsn = shared
         peer.last_seen = time.monotonic()
@@ -296,6 +305,7 @@ class PrimaryMirror(MirrorWorker):
         finally:
             if peer.task is asyncio.current_task():
                 peer.connected = False
+                peer.conn = None
                 peer.disconnected_at = time.time()
                 peer.task = None
 
@@ -303,6 +313,7 @@ class PrimaryMirror(MirrorWorker):
         while True:
             msg = await conn.recv(self.cfg.timeouts.qos)
             peer.last_seen = time.monotonic()
+            peer.last_heard = clock.now()
             if not isinstance(msg, Records):
                 await self._check_term(msg.term, member)
             if isinstance(msg, Ack):
@@ -318,7 +329,7 @@ class PrimaryMirror(MirrorWorker):
             elif isinstance(msg, ApplyFailed):
                 self._apply_failed(peer, member, msg)
             elif isinstance(msg, Heartbeat):
-                pass
+                self._on_heartbeat(peer, member, msg)
             elif isinstance(msg, Manifest | ManifestEnd):
                 if peer.manifest is None:
                     raise ProtocolError(f"{type(msg).__name__} outside a resync")
@@ -352,7 +363,7 @@ class PrimaryMirror(MirrorWorker):
             if next_lsn > self.log.last_lsn:
                 await _wait(self._new_data, hb)
                 continue
-            if not self.roles.writable:
+            if not self.roles.holds_primary:
                 raise PeerRefused("no longer the primary (a higher term exists)")
             try:
                 data, count = await self._read(next_lsn)
@@ -360,7 +371,7 @@ class PrimaryMirror(MirrorWorker):
                 if next_lsn >= self.log.first_lsn:
                     raise
                 continue  # trimmed meanwhile: the top of the loop resyncs
-            await conn.send(Records(self.term, raw=data))
+            await conn.send(Records(self.own_term, raw=data))
             next_lsn += count
             peer.sent(next_lsn - 1, len(data))
             self.metrics.sent(member, count, len(data))
@@ -377,10 +388,26 @@ class PrimaryMirror(MirrorWorker):
         return await asyncio.to_thread(self.log.read_raw, next_lsn, BATCH_BYTES,
                                        MAX_RECORDS_PER_FRAME)
 
+    def _on_heartbeat(self, peer: PeerState, member: str, msg: Heartbeat) -> None:
+        if msg.stamp > 0:
+            peer.stamp_in = msg.stamp
+        # Only the backup's echo renews the lease: it is the member that
+        # could take over. An async member hearing us proves nothing.
+        lease = self.roles.lease
+        if lease is not None and peer.role == "backup" and msg.echo > 0:
+            lease.renew(msg.echo, member)
+
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.peer_lag(peer)
-        return Heartbeat(self.state.term, self.log.last_lsn, "primary", lag_bytes, lag_records,
-                         round(lag_seconds, 3))
+        return Heartbeat(self.own_term, self.log.last_lsn, "primary", lag_bytes, lag_records,
+                         round(lag_seconds, 3), stamp=clock.now(), echo=peer.stamp_in)
+
+    def backup_peer(self) -> tuple[str, PeerState] | None:
+        """The other failover member, as we see it (None in a mirror without one)."""
+        for name, p in self.peers.items():
+            if self.cfg.members[name].member_class == "failover":
+                return name, p
+        return None
 
     # -- resync -------------------------------------------------------------
 

@@ -153,8 +153,8 @@ class Heartbeat:
     stamp: float = 0.0
     echo: float = 0.0
     # Sent by the arbiter only: the member it holds to be the primary of its
-    # term ("" none) and how long it has not heard that primary (0 while it
-    # hears it; -1 when no primary of this term was ever heard).
+    # term ("" none) and how long it has not heard that primary claim it
+    # while the arbiter was listening (arbiter/witness.py).
     primary: str = ""
     primary_silence: float = 0.0
 
@@ -338,11 +338,8 @@ _REASON = _text(MAX_REASON)
 
 
 def _member_or_empty(where: str, value: Any) -> str:
-    return "" if value == "" else _MEMBER(where, value)  # type: ignore[no-any-return]
+    return "" if value == "" else str(_MEMBER(where, value))
 
-
-def _silence(where: str, value: Any) -> float:
-    return -1.0 if value == -1 else _seconds(where, value)
 
 # Per message type: its class and a check per field. A field is optional
 # exactly when the class gives it a default (HEARTBEAT's role is, HELLO's
@@ -356,7 +353,7 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
                                     "lag_bytes": _u64, "lag_records": _u64,
                                     "lag_seconds": _seconds, "stamp": _seconds,
                                     "echo": _seconds, "primary": _member_or_empty,
-                                    "primary_silence": _silence}),
+                                    "primary_silence": _seconds}),
     MsgType.HANDOVER: (Handover, {"term": _u64, "lsn": _u64, "member": _MEMBER}),
     MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
     MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),

@@ -1,0 +1,161 @@
+"""The failover rules (../DESIGN.md, "Failover: rules"), as one pure function.
+
+:func:`decide` takes what a failover member knows right now (:class:`View`,
+built by ``ha/view.py`` from its worker and its arbiter link) and returns
+one :class:`Decision`: an action and a human-readable reason, like
+Patroni's ``run_cycle``. The HA loop (``ha/loop.py``) calls it every
+heartbeat, logs it and records it as an event whenever it changes. Being
+pure, every rule has a unit test (tests/unit/test_failover_rules.py).
+
+The backup promotes (term + 1) only when *all* hold:
+
+1. it is the backup of a mirror with an arbiter, not in maintenance mode;
+2. it has lost the primary: silent for ``qos + heartbeat`` while we listened;
+3. it hears the arbiter (its latest answer is at most ``qos`` old), and the
+   arbiter's answer is that it has not heard the primary of our term for
+   ``timeouts.arbiter`` seconds (else: the arbiter still sees the primary,
+   so the fault is between us: no failover, we are not active, we reconnect);
+4. it is *active*: it was connected to the primary since it started, is not
+   resyncing nor stopped on an apply failure, and was at most
+   ``max_lag_on_failover`` bytes behind (0 in sync mode) when it lost it.
+
+Lost both the primary and the arbiter: no automatic failover (an operator
+may force one). A primary's own fencing is not decided here: it is its
+lease (``util/lease.py``), checked at every use; this only explains it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Action", "Decision", "View", "decide"]
+
+
+class Action(enum.Enum):
+    NONE = "none"  # nothing to do (the reason says why)
+    PROMOTE = "promote"  # become primary of term + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str
+    # A short stable label of the situation, for events (the reason's numbers
+    # change every cycle; the label only when the situation does).
+    situation: str
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    member: str
+    role: str  # primary | backup (failover members only)
+    term: int
+    heartbeat: float
+    qos: float
+    arbiter_timeout: float
+    mode: str
+    max_lag: int
+    maintenance: bool
+    arbiter: str | None  # the arbiter's name (None: the mirror has none)
+    partner: str | None  # the other failover member (None: the mirror has none)
+    # -- as a primary
+    writable: bool = False
+    lease_remaining: float | None = None  # None: no lease (nothing can take over)
+    partner_connected: bool = False
+    arbiter_connected: bool = False
+    draining: bool = False
+    # -- as a backup
+    primary: str | None = None  # whom we follow
+    primary_silence: float = 0.0  # seconds, counted while we listened
+    ever_connected: bool = False  # heard a primary since this worker started
+    lag_bytes: int | None = None  # at the last heartbeat (None: unknown)
+    resyncing: bool = False
+    apply_failed: bool = False
+    # The arbiter's latest answer: whom it holds primary, its silence, the
+    # answer's age (None: no answer in our term yet).
+    arbiter_sees: str | None = None
+    arbiter_primary_silence: float | None = None
+    arbiter_answer_age: float | None = None
+
+
+def _none(situation: str, reason: str) -> Decision:
+    return Decision(Action.NONE, reason, situation)
+
+
+def active(v: View) -> tuple[bool, str]:
+    """Is this backup *active* (fit to be promoted automatically), and why (not)."""
+    if not v.ever_connected:
+        return False, "has not been connected to a primary since it started"
+    if v.resyncing:
+        return False, "is resyncing (its replica is incomplete)"
+    if v.apply_failed:
+        return False, "stopped on a record it could not apply"
+    if v.lag_bytes is None:
+        return False, "does not know its lag"
+    limit = 0 if v.mode == "sync" else v.max_lag
+    if v.lag_bytes > limit:
+        return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)"
+    return True, f"was {v.lag_bytes} B behind (<= {limit} B)"
+
+
+def decide(v: View) -> Decision:
+    if v.role == "primary":
+        return _primary(v)
+    if v.role != "backup":
+        return _none("not-failover", f"{v.role}: takes no part in automatic failover")
+    return _backup(v)
+
+
+def _primary(v: View) -> Decision:
+    if v.draining:
+        return _none("draining", "switchover in progress: not writable while the backup "
+                     "catches up")
+    peers = []
+    if v.partner is not None:
+        peers.append(f"backup {v.partner} {'connected' if v.partner_connected else 'lost'}")
+    if v.arbiter is not None:
+        peers.append(f"arbiter {v.arbiter} {'connected' if v.arbiter_connected else 'lost'}")
+    seen = "; ".join(peers) or "no backup or arbiter configured"
+    if v.lease_remaining is None:
+        return _none("primary", f"I am the writable primary of term {v.term} ({seen})")
+    if v.writable:
+        return _none("primary", f"I am the writable primary of term {v.term} ({seen}; lease "
+                     f"{v.lease_remaining:.2f} s left)")
+    return _none("fenced", f"fenced: neither the backup nor the arbiter has answered me "
+                 f"within qos {v.qos:g} s ({seen}); not writable, VIP released; I resume "
+                 f"as primary when one answers in term {v.term}, or rejoin as backup if a "
+                 f"higher term exists")
+
+
+def _backup(v: View) -> Decision:
+    lost_after = v.qos + v.heartbeat
+    if v.partner is None or v.arbiter is None:
+        missing = "arbiter" if v.arbiter is None else "other failover member"
+        return _none("no-auto", f"no automatic failover: the mirror has no {missing}")
+    if v.primary_silence < lost_after:
+        ok, why = active(v)
+        state = "active" if ok else f"not active: {why}"
+        return _none("following", f"no action: primary {v.primary or '?'} heard "
+                     f"{v.primary_silence:.2f} s ago ({state})")
+    lost = f"lost primary {v.primary or '?'} ({v.primary_silence:.1f} s silent)"
+    if v.maintenance:
+        return _none("maintenance", f"no failover: maintenance mode is on ({lost})")
+    age = v.arbiter_answer_age
+    if age is None or age > v.qos or v.arbiter_primary_silence is None:
+        return _none("lost-both", f"no failover: {lost} and the arbiter {v.arbiter} too "
+                     f"(last answer {'never' if age is None else f'{age:.1f} s ago'}); an "
+                     f"operator may force a promotion (`mirrorkit promote --force`)")
+    silence = v.arbiter_primary_silence
+    if silence < v.arbiter_timeout:
+        sees = v.arbiter_sees or "no primary"
+        return _none("arbiter-sees-primary", f"no failover: {lost}, but arbiter {v.arbiter} "
+                     f"heard {sees} {silence:.2f} s ago (< {v.arbiter_timeout:g} s): the "
+                     f"fault is between us; not active, reconnecting")
+    ok, why = active(v)
+    if not ok:
+        return _none("not-active", f"no failover: {lost} and arbiter {v.arbiter} has not "
+                     f"heard it for {silence:.1f} s, but this backup {why}")
+    return Decision(Action.PROMOTE, f"promoting to term {v.term + 1}: {lost}; arbiter "
+                    f"{v.arbiter} has not heard it for {silence:.1f} s "
+                    f"(>= {v.arbiter_timeout:g} s); this backup {why}", "promote")

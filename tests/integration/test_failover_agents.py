@@ -1,0 +1,262 @@
+"""Automatic failover, fencing, switchover and maintenance mode between real
+agent processes on loopback (real TLS, real files), with the default
+timings (heartbeat 0.25 s, qos 1 s, arbiter 2 s).
+
+Each test states what the rules promise (docs/architecture.md, "Failover
+as implemented"); deadlines are generous (the machine is shared), the
+order of events is what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_loopback import MIRROR, Cluster, make_cluster, wait_for
+
+from mirrorkit.agent.cli.control_client import post
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_TIMEOUTS = {"heartbeat": 0.25, "qos": 1.0, "arbiter": 2.0}
+FOUR = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbiter", None),
+        "dr1": ("async", "dr")}
+
+
+@pytest.fixture
+def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """node1 primary, node2 backup, arb1 arbiter, dr1 async; hooks write markers."""
+    hooks_log = tmp_path / "hooks.log"
+    hooks = {h: f"echo \"$MIRRORKIT_HOST {h} $MIRRORKIT_ROLE $MIRRORKIT_TERM\" >> {hooks_log}"
+             for h in ("on_promote", "on_demote", "on_role_change")}
+    c = make_cluster(tmp_path, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS, "hooks": hooks})
+    for name in ("arb1", "node2", "dr1", "node1"):
+        c.start(name)
+    try:
+        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200,
+                 "node1 the writable primary")
+        wait_for(lambda: c.mirror("node2").get("connected") and c.mirror("dr1").get("connected"),
+                 "node2 and dr1 connected")
+        yield c
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(c.dump_logs())
+            print("hooks:", hooks_log.read_text() if hooks_log.exists() else "-")
+        for node in c.nodes.values():  # a paused agent cannot stop
+            if node.proc is not None:
+                os.kill(node.proc.pid, signal.SIGCONT)
+        c.stop_all()
+
+
+def events(c: Cluster, name: str) -> list[dict[str, Any]]:
+    code, body = c.get(name, f"/events?mirror={MIRROR}&limit=1000")
+    return list(body.get("events", [])) if code == 200 else []
+
+
+def kinds(c: Cluster, name: str, kind: str) -> list[str]:
+    return [e["message"] for e in events(c, name) if e["kind"] == kind]
+
+
+def hooks_run(c: Cluster) -> list[str]:
+    path = c.base / "hooks.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def control(c: Cluster, name: str, target: str) -> tuple[int, dict[str, Any]]:
+    return post(c.nodes[name].control_socket, target)
+
+
+def write_and_replicate(c: Cluster, primary: str, rel: str, text: str,
+                        *replicas: str) -> None:
+    (c.nodes[primary].root / rel).write_text(text)
+    for r in replicas:
+        wait_for(lambda r=r: (c.nodes[r].root / rel).exists()  # type: ignore[misc]
+                 and (c.nodes[r].root / rel).read_text() == text, f"{rel} on {r}")
+
+
+def primary_of(c: Cluster, name: str) -> Callable[[], bool]:
+    return lambda: c.code(name, f"/primary?mirror={MIRROR}") == 200
+
+
+def test_killed_primary_fails_over_to_the_backup_and_rejoins_as_backup(four: Cluster) -> None:
+    c = four
+    write_and_replicate(c, "node1", "before.txt", "acknowledged and replicated\n",
+                        "node2", "dr1")
+    killed = time.monotonic()
+    c.stop("node1", sig=signal.SIGKILL)
+    wait_for(primary_of(c, "node2"), "node2 promoted", timeout=60)
+    took = time.monotonic() - killed
+    m = c.mirror("node2")
+    assert m["role"] == "primary" and m["term"] == 2, m
+    promote = kinds(c, "node2", "promote")
+    assert promote and "arbiter arb1 has not heard it" in promote[-1], promote
+    # the rules waited for the arbiter: never before the arbiter timeout
+    assert took >= DEFAULT_TIMEOUTS["arbiter"]
+    wait_for(lambda: "node2 on_promote primary 2" in hooks_run(c), "on_promote ran on node2")
+    assert (c.nodes["node2"].root / "before.txt").exists()
+    # dr1 follows the new primary; new writes reach it
+    write_and_replicate(c, "node2", "after.txt", "written on node2\n", "dr1")
+    assert c.mirror("dr1")["term"] == 2
+    # the old primary comes back: it learns term 2 and rejoins as backup
+    c.start("node1")
+    wait_for(lambda: c.mirror("node1").get("role") == "backup"
+             and c.mirror("node1").get("connected"), "node1 rejoined as backup")
+    assert c.code("node1", f"/primary?mirror={MIRROR}") == 503
+    write_and_replicate(c, "node2", "later.txt", "after the rejoin\n", "node1")
+    assert any(line.startswith("node1 on_demote") for line in hooks_run(c))
+
+
+def test_paused_primary_is_fenced_and_steps_down(four: Cluster) -> None:
+    c = four
+    node1 = c.nodes["node1"]
+    assert node1.proc is not None
+    os.kill(node1.proc.pid, signal.SIGSTOP)  # a VM pause, a GC stall...
+    wait_for(primary_of(c, "node2"), "node2 promoted while node1 is paused", timeout=60)
+    os.kill(node1.proc.pid, signal.SIGCONT)
+    # Resumed: its lease ran out while it was stopped, so it must never again
+    # answer as writable primary; it learns term 2 and becomes backup.
+    seen_writable = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if c.code("node1", f"/primary?mirror={MIRROR}") == 200:
+            seen_writable = True
+        m = c.mirror("node1")
+        if m.get("role") == "backup" and m.get("term") == 2:
+            break
+        time.sleep(0.05)
+    assert not seen_writable, "the resumed former primary answered as writable primary"
+    assert c.mirror("node1")["role"] == "backup"
+    primary_file = node1.control_socket.parent / f"{MIRROR}.primary"
+    assert primary_file.read_text().split()[1] == "0"  # keepalived: not primary
+
+
+def test_arbiter_that_still_sees_the_primary_prevents_failover(four: Cluster) -> None:
+    c = four
+    node2 = c.nodes["node2"]
+    assert node2.proc is not None
+    # The backup alone stalls: to the primary it is lost, but the arbiter
+    # still hears the primary, so the primary keeps its lease and nothing
+    # fails over.
+    os.kill(node2.proc.pid, signal.SIGSTOP)
+    time.sleep(3 * DEFAULT_TIMEOUTS["arbiter"])
+    assert c.code("node1", f"/primary?mirror={MIRROR}") == 200
+    os.kill(node2.proc.pid, signal.SIGCONT)
+    wait_for(lambda: c.mirror("node2").get("connected"), "node2 reconnected")
+    assert c.mirror("node2")["role"] == "backup" and c.mirror("node1")["term"] == 1
+    assert not kinds(c, "node2", "promote")
+
+
+def test_primary_that_loses_backup_and_arbiter_fences_itself(four: Cluster) -> None:
+    c = four
+    for name in ("node2", "arb1"):
+        proc = c.nodes[name].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+    wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 503, "node1 fenced",
+             timeout=30)
+    m = c.mirror("node1")
+    assert m["role"] == "primary" and m["fenced"] is True
+    assert m["ha"]["decision"] == "fenced", m["ha"]
+    wait_for(lambda: any("node1 on_demote primary" in x for x in hooks_run(c)),
+             "on_demote ran on the fenced primary")
+    for name in ("node2", "arb1"):
+        proc = c.nodes[name].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGCONT)
+    # Nobody promoted meanwhile (node2 was stopped too): node1 resumes.
+    wait_for(primary_of(c, "node1"), "node1 writable again")
+    assert c.mirror("node1")["term"] == 1
+    wait_for(lambda: hooks_run(c).count("node1 on_promote primary 1") >= 2,
+             "on_promote ran again on resuming")
+
+
+def test_maintenance_mode_prevents_failover_and_says_so(four: Cluster) -> None:
+    c = four
+    for name in ("node1", "node2"):
+        code, body = control(c, name, f"/maintenance?mirror={MIRROR}&on=1")
+        assert code == 200 and body["maintenance"] is True, body
+    assert c.mirror("node2")["maintenance"] is True
+    c.stop("node1", sig=signal.SIGKILL)
+    wait_for(lambda: c.mirror("node2").get("ha", {}).get("decision") == "maintenance",
+             "node2 decides not to fail over: maintenance")
+    time.sleep(2 * DEFAULT_TIMEOUTS["arbiter"])
+    assert c.mirror("node2")["role"] == "backup"
+    assert any("maintenance mode is on" in m for m in kinds(c, "node2", "decision"))
+    code, body = control(c, "node2", f"/maintenance?mirror={MIRROR}&on=0")
+    assert code == 200 and body["changed"] is True
+    wait_for(primary_of(c, "node2"), "node2 promoted once maintenance is off")
+
+
+def test_switchover_and_back_loses_nothing(four: Cluster) -> None:
+    c = four
+    write_and_replicate(c, "node1", "one.txt", "term 1\n", "node2")
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&to=node2")
+    assert code == 200, body
+    assert body["result"] == "done" and body["term"] == 2 and body["primary"] == "node2"
+    wait_for(primary_of(c, "node2"), "node2 primary after the switchover")
+    wait_for(lambda: c.mirror("node1").get("role") == "backup"
+             and c.mirror("node1").get("connected"), "node1 follows node2")
+    write_and_replicate(c, "node2", "two.txt", "term 2\n", "node1", "dr1")
+    code, body = control(c, "node2", f"/switchover?mirror={MIRROR}")
+    assert code == 200 and body["term"] == 3, body
+    wait_for(primary_of(c, "node1"), "node1 primary again")
+    write_and_replicate(c, "node1", "three.txt", "term 3\n", "node2", "dr1")
+    for name in ("node1", "node2"):
+        assert not (c.nodes[name].state_dir / MIRROR / "quarantine").exists()
+    # a switchover on a backup, or to a member that is not the backup, is refused
+    code, body = control(c, "node2", f"/switchover?mirror={MIRROR}")
+    assert code == 409 and "not the primary" in body["error"]
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&to=dr1")
+    assert code == 409 and "mirrorkit promote" in body["error"]
+
+
+def test_scheduled_switchover_runs_at_its_time_and_can_be_cancelled(four: Cluster) -> None:
+    c = four
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&at={time.time() + 3600}")
+    assert code == 200 and body["result"] == "scheduled"
+    assert c.mirror("node1")["ha"]["scheduled_switchover"]["at"] == body["at"]
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&cancel=1")
+    assert code == 200 and body["result"] == "cancelled"
+    assert c.mirror("node1")["ha"]["scheduled_switchover"] is None
+    at = time.time() + 2
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&at={at}")
+    assert code == 200
+    wait_for(primary_of(c, "node2"), "the scheduled switchover happened")
+    assert not (c.nodes["node1"].state_dir / MIRROR / "switchover.json").exists()
+
+
+def test_forced_promotion_of_a_backup_that_lost_everything(four: Cluster) -> None:
+    c = four
+    for name in ("node1", "arb1"):
+        c.stop(name, sig=signal.SIGKILL)
+    wait_for(lambda: c.mirror("node2").get("ha", {}).get("decision") == "lost-both",
+             "node2: lost both, no automatic failover")
+    code, body = control(c, "node2", f"/promote?mirror={MIRROR}")
+    assert code == 409 and "--force" in body["error"], body
+    code, body = control(c, "node2", f"/promote?mirror={MIRROR}&force=1")
+    assert code == 200 and body["term"] == 2, body
+    assert any("forced promotion" in m for m in kinds(c, "node2", "promote"))
+
+
+def test_events_survive_a_restart(four: Cluster) -> None:
+    c = four
+    before = events(c, "node1")
+    assert before and all({"seq", "time", "kind", "message"} <= e.keys() for e in before)
+    c.stop("node1")
+    c.start("node1")
+    wait_for(primary_of(c, "node1"), "node1 back")
+    after = events(c, "node1")
+    assert [e["seq"] for e in after[:len(before)]] == [e["seq"] for e in before]
+    assert after[-1]["seq"] > before[-1]["seq"]
+    code, body = c.get("node1", f"/events?mirror={MIRROR}&since={before[-1]['seq']}")
+    assert code == 200 and all(e["seq"] > before[-1]["seq"] for e in body["events"])
+    assert c.get("node1", "/events?limit=x")[0] == 400
+    raw = (c.nodes["node1"].state_dir / MIRROR / "events.jsonl").read_text().splitlines()
+    assert json.loads(raw[-1])["seq"] == body["last_seq"]

@@ -1,0 +1,80 @@
+"""The failover rules (ha/failover.py), one case per rule and per reason not
+to fail over: these are the decisions DESIGN.md's table promises."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mirrorkit.agent.ha.failover import Action, View, active, decide
+
+BACKUP = View(member="node2", role="backup", term=3, heartbeat=0.25, qos=1.0,
+              arbiter_timeout=2.0, mode="async", max_lag=1 << 20, maintenance=False,
+              arbiter="arb1", partner="node1", primary="node1", primary_silence=5.0,
+              ever_connected=True, lag_bytes=0, arbiter_sees="node1",
+              arbiter_primary_silence=2.5, arbiter_answer_age=0.1, arbiter_connected=True)
+
+
+def test_backup_promotes_when_the_arbiter_lost_the_primary_too() -> None:
+    d = decide(BACKUP)
+    assert d.action is Action.PROMOTE
+    assert "term 4" in d.reason and "arbiter arb1 has not heard it" in d.reason
+
+
+@pytest.mark.parametrize(("change", "situation", "words"), [
+    ({"primary_silence": 0.3}, "following", "heard 0.30 s ago"),
+    # lost only just: silence must reach qos + heartbeat (1.25 s)
+    ({"primary_silence": 1.2}, "following", "heard"),
+    ({"arbiter_primary_silence": 0.2}, "arbiter-sees-primary", "the fault is between us"),
+    ({"arbiter_primary_silence": 1.99}, "arbiter-sees-primary", "not active"),
+    ({"arbiter_answer_age": None, "arbiter_primary_silence": None}, "lost-both", "force"),
+    ({"arbiter_answer_age": 1.5}, "lost-both", "arbiter arb1 too"),
+    ({"maintenance": True}, "maintenance", "maintenance mode is on"),
+    ({"lag_bytes": 2 << 20}, "not-active", "max_lag_on_failover"),
+    ({"lag_bytes": None}, "not-active", "does not know its lag"),
+    ({"ever_connected": False}, "not-active", "has not been connected"),
+    ({"resyncing": True}, "not-active", "resyncing"),
+    ({"apply_failed": True}, "not-active", "could not apply"),
+    ({"arbiter": None}, "no-auto", "no arbiter"),
+    ({"partner": None}, "no-auto", "no other failover member"),
+])
+def test_each_reason_not_to_fail_over(change: dict[str, object], situation: str,
+                                      words: str) -> None:
+    d = decide(replace(BACKUP, **change))  # type: ignore[arg-type]
+    assert d.action is Action.NONE
+    assert d.situation == situation
+    assert words in d.reason
+
+
+def test_sync_mode_needs_a_fully_caught_up_backup() -> None:
+    assert decide(replace(BACKUP, mode="sync", lag_bytes=1)).situation == "not-active"
+    assert decide(replace(BACKUP, mode="sync", lag_bytes=0)).action is Action.PROMOTE
+
+
+def test_active_is_within_max_lag() -> None:
+    assert active(replace(BACKUP, lag_bytes=1 << 20))[0]
+    assert not active(replace(BACKUP, lag_bytes=(1 << 20) + 1))[0]
+
+
+PRIMARY = View(member="node1", role="primary", term=3, heartbeat=0.25, qos=1.0,
+               arbiter_timeout=2.0, mode="async", max_lag=0, maintenance=False,
+               arbiter="arb1", partner="node2", writable=True, lease_remaining=0.8,
+               partner_connected=True, arbiter_connected=False)
+
+
+def test_primary_explains_its_lease_and_fence() -> None:
+    d = decide(PRIMARY)
+    assert d.action is Action.NONE and d.situation == "primary"
+    assert "lease 0.80 s left" in d.reason and "arbiter arb1 lost" in d.reason
+    fenced = decide(replace(PRIMARY, writable=False, lease_remaining=-1.0,
+                            partner_connected=False))
+    assert fenced.situation == "fenced" and "VIP released" in fenced.reason
+    assert decide(replace(PRIMARY, draining=True)).situation == "draining"
+    # A primary never promotes or demotes through the rules: its lease does.
+    assert all(decide(replace(PRIMARY, **c)).action is Action.NONE  # type: ignore[arg-type]
+               for c in ({"writable": False}, {"maintenance": True}))
+
+
+def test_members_outside_the_pair_take_no_part() -> None:
+    assert decide(replace(BACKUP, role="async")).situation == "not-failover"
