@@ -215,7 +215,8 @@ class Agent:
 
     async def _start_control(self) -> ControlSocket | None:
         # Replication goes on without it; only resync and repair wait for a restart.
-        path, routes = self.cfg.control_socket, control_routes(self.workers, _Loops(self.supervisors))
+        path = self.cfg.control_socket
+        routes = control_routes(self.workers, _Loops(self.supervisors))
         try:
             control = await start_control(path, routes)
         except OSError as exc:

@@ -13,7 +13,8 @@ heartbeat it sends carries that term, so a deposed primary learns at once.
 Its answer to "do you still see the primary of this mirror, in this term?"
 is in every heartbeat it sends a member: ``primary`` (whom it holds to be
 the primary of its term) and ``primary_silence`` (seconds it has not heard
-that member claim it; about 0 while it does). Silence counts only while the arbiter itself was listening
+that member claim it; about 0 while it does). Silence counts only while
+the arbiter itself was listening
 (:class:`~mirrorkit.agent.util.listening.ListenGuard`): a stalled or just
 restarted arbiter never reports a primary as long silent. Each heartbeat
 also echoes the member's own stamp, which renews a primary's lease.

@@ -445,9 +445,9 @@ class HaLoop:
         behind = worker.peer_lag(pair[1])[0] if pair[1].connected else None
         limit = 0 if worker.cfg.mode == "sync" else worker.cfg.max_lag_on_failover
         if behind is None or behind > limit:
+            state = "disconnected" if behind is None else f"{behind} B behind"
             self.events.record("health", f"{why}: no switchover, backup {pair[0]} is not "
-                               f"active ({'disconnected' if behind is None else f'{behind} B behind'})",
-                               self._term())
+                               f"active ({state})", self._term())
             return
         self._health_failures = 0
         try:

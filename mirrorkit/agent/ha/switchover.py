@@ -28,6 +28,7 @@ stepped down durably before anyone may step up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -96,10 +97,8 @@ async def _acked(worker: PrimaryMirror, name: str, lsn: int, timeout: float) -> 
         if not peer.connected or clock.now() >= deadline or not worker.roles.holds_primary:
             return False
         peer.acked_event.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peer.acked_event.wait(), 0.1)
-        except TimeoutError:
-            pass
     return True
 
 
