@@ -36,7 +36,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-async def _server(pki: Path, limits: PortLimits) -> tuple[asyncio.Server, int]:
+async def _server(pki: Path, limits: PortLimits,
+                  members: frozenset[str] = frozenset()) -> tuple[asyncio.Server, int]:
     cfg = mirror(pki, "node1")
 
     async def handler(conn: Connection) -> None:
@@ -45,7 +46,7 @@ async def _server(pki: Path, limits: PortLimits) -> tuple[asyncio.Server, int]:
         await conn.recv(60)  # hold the session open
 
     server = await serve("127.0.0.1", 0, server_context(cfg.tls), handler, "test", set(),
-                         limits)
+                         limits, members)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -177,3 +178,25 @@ def test_refusal_log_bounds_lines_per_interval(caplog: pytest.LogCaptureFixture)
     # 10.0.0.3 and 10.0.0.0 came first after the burst; later sources are lumped
     assert sum(counts.values()) == 47 and len(counts) == 3 and "other sources" in counts
     assert caplog.records[-1].getMessage() == "m: refused connection 50"
+
+
+def test_members_get_in_while_strangers_hold_every_shared_slot(pki: Path) -> None:
+    # Issue 8: a local user stalling handshakes from several loopback
+    # addresses must not keep the backup from its primary (a false fence or
+    # failover). The backup's address (127.0.0.9 here) has its own room.
+    limits = PortLimits(connections=8, handshakes=2, handshakes_per_source=1,
+                        member_reserve=2, handshake_timeout=60)
+
+    async def go() -> None:
+        server, port = await _server(pki, limits, frozenset({"127.0.0.9"}))
+        stalls = [await _stall(port, f"127.0.0.{i}") for i in (1, 2)]  # every handshake slot
+        await asyncio.sleep(0.2)
+        with pytest.raises(REFUSED):  # a third stranger is refused...
+            await _member(pki, port, "127.0.0.3")
+        member = await _member(pki, port, "127.0.0.9")  # ...the member is not
+        await member.close()
+        for w in stalls:
+            w.close()
+        server.close()
+
+    asyncio.run(go())

@@ -100,7 +100,8 @@ class ArbiterMirror(MirrorWorker):
         self.spawn(self.guard.run(), "listen-guard")
         self.servers.append(await serve(self.listen_address, self.me.port,
                                         server_context(self.cfg.tls), self._session, self.name,
-                                        self.sessions))
+                                        self.sessions,
+                                        member_sources=self.member_sources()))
         log.info("%s: arbiter listening on %s:%d", self.name, self.listen_address, self.me.port)
 
     def alive(self) -> bool:

@@ -143,7 +143,8 @@ class ReceiverMirror(Replica):
         # gets our HELLO (role backup/async) and moves on at once.
         self.servers.append(await serve(self.listen_address, self.me.port,
                                         server_context(self.cfg.tls), self._not_primary,
-                                        self.name, self.sessions))
+                                        self.name, self.sessions,
+                                        member_sources=self.member_sources()))
         self.spawn(self._connect_loop(), "receive")
         self.start_companions()
 

@@ -126,7 +126,8 @@ class PrimaryMirror(MirrorWorker):
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
         self.servers.append(await serve(self.listen_address, self.me.port,
                                         server_context(self.cfg.tls), self._session, self.name,
-                                        self.sessions))
+                                        self.sessions,
+                                        member_sources=self.member_sources()))
         log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
         self.spawn(self._capture_loop(), "capture")
         self.start_companions()

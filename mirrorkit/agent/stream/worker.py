@@ -103,6 +103,10 @@ class MirrorWorker:
     def listen_address(self) -> str:
         return self.cfg.listen or self.me.address
 
+    def member_sources(self) -> frozenset[str]:
+        """The addresses of the mirror's other members (admission reserves for them)."""
+        return frozenset(m.address for n, m in self.cfg.members.items() if n != self.host)
+
     def arbiter_member(self) -> MemberConfig | None:
         for m in self.cfg.members.values():
             if m.member_class == "arbiter":

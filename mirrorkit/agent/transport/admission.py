@@ -13,6 +13,14 @@ unauthenticated client can cost us is bounded here, before TLS starts:
 * ``handshake_timeout``: how long one TLS handshake (and then the HELLO
   exchange) may take.
 
+The mirror's own members must always get in: a local user flooding a port
+from several addresses must not keep the backup from reconnecting to its
+primary (or either from the arbiter) and so cause a failover or a fence.
+Connections from a configured member address (``member_sources``) count
+towards the per-source bound only, not towards the shared handshake bound,
+and ``member_reserve`` connection slots (at most a quarter of
+``connections``) are kept for them: others are refused once the rest are open.
+
 A connection over a bound is closed at once, before any TLS work. Every
 refusal and failed handshake goes through :class:`RefusalLog`: the first
 ``log_burst`` per ``log_interval`` are logged in full, the rest counted
@@ -51,25 +59,34 @@ class PortLimits:
     log_burst: int = 5
     log_interval: float = 10.0
     log_sources: int = 16  # sources summed up one by one; the rest as "other sources"
+    member_reserve: int = 16  # connection slots only the mirror's members may use
 
 
 class Admission:
     """Counts of one port's connections and handshakes; says whether a new
     connection may start."""
 
-    def __init__(self, limits: PortLimits) -> None:
+    def __init__(self, limits: PortLimits, member_sources: frozenset[str] = frozenset()) -> None:
         self.limits = limits
+        self.member_sources = member_sources
         self.connections = 0
-        self.handshakes = 0
+        self.handshakes = 0  # in flight from addresses that are not members'
         self.handshaking: Counter[str] = Counter()  # source -> handshakes in flight
 
     def refusal(self, source: str) -> str | None:
         """Why a new connection from ``source`` is refused, or ``None``."""
         lim = self.limits
-        if self.connections >= lim.connections:
-            return f"{self.connections} connections open (at most {lim.connections})"
-        if self.handshakes >= lim.handshakes:
-            return f"{self.handshakes} TLS handshakes in flight (at most {lim.handshakes})"
+        if source in self.member_sources:
+            if self.connections >= lim.connections:
+                return f"{self.connections} connections open (at most {lim.connections})"
+        else:
+            shared = lim.connections - min(lim.member_reserve, lim.connections // 4)
+            if self.connections >= shared:
+                scope = "" if shared == lim.connections else \
+                    " from addresses that are not the mirror's members"
+                return f"{self.connections} connections open (at most {shared}{scope})"
+            if self.handshakes >= lim.handshakes:
+                return f"{self.handshakes} TLS handshakes in flight (at most {lim.handshakes})"
         if self.handshaking[source] >= lim.handshakes_per_source:
             return (f"{self.handshaking[source]} TLS handshakes in flight from this address "
                     f"(at most {lim.handshakes_per_source})")
@@ -77,11 +94,13 @@ class Admission:
 
     def opened(self, source: str) -> None:
         self.connections += 1
-        self.handshakes += 1
+        if source not in self.member_sources:
+            self.handshakes += 1
         self.handshaking[source] += 1
 
     def handshake_done(self, source: str) -> None:
-        self.handshakes -= 1
+        if source not in self.member_sources:
+            self.handshakes -= 1
         self.handshaking[source] -= 1
         if self.handshaking[source] <= 0:
             del self.handshaking[source]  # the counter holds only sources in flight

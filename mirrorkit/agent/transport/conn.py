@@ -236,7 +236,8 @@ Handler = Callable[[Connection], Awaitable[None]]
 
 async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler,
                 name: str, sessions: set[asyncio.Task[Any]],
-                limits: PortLimits | None = None) -> asyncio.Server:
+                limits: PortLimits | None = None,
+                member_sources: frozenset[str] = frozenset()) -> asyncio.Server:
     """Listen on ``host:port``; run ``handler`` for each verified-TLS connection.
 
     Each connection's task is kept in ``sessions`` while it runs, so that the
@@ -250,7 +251,7 @@ async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler,
     :class:`~.admission.RefusalLog` per port.
     """
     lim = limits or PortLimits()
-    admission = Admission(lim)
+    admission = Admission(lim, member_sources)
     refusals = RefusalLog(name, lim)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
