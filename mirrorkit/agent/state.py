@@ -40,7 +40,7 @@ from typing import Any
 from mirrorkit.agent.util.lease import Lease
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
-__all__ = ["ROLES_OF_CLASS", "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
+__all__ = ["DEMOTED_ROLE", "ROLES_OF_CLASS", "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
            "atomic_write_json"]
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,12 @@ log = logging.getLogger(__name__)
 
 
 # The runtime roles a member of each class may hold (its certificate's OU).
+# An async member may be primary too: a disaster-recovery copy promoted by
+# an operator (`mirrorkit promote`; reporting copies are refused there).
 ROLES_OF_CLASS = {"failover": ("primary", "backup"), "arbiter": ("arbiter",),
-                  "async": ("async",)}
+                  "async": ("async", "primary")}
+# The role a member of each class takes when it stops being primary.
+DEMOTED_ROLE = {"failover": "backup", "async": "async"}
 RECOVERY_DOC = "docs/architecture.md, 'Damaged or missing state'"
 
 
@@ -285,7 +289,8 @@ class RoleOwner:
             if term <= self._state.term:
                 return False
             old = self._state
-            role = "backup" if old.role == "primary" else old.role
+            role = DEMOTED_ROLE.get(self.member_class, "backup") \
+                if old.role == "primary" else old.role
             why = f"{source} announced term {term} > our term {old.term}"
             if old.role == "primary":
                 why += f": another member was promoted; {self.store.directory.name} " \

@@ -260,3 +260,44 @@ def test_events_survive_a_restart(four: Cluster) -> None:
     assert c.get("node1", "/events?limit=x")[0] == 400
     raw = (c.nodes["node1"].state_dir / MIRROR / "events.jsonl").read_text().splitlines()
     assert json.loads(raw[-1])["seq"] == body["last_seq"]
+
+
+def test_planned_dr_promotion_then_restore_loses_nothing(four: Cluster) -> None:
+    c = four
+    write_and_replicate(c, "node1", "site-a.txt", "before the move\n", "dr1", "node2")
+    code, body = control(c, "dr1", f"/promote?mirror={MIRROR}")
+    assert code == 409 and "switchover from the primary" in body["error"], body
+    # planned: the primary drains and hands over to the DR copy
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&to=dr1")
+    assert code == 200 and body["primary"] == "dr1", body
+    wait_for(primary_of(c, "dr1"), "dr1 primary")
+    wait_for(lambda: all(c.mirror(n).get("connected") and c.mirror(n).get("term") == 2
+                         for n in ("node1", "node2")), "both failover members follow dr1")
+    assert c.mirror("node1")["role"] == "backup"
+    write_and_replicate(c, "dr1", "site-b.txt", "written at the DR site\n", "node1", "node2")
+    assert any("dr1 on_promote primary 2" in x for x in hooks_run(c))
+    # restoration: back to the original primary, no loss
+    code, body = control(c, "dr1", f"/switchover?mirror={MIRROR}&to=node1")
+    assert code == 200 and body["term"] == 3, body
+    wait_for(primary_of(c, "node1"), "node1 primary again")
+    wait_for(lambda: c.mirror("dr1").get("role") == "async"
+             and c.mirror("dr1").get("connected"), "dr1 an async copy again")
+    write_and_replicate(c, "node1", "home.txt", "home again\n", "dr1", "node2")
+    for name in c.nodes:
+        if name != "arb1":
+            assert not (c.nodes[name].state_dir / MIRROR / "quarantine").exists()
+
+
+def test_forced_dr_promotion_reports_the_gap(four: Cluster) -> None:
+    c = four
+    write_and_replicate(c, "node1", "a.txt", "x\n", "dr1")
+    for name in ("node1", "node2"):
+        c.stop(name, sig=signal.SIGKILL)  # the whole primary site is gone
+    code, body = control(c, "dr1", f"/promote?mirror={MIRROR}&force=1")
+    assert code == 200 and body["term"] == 2, body
+    assert body["gap_lsns"] == 0 and body["gap_bytes"] == 0, body
+    wait_for(primary_of(c, "dr1"), "dr1 primary (forced)")
+    assert any("forced DR promotion" in m for m in kinds(c, "dr1", "promote"))
+    # promoting the primary again is refused, not a new term
+    code, body = control(c, "dr1", f"/promote?mirror={MIRROR}&force=1")
+    assert code == 409 and "not a backup or DR copy" in body["error"], body

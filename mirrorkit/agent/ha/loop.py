@@ -127,6 +127,13 @@ class HaLoop:
         me = self.sup.cfg.members.get(self.sup.agent.host)
         return me is not None and me.member_class == "failover"
 
+    @property
+    def may_be_primary(self) -> bool:
+        """Failover members, and DR members (an operator may promote them):
+        they run the application hooks and, as primary, hold a lease."""
+        me = self.sup.cfg.members.get(self.sup.agent.host)
+        return me is not None and (me.member_class == "failover" or me.kind == "dr")
+
     # -- flags ----------------------------------------------------------------
 
     def _load_flags(self) -> None:
@@ -158,7 +165,8 @@ class HaLoop:
         """A new worker started (supervisor): wire what the loop needs."""
         roles = worker.roles
         cfg = worker.cfg
-        if self.failover_member and cfg.arbiter_name and len(cfg.failover_names) > 1:
+        others = [n for n in cfg.failover_names if n != worker.host]
+        if self.may_be_primary and cfg.arbiter_name and others:
             if roles.lease is None:
                 roles.lease = Lease(cfg.timeouts.qos)
             roles.lease.duration = cfg.timeouts.qos
@@ -172,7 +180,7 @@ class HaLoop:
                            role=new.role, primary=new.primary)
         if new.role == "primary" and self.sup.roles is not None and self.sup.roles.lease:
             self.sup.roles.lease.revoke()  # a new term's lease is earned, not inherited
-        if self.failover_member and self.sup.cfg.hooks.get("on_role_change"):
+        if self.may_be_primary and self.sup.cfg.hooks.get("on_role_change"):
             self._spawn(self.hook("on_role_change", old_role=old.role))
         self.wake()
 
@@ -208,6 +216,8 @@ class HaLoop:
             return
         self._writability(roles)
         if not self.failover_member:
+            if roles.role == "primary" and roles.writable:  # a promoted DR member
+                await self._scheduled(worker)
             return
         view = build_view(worker, self.maintenance or self.flag_error is not None)
         self.view = view
@@ -233,7 +243,7 @@ class HaLoop:
             self.events.record("writable" if writable else "not-writable",
                                "writable primary" if writable else
                                "not writable: " + self._why_not(roles), roles.term)
-        if self.failover_member:
+        if self.may_be_primary:
             self._spawn(self.app.ensure("up" if writable else "down"))
 
     def _why_not(self, roles: RoleOwner) -> str:
@@ -270,8 +280,9 @@ class HaLoop:
 
     async def _promote(self, roles: RoleOwner, why: str, forced: bool) -> int:
         async with self._busy:
-            if roles.role != "backup":
-                raise OperationRefused(f"this member is {roles.role}, not the backup")
+            if roles.role not in ("backup", "async"):
+                raise OperationRefused(f"this member is {roles.role}, not a backup or a "
+                                       f"DR copy")
             term = roles.term + 1
             self.events.record("promote", f"{'forced ' if forced else ''}promotion to primary "
                                f"of term {term}: {why}", term, forced=forced)
@@ -360,13 +371,20 @@ class HaLoop:
             self.events.record("switchover", f"{why} failed: {exc}", self._term())
 
     async def promote(self, force: bool) -> dict[str, Any]:
-        """An operator's promotion of this backup (control route)."""
+        """An operator's promotion of this backup or DR copy (control route)."""
         worker, roles = self.sup.worker, self.sup.roles
-        if not isinstance(worker, ReceiverMirror) or roles is None or roles.role != "backup":
-            raise OperationRefused(f"this host is not the backup of {self.name}"
+        me = self.sup.cfg.members.get(self.sup.agent.host)
+        if (not isinstance(worker, ReceiverMirror) or roles is None or me is None
+                or roles.role not in ("backup", "async")):
+            raise OperationRefused(f"this host is not a backup or DR copy of {self.name}"
                                    + (f" (role {roles.role})" if roles else ""))
+        if roles.role == "async" and me.kind != "dr":
+            raise OperationRefused(f"{self.sup.agent.host} is a reporting copy of {self.name}: "
+                                   f"reporting copies are never promoted")
         view = build_view(worker, False)
         gap = None if view.lag_bytes is None else view.lag_bytes
+        if roles.role == "async":
+            return await self._promote_dr(worker, roles, force, gap)
         if not force:
             decision = decide(view)
             if decision.action is not Action.PROMOTE:
@@ -379,9 +397,37 @@ class HaLoop:
         reason = ("operator's forced promotion" if force else "operator's promotion") + \
             f" (this backup {why})"
         term = await self._promote(roles, reason, forced=force)
-        return {"mirror": self.name, "result": "done", "term": term, "gap_lsns": None,
+        lsns = (max(0, worker.primary_lsn - worker.applied) if worker.primary_known else None)
+        return {"mirror": self.name, "result": "done", "term": term, "gap_lsns": lsns,
                 "gap_bytes": gap, "message": f"{self.sup.agent.host} is primary of term "
                 f"{term}" + ("" if ok else f"; WARNING: it {why}")}
+
+    async def _promote_dr(self, worker: ReceiverMirror, roles: RoleOwner, force: bool,
+                          gap: int | None) -> dict[str, Any]:
+        """A DR copy becomes primary. Planned (no loss) is a switchover run
+        on the primary (`to=` this member); here only the disaster case."""
+        silence = worker.primary_silence()
+        if not force:
+            raise OperationRefused(
+                f"a planned promotion of {self.sup.agent.host} is a switchover from the "
+                f"primary ({roles.primary or '?'}) to it, which drains first and loses "
+                f"nothing (`mirrorkit promote` does that when the primary answers); "
+                f"`--force` promotes at once: if the old primary may still be writable, "
+                f"two primaries, and what it had not shipped (here "
+                f"{'unknown' if gap is None else f'{gap} B'}) is lost to the new one")
+        if worker.connected and silence < worker.cfg.timeouts.qos:
+            self.events.record("promote", f"forced DR promotion while still hearing primary "
+                               f"{roles.primary} ({silence:.1f} s ago)", roles.term)
+        reason = (f"operator's forced DR promotion (last primary {roles.primary or '?'} heard "
+                  f"{silence:.1f} s ago; {'unknown' if gap is None else f'{gap} B'} behind it "
+                  f"then, LSN {worker.applied} applied)")
+        term = await self._promote(roles, reason, forced=True)
+        lsns = (max(0, worker.primary_lsn - worker.applied) if worker.primary_known else None)
+        return {"mirror": self.name, "result": "done", "term": term, "gap_lsns": lsns,
+                "gap_bytes": gap, "applied_lsn": worker.applied,
+                "primary_lsn": worker.primary_lsn if worker.primary_known else None,
+                "message": f"{self.sup.agent.host} is primary of term {term} (forced); "
+                f"gap: {'unknown' if gap is None else f'{gap} B'}"}
 
     # -- hooks ----------------------------------------------------------------
 

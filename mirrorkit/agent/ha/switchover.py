@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mirrorkit.agent.ha.events import EventLog
+from mirrorkit.agent.state import DEMOTED_ROLE
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.transport.frames import Handover
 from mirrorkit.agent.util import clock
@@ -59,13 +60,16 @@ def check_switchover(worker: PrimaryMirror, to: str | None) -> str:
                "it is fenced (neither the backup nor the arbiter answers it)"
                if roles.holds_primary else f"it is {roles.role} of term {roles.term}")
         raise SwitchoverRefused(f"this member is not the writable primary: {why}")
-    pair = worker.backup_peer()
-    if pair is None:
-        raise SwitchoverRefused("the mirror has no backup to switch over to")
-    name, peer = pair
-    if to is not None and to != name:
-        raise SwitchoverRefused(f"{to} is not this mirror's backup ({name}); an async member "
-                                f"becomes primary with `mirrorkit promote`")
+    if to is not None and to in worker.peers and worker.cfg.members[to].kind == "dr":
+        name, peer = to, worker.peers[to]  # a planned promotion of a DR member
+    else:
+        pair = worker.backup_peer(to)
+        if pair is None:
+            raise SwitchoverRefused(
+                "the mirror has no backup to switch over to" if to is None else
+                f"{to} is not a member this primary can hand over to (its backup, or an "
+                f"async member of kind dr); a reporting copy is never promoted")
+        name, peer = pair
     if not peer.connected or peer.conn is None:
         raise SwitchoverRefused(f"backup {name} is not connected")
     if peer.resyncing or peer.pending is not None:
@@ -135,7 +139,8 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
                                     f"{reason}")
         conn = worker.peers[name].conn
         new_term = term + 1
-        await roles.change("backup", new_term, name, f"switchover to {name} ({why})")
+        await roles.change(DEMOTED_ROLE[roles.member_class], new_term, name,
+                           f"switchover to {name} ({why})")
         # Written before anything else can run (send() writes, then drains):
         # ahead of the step-down's close of this connection.
         await conn.send(Handover(new_term, last, name))

@@ -173,8 +173,12 @@ class ReceiverMirror(Replica):
 
     def _candidates(self) -> list[str]:
         names = [self.state.primary] if self.state.primary else []
+        # Then every member that may be primary: the failover members, and
+        # the DR copies (an operator may have promoted one).
         names += [n for n, m in self.cfg.members.items()
                   if m.member_class == "failover" and n != self.host and n not in names]
+        names += [n for n, m in self.cfg.members.items()
+                  if m.kind == "dr" and n != self.host and n not in names]
         return [n for n in names if n in self.cfg.members and n != self.host]
 
     async def _connect_loop(self) -> None:
@@ -325,7 +329,8 @@ class ReceiverMirror(Replica):
     async def _on_handover(self, msg: Handover) -> None:
         """Our primary stepped down for us (a switchover). It checked that
         we acknowledged its last LSN; we check it too, and the term."""
-        if self.on_handover is None or self.state.role != "backup":
+        dr = self.state.role == "async" and self.me.kind == "dr"
+        if self.on_handover is None or not (self.state.role == "backup" or dr):
             raise PeerRefused(f"HANDOVER to a {self.state.role} member: refused")
         if msg.member != self.host or msg.term != self.term + 1:
             raise ProtocolError(f"HANDOVER of term {msg.term} to {msg.member}: expected term "

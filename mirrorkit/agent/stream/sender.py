@@ -403,12 +403,13 @@ class PrimaryMirror(MirrorWorker):
         return Heartbeat(self.own_term, self.log.last_lsn, "primary", lag_bytes, lag_records,
                          round(lag_seconds, 3), stamp=clock.now(), echo=peer.stamp_in)
 
-    def backup_peer(self) -> tuple[str, PeerState] | None:
-        """The other failover member, as we see it (None in a mirror without one)."""
-        for name, p in self.peers.items():
-            if self.cfg.members[name].member_class == "failover":
-                return name, p
-        return None
+    def backup_peer(self, name: str | None = None) -> tuple[str, PeerState] | None:
+        """The backup (``name``, or the other failover member: after a DR
+        promotion both failover members are receivers; the first connected
+        one), as we see it; None when there is no such member."""
+        found = [(n, p) for n, p in self.peers.items()
+                 if self.cfg.members[n].member_class == "failover" and name in (None, n)]
+        return next(((n, p) for n, p in found if p.connected), found[0] if found else None)
 
     # -- resync -------------------------------------------------------------
 

@@ -143,7 +143,9 @@ def check_peer(identity: PeerIdentity, hello: Hello, mirror: MirrorConfig,
         raise PeerRefused(f"certificate CN {identity.cn!r} claims to be member "
                           f"{hello.member!r}")
     wanted = ROLE_CLASSES.get(hello.role)
-    if wanted is None or wanted != identity.ou:
+    promoted_dr = (hello.role == "primary" and identity.ou == "async"
+                   and member.kind == "dr")  # a disaster-recovery member promoted
+    if (wanted is None or wanted != identity.ou) and not promoted_dr:
         raise PeerRefused(f"{identity.cn}: certificate class (OU) {identity.ou!r} does not "
                           f"allow role {hello.role!r}")
     if member.member_class != identity.ou:
