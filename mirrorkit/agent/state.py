@@ -40,7 +40,8 @@ from typing import Any
 from mirrorkit.agent.util.lease import Lease
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
-__all__ = ["DEMOTED_ROLE", "ROLES_OF_CLASS", "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
+__all__ = ["DEMOTED_ROLE", "ROLES_OF_CLASS",
+           "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
            "atomic_write_json"]
 
 log = logging.getLogger(__name__)
