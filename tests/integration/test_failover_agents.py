@@ -9,9 +9,13 @@ order of events is what is checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import ssl
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +25,9 @@ import pytest
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for
 
 from mirrorkit.agent.cli.control_client import post
+from mirrorkit.agent.config import TlsConfig
+from mirrorkit.agent.transport.conn import client_context
+from mirrorkit.pki import member_files
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +308,34 @@ def test_forced_dr_promotion_reports_the_gap(four: Cluster) -> None:
     # promoting the primary again is refused, not a new term
     code, body = control(c, "dr1", f"/promote?mirror={MIRROR}&force=1")
     assert code == 409 and "not a backup or DR copy" in body["error"], body
+
+
+def test_a_primary_mid_upgrade_is_not_taken_for_dead(four: Cluster) -> None:
+    """Rolling upgrade: the primary still runs a mirrorkit that speaks
+    another protocol version. The arbiter (upgraded first) and the backup
+    cannot talk with it, but it is alive and writable: that must not look
+    like silence, or the backup would promote beside a live primary."""
+    c = four
+    node1 = c.nodes["node1"]
+    assert node1.proc is not None
+    ca, crt, key = member_files(c.pki, MIRROR, "node1")
+    ctx = client_context(TlsConfig(ca, crt, key))
+    old_hello = json.dumps({"mirror": MIRROR, "member": "node1", "role": "primary",
+                            "term": 1, "last_lsn": 0}).encode()
+    frame = struct.pack(">2sBBI", b"MK", 2, 1, len(old_hello)) + old_hello  # version 2
+    # node1's agent stops talking (as if replaced by an old version)...
+    os.kill(node1.proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 4 * DEFAULT_TIMEOUTS["arbiter"]
+    while time.monotonic() < deadline:
+        # ...while "node1, old version" keeps knocking at the arbiter
+        arbiter = ("127.0.0.1", c.nodes["arb1"].port)
+        with socket.create_connection(arbiter, timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(frame)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                tls.recv(4096)
+        time.sleep(0.3)
+    assert c.mirror("node2")["role"] == "backup", c.mirror("node2")
+    assert not kinds(c, "node2", "promote")
+    assert any("speaks protocol version 2" in line for line in c.nodes["arb1"].log_text()
+               .splitlines())

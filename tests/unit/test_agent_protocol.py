@@ -336,3 +336,15 @@ def test_encoding_refuses_more_than_a_frame_holds() -> None:
     encode_message(frames.Manifest(1, [item] * MAX_ITEMS_PER_FRAME))
     with pytest.raises(ProtocolError, match="exceed the 4096 of one MANIFEST frame"):
         encode_message(frames.Manifest(1, [item] * (MAX_ITEMS_PER_FRAME + 1)))
+
+
+def test_another_protocol_version_is_its_own_error() -> None:
+    # A rolling upgrade: failover must tell "speaks another version" from silence.
+    import struct
+
+    from mirrorkit.agent.transport.frames import VersionMismatch, decode_frame
+
+    frame = struct.pack(">2sBBI", b"MK", 2, 4, 2) + b"{}"
+    with pytest.raises(VersionMismatch) as err:
+        decode_frame(frame)
+    assert err.value.version == 2 and "we speak 3" in str(err.value)

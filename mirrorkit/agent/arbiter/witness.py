@@ -34,6 +34,7 @@ from typing import Any
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
+    PeerOtherVersion,
     send_heartbeats,
     serve,
     server_context,
@@ -109,7 +110,18 @@ class ArbiterMirror(MirrorWorker):
 
     async def _session(self, conn: Connection) -> None:
         me = Hello(self.cfg.name, self.host, "arbiter", self.state.term, 0)
-        hello = await server_handshake(conn, self.cfg, me, ("primary", "backup"))
+        try:
+            hello = await server_handshake(conn, self.cfg, me, ("primary", "backup"))
+        except PeerOtherVersion as exc:
+            # A member mid-upgrade: alive, though we cannot talk. If it is the
+            # primary, it is not silent: no failover because of an upgrade.
+            seen = self.seen.get(exc.member)
+            if seen is not None:
+                t = clock.now()
+                seen.last_heard = t
+                if exc.member == self.roles.primary:
+                    seen.last_heard_as_primary = t
+            raise
         m = self.seen.setdefault(hello.member, SeenMember(hello.role))
         if m.task is not None and not m.task.done():
             m.task.cancel()

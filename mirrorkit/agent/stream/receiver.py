@@ -56,6 +56,7 @@ from mirrorkit.agent.resync.receiver import ReceiverResync
 from mirrorkit.agent.stream.replica import Replica
 from mirrorkit.agent.transport.conn import (
     Connection,
+    PeerOtherVersion,
     PeerRefused,
     client_context,
     client_handshake,
@@ -213,7 +214,15 @@ class ReceiverMirror(Replica):
     async def _session(self, conn: Connection) -> None:
         # Records logged but not applied (an apply error last time) go first.
         await asyncio.to_thread(self._apply_backlog)
-        hello = await client_handshake(conn, self.cfg, self._hello(), ("primary", "backup"))
+        try:
+            hello = await client_handshake(conn, self.cfg, self._hello(),
+                                           ("primary", "backup"))
+        except PeerOtherVersion as exc:
+            if exc.member == self.state.primary:
+                # Our primary, mid-upgrade: alive. Not silence (no failover
+                # because of a rolling upgrade); replication waits for it.
+                self.last_heard_primary = clock.now()
+            raise
         conn.term_fn = lambda: self.term
         if hello.role != "primary":
             log.info("%s: %s is %s, not the primary; trying the next member", self.name,

@@ -56,10 +56,12 @@ from mirrorkit.agent.transport.admission import (
     RefusalLog,
 )
 from mirrorkit.agent.transport.frames import (
+    PROTOCOL_VERSION,
     Error,
     Hello,
     Message,
     ProtocolError,
+    VersionMismatch,
     encode_message,
     read_message,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "ROLE_CLASSES",
     "Connection",
     "PeerIdentity",
+    "PeerOtherVersion",
     "PeerRefused",
     "PortLimits",
     "check_peer",
@@ -88,6 +91,19 @@ ROLE_CLASSES = {"primary": "failover", "backup": "failover", "arbiter": "arbiter
 
 class PeerRefused(Exception):
     """The peer is not who may talk to us in the role it claims."""
+
+
+class PeerOtherVersion(ProtocolError):
+    """An authenticated member speaks another protocol version: it is alive
+    (a rolling upgrade), though we cannot talk. Failover must not read it
+    as silence (arbiter/witness.py, stream/receiver.py)."""
+
+    def __init__(self, member: str, version: int) -> None:
+        self.member = member
+        self.version = version
+        super().__init__(f"{member} speaks protocol version {version}, we speak "
+                         f"{PROTOCOL_VERSION}: replication with it waits until both run the "
+                         f"same mirrorkit version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +206,20 @@ class Connection:
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
 
+async def _recv_hello(conn: Connection) -> Message:
+    try:
+        return await conn.recv(HANDSHAKE_TIMEOUT, control_only=True)
+    except VersionMismatch as exc:
+        cn = conn.identity.cn if conn.identity is not None else "?"
+        raise PeerOtherVersion(cn, exc.version) from None
+
+
 async def server_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
                            accept_roles: tuple[str, ...]) -> Hello:
     """Read the client's HELLO, verify it, answer with ``me``."""
     conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
-    msg = await conn.recv(HANDSHAKE_TIMEOUT, control_only=True)
+    msg = await _recv_hello(conn)
     if not isinstance(msg, Hello):
         raise ProtocolError(f"expected HELLO, got {type(msg).__name__}")
     # The label names the member only once the certificate proved the name
@@ -213,7 +237,7 @@ async def client_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
     conn.term_fn = lambda: me.term
     conn.identity = _identity(conn.writer)
     await conn.send(me)
-    msg = await conn.recv(HANDSHAKE_TIMEOUT, control_only=True)
+    msg = await _recv_hello(conn)
     if isinstance(msg, Error):
         raise PeerRefused(f"refused by {conn.label}: {msg.reason}")
     if not isinstance(msg, Hello):

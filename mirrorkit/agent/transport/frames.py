@@ -69,6 +69,7 @@ __all__ = [
     "ResyncBegin",
     "ResyncEnd",
     "ResyncProgress",
+    "VersionMismatch",
     "decode_frame",
     "encode_message",
     "read_message",
@@ -96,6 +97,15 @@ THREAD_DECODE_BYTES = 64 << 10  # RECORDS/MANIFEST payloads above this decode in
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame or message."""
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version (a rolling upgrade under way)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"unsupported protocol version {version} (we speak "
+                         f"{PROTOCOL_VERSION})")
 
 
 class MsgType(enum.IntEnum):
@@ -407,8 +417,7 @@ def _check_header(header: bytes) -> tuple[MsgType, int]:
     if magic != MAGIC:
         raise ProtocolError(f"bad frame magic {magic!r}")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version} (we speak "
-                            f"{PROTOCOL_VERSION})")
+        raise VersionMismatch(version)
     try:
         kind = MsgType(mtype)
     except ValueError:
