@@ -38,7 +38,7 @@ mirrors:
     paths: [/srv/records]
     exclude: []
     targets: [/srv/records]
-    timeouts: {heartbeat: 1.0, qos: 8.0, arbiter: 10.0}
+    timeouts: {heartbeat: 0.25, qos: 1.0, arbiter: 2.0}
     tls: {ca: /etc/mirrorkit/pki/records/ca.crt, cert: /etc/mirrorkit/pki/records/member.crt,
           key: /etc/mirrorkit/pki/records/member.key}
     members:
@@ -47,6 +47,9 @@ mirrors:
       arb1:  {address: 198.18.7.13, role: arbiter}
       dr1:   {address: 198.18.7.14, role: async, kind: dr}
     hooks: {}
+    max_lag_on_failover: 1048576
+    hook_timeout: 30.0
+    health: {interval: 5.0, timeout: 5.0, failures: 3}
 """)
 
 
@@ -68,6 +71,10 @@ def test_config_only_has_the_hosts_mirrors() -> None:
         "/srv/replicas/orders/srv/orders", "/srv/replicas/orders/var/lib/orders"]
     assert dr["orders"]["role"] == "async" and dr["orders"]["kind"] == "dr"
     assert dr["orders"]["timeouts"] == {"heartbeat": 0.5, "qos": 4.0, "arbiter": 6.0}
+    assert dr["orders"]["max_lag_on_failover"] == 65536
+    assert dr["orders"]["hook_timeout"] == 10.0
+    assert dr["orders"]["health"] == {"interval": 2.0, "timeout": 1.5, "failures": 5}
+    assert dr["records"]["max_lag_on_failover"] == 1 << 20  # the default, written out
     rep = host_config(inv, "rep1")["mirrors"]["records"]
     assert rep["kind"] == "reporting"
     assert rep["members"]["rep1"] == {"address": "198.18.9.15", "role": "async",
