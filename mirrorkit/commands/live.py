@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mirrorkit.errors import MirrorkitError, UsageError
 from mirrorkit.inventory.model import Inventory, Mirror
@@ -88,6 +88,16 @@ def view_from_results(mirror: str, results: dict[str, AgentResult]) -> LiveView:
         else:
             errors[host] = f"its agent does not serve mirror {mirror}"
     return LiveView(mirror, states, errors)
+
+
+def operation_answer(result: AgentResult, refused: str) -> dict[str, Any]:
+    """The answer of a switchover or promotion; a MirrorkitError starting
+    with ``refused`` and giving the agent's reason otherwise."""
+    answer, why = result.json()
+    if answer is None or "error" in answer or "result" not in answer:
+        reason = (answer or {}).get("error") or why or "unexpected answer"
+        raise MirrorkitError(f"{refused}: {reason}")
+    return answer
 
 
 def live_primary(view: LiveView) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 from mirrorkit.agent.cli.operations import FORCE_RISK, OPERATION_TIMEOUT, format_promote
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
-from mirrorkit.commands.live import add_mirror_argument, live_view, pick_mirror
-from mirrorkit.errors import MirrorkitError, UsageError
+from mirrorkit.commands.live import add_mirror_argument, live_view, operation_answer, pick_mirror
+from mirrorkit.errors import UsageError
 from mirrorkit.inventory.model import Mirror
 from mirrorkit.remote import AgentRunner, SshAgents
 
@@ -85,11 +85,8 @@ def promote(run_agent: AgentRunner, mirror: Mirror, host: str, force: bool,
             warn(line)
     words = ["promote", "--mirror", mirror.name, "--json"] + (["--force"] if force else [])
     result = run_agent(host, words, OPERATION_TIMEOUT + SSH_MARGIN)
-    answer, why = result.json()
-    if answer is None or "error" in answer or "result" not in answer:
-        reason = (answer or {}).get("error") or why or "unexpected answer"
-        raise MirrorkitError(f"{mirror.name}: promotion of {host} refused: {reason}")
-    say(format_promote(answer, host))
+    say(format_promote(operation_answer(
+        result, f"{mirror.name}: promotion of {host} refused"), host))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,13 @@ from mirrorkit.agent.cli.operations import (
 )
 from mirrorkit.agent.util.timespec import TimeSpecError, format_epoch, parse_time
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
-from mirrorkit.commands.live import add_mirror_argument, live_primary, live_view, pick_mirror
+from mirrorkit.commands.live import (
+    add_mirror_argument,
+    live_primary,
+    live_view,
+    operation_answer,
+    pick_mirror,
+)
 from mirrorkit.errors import MirrorkitError, UsageError
 from mirrorkit.inventory.model import Mirror
 from mirrorkit.remote import AgentRunner, SshAgents
@@ -110,11 +116,8 @@ def switchover(run_agent: AgentRunner, mirror: Mirror, to: str, at: float | None
     say(f"{mirror.name}: live primary {primary}; {doing}")
     result = run_agent(primary, agent_args(mirror.name, to, at, cancel),
                        OPERATION_TIMEOUT + SSH_MARGIN)
-    answer, why = result.json()
-    if answer is None or "error" in answer or "result" not in answer:
-        reason = (answer or {}).get("error") or why or "unexpected answer"
-        raise MirrorkitError(f"{mirror.name}: switchover refused by {primary}: {reason}")
-    say(format_switchover(answer, to))
+    say(format_switchover(operation_answer(
+        result, f"{mirror.name}: switchover refused by {primary}"), to))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ import logging
 import os
 import sys
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit import __version__
@@ -141,28 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The local commands (the agent itself runs when none is given).
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "probe": cmd_probe,
+    "manifest": verifycli.cmd_manifest,
+    "repair": verifycli.cmd_repair,
+    "resync": resynccli.cmd_resync,
+    "events": eventscli.cmd_events,
+    "maintenance": opscli.cmd_maintenance,
+    "switchover": opscli.cmd_switchover,
+    "promote": opscli.cmd_promote,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_config:
         return check_config(Path(args.check_config))
-    if args.command == "status":
-        return cmd_status(args)
-    if args.command == "probe":
-        return cmd_probe(args)
-    if args.command == "manifest":
-        return verifycli.cmd_manifest(args)
-    if args.command == "repair":
-        return verifycli.cmd_repair(args)
-    if args.command == "resync":
-        return resynccli.cmd_resync(args)
-    if args.command == "events":
-        return eventscli.cmd_events(args)
-    if args.command == "maintenance":
-        return opscli.cmd_maintenance(args)
-    if args.command == "switchover":
-        return opscli.cmd_switchover(args)
-    if args.command == "promote":
-        return opscli.cmd_promote(args)
+    command = _COMMANDS.get(args.command or "")
+    if command is not None:
+        return command(args)
     _setup_logging(args.verbose)
     try:
         cfg = load_config(Path(args.config))

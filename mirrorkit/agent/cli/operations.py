@@ -35,6 +35,7 @@ import json
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from mirrorkit.agent.cli import control_client
@@ -202,6 +203,17 @@ def _answered(args: argparse.Namespace, what: str, code: int, answer: dict[str, 
     return True
 
 
+def _operation(args: argparse.Namespace, route: str, what: str, query: dict[str, str],
+               line: Callable[[dict[str, Any]], str]) -> int:
+    """Post a switchover or promotion, print its answer: the exit status."""
+    got = _post(args, route, query, OPERATION_TIMEOUT)
+    if got is None or not _answered(args, what, *got, needs=("result",)):
+        return 1
+    if not args.json:
+        print(line(got[1]))
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace) -> int:
     got = _post(args, "maintenance", {"mirror": args.mirror, "on": "1" if args.state == "on"
                                       else "0"}, MAINTENANCE_TIMEOUT)
@@ -229,14 +241,8 @@ def cmd_switchover(args: argparse.Namespace) -> int:
         query["to"] = args.to
     if args.cancel:
         query["cancel"] = "1"
-    got = _post(args, "switchover", query, OPERATION_TIMEOUT)
-    if got is None:
-        return 1
-    if not _answered(args, "switchover", *got, needs=("result",)):
-        return 1
-    if not args.json:
-        print(format_switchover(got[1], args.to))
-    return 0
+    return _operation(args, "switchover", "switchover", query,
+                      lambda answer: format_switchover(answer, args.to))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -245,11 +251,4 @@ def cmd_promote(args: argparse.Namespace) -> int:
     query = {"mirror": args.mirror}
     if args.force:
         query["force"] = "1"
-    got = _post(args, "promote", query, OPERATION_TIMEOUT)
-    if got is None:
-        return 1
-    if not _answered(args, "promotion", *got, needs=("result",)):
-        return 1
-    if not args.json:
-        print(format_promote(got[1]))
-    return 0
+    return _operation(args, "promote", "promotion", query, format_promote)
