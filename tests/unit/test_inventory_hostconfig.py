@@ -216,3 +216,21 @@ def test_unit_gives_the_control_socket_a_0700_runtime_directory(tmp_path: Path) 
     unit = render_unit(tmp_path, "/var/lib/mirrorkit-ctl/control.sock").splitlines()
     assert not any(line.startswith("RuntimeDirectory") for line in unit)
     assert 'ReadWritePaths="/var/lib/mirrorkit" "/srv/records" "/var/lib/mirrorkit-ctl"' in unit
+
+
+@pytest.mark.parametrize("path", [LAB, MULTI], ids=["lab", "multi"])
+def test_every_rendered_config_is_one_the_agent_accepts(path: Path) -> None:
+    # What `mirrorkit-agent --check-config` (the template's validate:) and the
+    # agent's start-up apply: the failover tunables included.
+    from mirrorkit.agent.config import parse_config
+
+    inv = load_inventory(path)
+    for host in sorted({h for m in inv.mirrors.values() for h in m.members()}):
+        cfg = parse_config(host_config(inv, host), f"{host}/agent.yml")
+        for name, mirror in cfg.mirrors.items():
+            want = inv.mirrors[name]
+            assert mirror.max_lag_on_failover == want.max_lag_on_failover
+            assert mirror.hook_timeout == want.hook_timeout
+            assert (mirror.health.interval, mirror.health.timeout, mirror.health.failures) == (
+                want.health.interval, want.health.timeout, want.health.failures)
+            assert mirror.timeouts.arbiter == want.timeouts.arbiter
