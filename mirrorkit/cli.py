@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from mirrorkit import __version__
-from mirrorkit.errors import MirrorkitError
+from mirrorkit.errors import MirrorkitError, UsageError
 
-COMMANDS = ("validate", "apply", "status", "verify", "resync", "lab")
+COMMANDS = ("validate", "apply", "status", "events", "maintenance", "switchover", "promote",
+            "verify", "resync", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def dispatch(args: argparse.Namespace) -> int:
     """Run a parsed command; a MirrorkitError becomes one line and exit 1."""
     try:
         status: int = args.func(args)
+    except UsageError as exc:
+        print(f"mirrorkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except MirrorkitError as exc:
         print(f"mirrorkit: error: {exc}", file=sys.stderr)
         return 1

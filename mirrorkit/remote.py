@@ -1,13 +1,17 @@
 """Running a command on a member over SSH with the inventory's connection
-settings (fabric/paramiko), for the CLI's read-only questions."""
+settings (fabric/paramiko): the CLI's read-only questions (``probe_host``)
+and the operations commands' ``mirrorkit-agent ...`` runs (``SshAgents``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mirrorkit.inventory.model import Host
 
@@ -74,3 +78,86 @@ def probe_host(target: Host, agent: str) -> HostProbe:
     except Exception as exc:
         probe.error = f"cannot reach {target.address} over SSH: {exc}"
     return probe
+
+
+# -- running mirrorkit-agent commands on members ---------------------------------------
+
+AGENT = "/opt/mirrorkit/venv/bin/mirrorkit-agent"
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """What one ``mirrorkit-agent ...`` run on a member gave: its exit status
+    and output, or (``code`` None) why it could not be run at all."""
+
+    host: str
+    code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+
+    def json(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(the JSON object the command printed, None) or (None, why not)."""
+        if self.code is None:
+            return None, self.error or "no answer"
+        try:
+            answer = json.loads(self.stdout) if self.stdout.strip() else None
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict):
+            return answer, None
+        detail = (self.stderr or self.stdout).strip().splitlines()
+        return None, (detail[-1] if detail else f"mirrorkit-agent exited {self.code}")
+
+
+class AgentRunner(Protocol):
+    """Runs ``mirrorkit-agent ARGS`` on one member: the one per-host call of
+    the operations commands (``SshAgents`` in production; the integration
+    tests plug in one that runs local agents' commands)."""
+
+    def __call__(self, host: str, args: Sequence[str], timeout: float) -> AgentResult: ...
+
+
+class SshAgents:
+    """:class:`AgentRunner` over SSH with the inventory's connection settings.
+    One connection per host, opened on first use and kept for the next calls
+    (``mirrorkit events --follow`` asks every second); a connection that
+    failed is dropped and opened again next time. Close with ``close()`` or
+    use as a context manager."""
+
+    def __init__(self, hosts: Mapping[str, Host], agent: str = AGENT) -> None:
+        self.hosts = hosts
+        self.agent = agent
+        self._conns: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {h: threading.Lock() for h in hosts}
+
+    def __call__(self, host: str, args: Sequence[str], timeout: float) -> AgentResult:
+        target = self.hosts[host]
+        command = shlex.join([self.agent, *args])
+        with self._locks[host]:
+            try:
+                conn = self._conns.get(host)
+                if conn is None:
+                    conn = self._conns[host] = connect(target)
+                result = conn.run(command, hide=True, warn=True, timeout=timeout)
+            except Exception as exc:
+                self._drop(host)
+                return AgentResult(host, None, error=f"cannot run mirrorkit-agent on {host} "
+                                                     f"({target.address}) over SSH: {exc}")
+        return AgentResult(host, int(result.exited), str(result.stdout), str(result.stderr))
+
+    def _drop(self, host: str) -> None:
+        conn = self._conns.pop(host, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        for host in list(self._conns):
+            self._drop(host)
+
+    def __enter__(self) -> SshAgents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -19,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.table import Table
 
+from mirrorkit.agent.util.logsafe import escape_controls
+from mirrorkit.agent.util.timespec import format_epoch
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.remote import HostProbe, probe_host
 
@@ -115,6 +118,12 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                 "alive": None,
                 "lag_source": None,  # "primary" (its view of this member) or "self"
                 "resyncing": None,  # "42%" while the member resyncs
+                # The agent's own answers, passed through (None from an agent
+                # that does not report them): the no-failover flag, the HA
+                # loop's last decision, and quarantined data it holds.
+                "maintenance": None,
+                "ha": None,
+                "quarantine": None,
             }
             if live is not None:
                 entry.update(
@@ -128,6 +137,10 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
                     resync=live.get("resync"),
                     alive=live.get("alive"),
                     lag_source="self",
+                    maintenance=live.get("maintenance"),
+                    ha=live.get("ha") if isinstance(live.get("ha"), dict) else None,
+                    quarantine=live.get("quarantine")
+                    if isinstance(live.get("quarantine"), dict) else None,
                 )
                 if live.get("error"):
                     entry["error"] = live["error"]
@@ -161,8 +174,49 @@ def build_report(inventory: Any, probes: dict[str, HostProbe]) -> dict[str, Any]
             else {"address": mirror.vip.cidr, "holders": vip_holders},
             "async_kinds": {a.host: a.kind for a in mirror.asyncs},
             "members": members,
+            "maintenance": _maintenance(members, mirror.failover_hosts()),
+            "scheduled_switchover": _scheduled(members),
         }
     return {"inventory": str(inventory.path), "mirrors": mirrors}
+
+
+def _maintenance(members: list[dict[str, Any]], failover: list[str]) -> str | None:
+    """"on", "off", "partial" (the failover members disagree) or None (none said)."""
+    flags = {m["maintenance"] for m in members
+             if m["host"] in failover and isinstance(m["maintenance"], bool)}
+    if not flags:
+        return None
+    if len(flags) == 2:
+        return "partial"
+    return "on" if flags == {True} else "off"
+
+
+def _scheduled(members: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The live primary's scheduled switchover ({at, to}), if it has one."""
+    for m in members:
+        ha = m.get("ha") or {}
+        if m["role"] == "primary" and isinstance(ha.get("scheduled_switchover"), dict):
+            return dict(ha["scheduled_switchover"])
+    return None
+
+
+def _ha_text(member: dict[str, Any]) -> str:
+    ha = member.get("ha") or {}
+    parts = []
+    if member.get("maintenance") is True:
+        parts.append("MAINTENANCE")
+    if ha.get("decision"):
+        parts.append(markup_escape(escape_controls(str(ha["decision"]))))
+    if member["role"] == "backup" and isinstance(ha.get("active"), bool):
+        parts.append("active" if ha["active"] else "NOT active")
+    return ", ".join(parts)
+
+
+def _quarantine_text(member: dict[str, Any]) -> str:
+    reports = (member.get("quarantine") or {}).get("reports")
+    if isinstance(reports, int) and not isinstance(reports, bool) and reports > 0:
+        return f"[yellow]{reports} report{'s' if reports != 1 else ''}[/yellow]"
+    return ""
 
 
 def _role_text(member: dict[str, Any], kinds: dict[str, str]) -> str:
@@ -173,7 +227,8 @@ def _role_text(member: dict[str, Any], kinds: dict[str, str]) -> str:
 
 def print_table(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"mirrorkit status: {report['inventory']}")
-    for column in ("mirror", "host", "role", "term", "connected", "lag", "LSN", "VIP"):
+    for column in ("mirror", "host", "role", "term", "connected", "lag", "LSN", "VIP", "HA",
+                   "quarantine"):
         table.add_column(column, no_wrap=True)
     for name, mirror in report["mirrors"].items():
         kinds = mirror.get("async_kinds", {})
@@ -189,6 +244,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                     _fmt_lag(member),  # the primary's view, when it has one
                     "-",
                     "",
+                    "",
+                    "",
                 )
                 continue
             holds_data = member["role"] != "arbiter"
@@ -196,7 +253,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
             lsn = "-" if member["lsn"] is None or not holds_data else str(member["lsn"])
             lag = _fmt_lag(member) if holds_data else "-"
             vip = mirror["vip"]["address"].split("/")[0] if member["vip"] else ""
-            table.add_row(name, member["host"], role, term, _connected(member), lag, lsn, vip)
+            table.add_row(name, member["host"], role, term, _connected(member), lag, lsn, vip,
+                          _ha_text(member), _quarantine_text(member))
     console.print(table)
     for name, mirror in report["mirrors"].items():
         holders = mirror["vip"]["holders"] if mirror["vip"] else []
@@ -205,10 +263,33 @@ def print_table(report: dict[str, Any], console: Console) -> None:
             if mirror["vip"] is None
             else f"VIP {mirror['vip']['address']} on {', '.join(holders) or 'NOBODY'}"
         )
+        maintenance = {"on": ", MAINTENANCE ON (no automatic failover)",
+                       "partial": ", maintenance on only some failover members",
+                       }.get(mirror.get("maintenance") or "", "")
         console.print(
             f"{name}: primary {mirror['primary'] or 'UNKNOWN'}, term {mirror['term']}, "
-            f"mode {mirror['mode']}, {vip_text}"
+            f"mode {mirror['mode']}, {vip_text}{maintenance}"
         )
+        planned = mirror.get("scheduled_switchover")
+        if planned:
+            at = planned.get("at")
+            when = format_epoch(at) if isinstance(at, int | float) else "?"
+            console.print(f"{name}: switchover to {planned.get('to') or 'the active backup'} "
+                          f"scheduled for {when} (cancel: mirrorkit switchover INVENTORY "
+                          f"--mirror {name} --cancel)", markup=False)
+    for name, mirror in report["mirrors"].items():
+        for member in mirror["members"]:
+            ha = member.get("ha") or {}
+            if member["role"] in ("primary", "backup") and ha.get("reason"):
+                console.print(f"{name}/{member['host']}: HA "
+                              f"{escape_controls(str(ha.get('decision', '?')))}: "
+                              f"{escape_controls(str(ha['reason']))}", markup=False)
+            q = member.get("quarantine") or {}
+            if _quarantine_text(member):
+                console.print(f"{name}/{member['host']}: holds quarantined data: "
+                              f"{q['reports']} report(s), latest "
+                              f"{escape_controls(str(q.get('last') or '?'))}",
+                              markup=False)
     for name, mirror in report["mirrors"].items():
         for member in mirror["members"]:
             r = member.get("resync") or {}

@@ -84,6 +84,10 @@ def _mirror_config(inventory: Inventory, mirror: Mirror, host: str) -> dict[str,
         "tls": {"ca": f"{pki}/ca.crt", "cert": f"{pki}/member.crt", "key": f"{pki}/member.key"},
         "members": members,
         "hooks": dict(mirror.hooks),
+        # Always written out, defaults included: agent.yml shows the values in force.
+        "max_lag_on_failover": mirror.max_lag_on_failover,
+        "hook_timeout": mirror.hook_timeout,
+        "health": mirror.health.as_dict(),
     }
 
 

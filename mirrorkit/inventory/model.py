@@ -17,6 +17,11 @@ from typing import Any, Literal
 DEFAULT_API_PORT = 7480
 DEFAULT_PORT = 7410
 DEFAULT_PKI_DIR = "~/.mirrorkit/pki"
+# The agent's defaults (mirrorkit/agent/config.py): an async backup within
+# 1 MiB of the primary is *active*; a hook still running after 30 s is killed.
+DEFAULT_MAX_LAG_ON_FAILOVER = 1 << 20
+DEFAULT_HOOK_TIMEOUT = 30.0
+MAX_HOOK_TIMEOUT = 3600.0
 DEFAULT_MODE = "async"  # the `watch` capture (the default) is async-only
 MODES = ("sync", "async")
 ASYNC_KINDS = ("dr", "reporting")
@@ -41,6 +46,20 @@ class Timeouts:
 
     def as_dict(self) -> dict[str, float]:
         return {"heartbeat": self.heartbeat, "qos": self.qos, "arbiter": self.arbiter}
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Timing of the `hooks.health_check` command (rules in docs/inventory.md):
+    run every `interval` s, killed after `timeout` s; `failures` failed runs
+    in a row on the primary ask for a switchover to an active backup."""
+
+    interval: float = 5.0
+    timeout: float = 5.0
+    failures: int = 3
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"interval": self.interval, "timeout": self.timeout, "failures": self.failures}
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,9 @@ class Mirror:
     vip: Vip | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     hooks: Mapping[str, str] = field(default_factory=dict)
+    max_lag_on_failover: int = DEFAULT_MAX_LAG_ON_FAILOVER
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    health: HealthCheck = field(default_factory=HealthCheck)
 
     def members(self) -> dict[str, Role]:
         """Every member host -> its inventory role, primary first."""
@@ -167,6 +189,13 @@ def build_mirror(name: str, raw: Mapping[str, Any]) -> Mirror:
             router_id=int(raw_vip.get("router_id") or default_router_id(name)),
         )
     timeouts = {k: float(v) for k, v in (raw.get("timeouts") or {}).items()}
+    raw_health = raw.get("health") or {}
+    d = HealthCheck()
+    health = HealthCheck(
+        interval=float(raw_health.get("interval", d.interval)),
+        timeout=float(raw_health.get("timeout", d.timeout)),
+        failures=int(raw_health.get("failures", d.failures)),
+    )
     return Mirror(
         name=name,
         paths=tuple(raw["paths"]),
@@ -183,6 +212,10 @@ def build_mirror(name: str, raw: Mapping[str, Any]) -> Mirror:
         vip=vip,
         timeouts=Timeouts(**timeouts),
         hooks=dict(raw.get("hooks") or {}),
+        # JSON Schema's "integer" also accepts 1048576.0; the agent wants an int.
+        max_lag_on_failover=int(raw.get("max_lag_on_failover", DEFAULT_MAX_LAG_ON_FAILOVER)),
+        hook_timeout=float(raw.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)),
+        health=health,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 
-from mirrorkit.inventory.model import ASYNC_KINDS, HOOKS, MODES
+from mirrorkit.inventory.model import ASYNC_KINDS, HOOKS, MAX_HOOK_TIMEOUT, MODES
 
 # `\Z`, not `$`: `$` also matches before a final newline ("records\n").
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}\Z"
@@ -31,6 +31,11 @@ _HOST = {"type": "string", "minLength": 1, "description": "an inventory host nam
 def _seconds(low: float, high: float) -> dict[str, Any]:
     return {"type": "number", "minimum": low, "maximum": high,
             "description": f"seconds, from {low:g} to {high:g}"}
+
+
+def _positive_seconds(high: float) -> dict[str, Any]:
+    return {"type": "number", "exclusiveMinimum": 0, "maximum": high,
+            "description": f"a number of seconds > 0 and <= {high:g}"}
 
 
 def _text(max_length: int, description: str) -> dict[str, Any]:
@@ -103,6 +108,22 @@ MIRROR_SCHEMA: dict[str, Any] = {
             # takes many minutes. An hour is past any sensible qos or arbiter wait.
             "properties": {"heartbeat": _seconds(0.05, 60), "qos": _seconds(0.15, 3600),
                            "arbiter": _seconds(0.15, 3600)},
+        },
+        "max_lag_on_failover": {
+            "type": "integer", "minimum": 0,
+            "description": "an integer number of bytes >= 0, e.g. 1048576 (1 MiB)",
+        },
+        "hook_timeout": _positive_seconds(MAX_HOOK_TIMEOUT),
+        "health": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "{interval: seconds, timeout: seconds, failures: 1..1000}",
+            "properties": {
+                "interval": _positive_seconds(3600),
+                "timeout": _positive_seconds(3600),
+                "failures": {"type": "integer", "minimum": 1, "maximum": 1000,
+                             "description": "an integer from 1 to 1000"},
+            },
         },
         "hooks": {
             "type": ["object", "null"],
@@ -228,12 +249,7 @@ def _translate(error: Any) -> Iterator[tuple[list[Any], str, str]]:
         choices = " or ".join(str(c) for c in schema["enum"])
         yield path, f"{describe(value)} is not allowed", f"use {choices}"
     elif kind in ("minimum", "maximum", "exclusiveMinimum"):
-        lo, hi = schema.get("minimum"), schema.get("maximum")
-        if "exclusiveMinimum" in schema:
-            rule = f"greater than {schema['exclusiveMinimum']}"
-        else:
-            rule = f"between {lo:g} and {hi:g}"
-        yield path, f"{value!r} is out of range", f"use a value {rule}"
+        yield path, f"{value!r} is out of range", f"use a value {_range(schema)}"
     elif kind in ("minItems", "minLength"):
         yield path, f"is {describe(value) if value else 'empty'}", f"give {_expected(schema)}"
     elif kind in ("maxItems", "maxProperties"):
@@ -244,6 +260,21 @@ def _translate(error: Any) -> Iterator[tuple[list[Any], str, str]]:
         yield path, f"{describe(value)} is not allowed", f"use {_expected(schema)}"
     else:  # pragma: no cover - every keyword we use is handled above
         yield path, error.message, "see docs/inventory.md"
+
+
+def _range(schema: Mapping[str, Any]) -> str:
+    """'between 1 and 9', 'greater than 0 and at most 3600', 'of at least 0'."""
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None and hi is not None:
+        return f"between {lo:g} and {hi:g}"
+    parts = []
+    if "exclusiveMinimum" in schema:
+        parts.append(f"greater than {schema['exclusiveMinimum']:g}")
+    elif lo is not None:
+        parts.append(f"of at least {lo:g}")
+    if hi is not None:
+        parts.append(f"at most {hi:g}")
+    return " and ".join(parts)
 
 
 def _unknown_key_fix(path: list[Any], key: str, allowed: list[str]) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from mirrorkit.inventory.model import (
     DEFAULT_API_PORT,
     DEFAULT_PORT,
+    HealthCheck,
     Timeouts,
     default_router_id,
     join_root,
@@ -301,6 +302,7 @@ def _check_mirror(
     _check_paths(ctx, name, spec)
     _check_hooks(ctx, name, spec.get("hooks"))
     _check_timeouts(ctx, name, spec.get("timeouts"))
+    _check_health(ctx, name, spec)
     _check_port(ctx, name, spec)
     _check_vip(ctx, name, spec, seen, addresses)
 
@@ -465,22 +467,62 @@ def _check_timeouts(ctx: _Ctx, name: str, raw: object) -> None:
         ctx.add(
             name, None, _f(name, "timeouts", "qos"),
             f"qos {qos} is less than 3 heartbeats ({hb} s each)",
-            f"set qos >= {hb * 3:g} (or a shorter heartbeat): one lost heartbeat must not "
+            f"set qos >= {_at_least(hb * 3)} (or a shorter heartbeat): one lost heartbeat must not "
             "drop the backup",
         )
-    if hb * 3 > arb:
+    if qos + 2 * hb > arb:  # the agent's own test, to the bit (mirrorkit/agent/config.py)
         ctx.add(
             name, None, _f(name, "timeouts", "arbiter"),
-            f"arbiter {arb} is less than 3 heartbeats ({hb} s each)",
-            f"set arbiter >= {hb * 3:g} (or a shorter heartbeat): one lost heartbeat must not "
-            "cause a failover",
+            f"arbiter {arb} is less than qos + 2 heartbeats ({qos + 2 * hb:g} s)",
+            f"set arbiter >= {_at_least(qos + 2 * hb)} (or a shorter qos or heartbeat): "
+            "an isolated primary's lease runs out qos seconds after the arbiter last heard "
+            "it and it notices within a heartbeat, so the arbiter must wait longer before "
+            "it lets the backup promote, or two primaries could be writable at once",
         )
-    if qos > arb:
+
+
+def _at_least(bound: float) -> str:
+    """`bound` written so that the written value passes `value >= bound`:
+    3 * 0.05 is 0.15000000000000002 in floating point, so '0.15' would not."""
+    written = f"{bound:g}"
+    if float(written) < bound:
+        written = f"{math.ceil(bound * 1000) / 1000:g}"
+    return written
+
+
+def _check_health(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
+    raw = spec.get("health")
+    hook_timeout = spec.get("hook_timeout")
+    if isinstance(hook_timeout, float) and math.isnan(hook_timeout):
+        ctx.add(name, None, _f(name, "hook_timeout"), "is not a number (NaN)",
+                "give a number of seconds > 0 and <= 3600, e.g. 30")
+    if raw is None or not isinstance(raw, Mapping):
+        return  # absent, or reported by the schema
+    hooks = spec.get("hooks")
+    if not (isinstance(hooks, Mapping) and _str(hooks.get("health_check"))):
         ctx.add(
-            name, None, _f(name, "timeouts", "arbiter"),
-            f"arbiter {arb} is shorter than qos {qos}",
-            f"set arbiter >= {qos:g} (or a shorter qos): an isolated primary must fence "
-            "itself before the arbiter lets the backup take over",
+            name, None, _f(name, "health"),
+            "health is set but hooks.health_check is not: there is no check to run",
+            "add hooks.health_check: <command> (e.g. curl -fsS http://127.0.0.1:8080/health), "
+            "or remove health",
+        )
+    for key in ("interval", "timeout"):
+        value = raw.get(key)
+        if isinstance(value, float) and math.isnan(value):
+            ctx.add(name, None, _f(name, "health", key), "is not a number (NaN)",
+                    "give a number of seconds > 0 and <= 3600, e.g. 5")
+    d = HealthCheck()
+    interval = raw.get("interval", d.interval)
+    timeout = raw.get("timeout", d.timeout)
+    if not all(_is_num(v) and 0 < v <= 3600 for v in (interval, timeout)):
+        return  # reported by the schema or above
+    if timeout > interval:
+        given = "" if "timeout" in raw else " (the default)"
+        ctx.add(
+            name, None, _f(name, "health", "timeout"),
+            f"timeout {timeout:g}{given} is longer than interval {interval:g}",
+            f"set health.timeout <= {interval:g} (or a longer interval): a check must be "
+            "over, killed if need be, before the next one is due, so runs never pile up",
         )
 
 

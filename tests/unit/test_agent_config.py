@@ -147,3 +147,70 @@ def test_bad_control_socket_is_reported_clearly(tmp_path: Path, value: Any, prob
     assert main(["--check-config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "control_socket: " in err and problem in err and "Traceback" not in err
+
+
+# -- failover tunables (docs/architecture.md, "Failover timing") -------------------
+
+
+def _with(**fields: Any) -> dict[str, Any]:
+    data = copy.deepcopy(GOOD)
+    data["mirrors"]["records"].update(fields)
+    return data
+
+
+def test_failover_tunables_default_to_the_documented_values() -> None:
+    m = parse_config(GOOD).mirrors["records"]
+    assert m.max_lag_on_failover == 1 << 20
+    assert m.hook_timeout == 30.0
+    assert (m.health.interval, m.health.timeout, m.health.failures) == (5.0, 5.0, 3)
+
+
+def test_failover_tunables_good_values_load() -> None:
+    m = parse_config(_with(
+        max_lag_on_failover=0, hook_timeout=3600,
+        health={"interval": 0.5, "timeout": 0.25, "failures": 1000},
+        hooks={"health_check": "curl -f http://127.0.0.1/", "on_promote": "true"},
+        timeouts={"heartbeat": 0.25, "qos": 1.0, "arbiter": 1.5},
+    )).mirrors["records"]
+    assert m.max_lag_on_failover == 0 and m.hook_timeout == 3600.0
+    assert (m.health.interval, m.health.timeout, m.health.failures) == (0.5, 0.25, 1000)
+    assert (m.timeouts.heartbeat, m.timeouts.qos, m.timeouts.arbiter) == (0.25, 1.0, 1.5)
+
+
+@pytest.mark.parametrize(("fields", "path", "expected"), [
+    ({"max_lag_on_failover": -1}, "mirrors.records.max_lag_on_failover", "bytes >= 0"),
+    ({"max_lag_on_failover": 1.5}, "mirrors.records.max_lag_on_failover", "bytes >= 0"),
+    ({"max_lag_on_failover": True}, "mirrors.records.max_lag_on_failover", "bytes >= 0"),
+    ({"max_lag_on_failover": "1M"}, "mirrors.records.max_lag_on_failover", "bytes >= 0"),
+    ({"hook_timeout": 0}, "mirrors.records.hook_timeout", "> 0 and <= 3600"),
+    ({"hook_timeout": 3601}, "mirrors.records.hook_timeout", "> 0 and <= 3600"),
+    ({"hook_timeout": float("nan")}, "mirrors.records.hook_timeout", "> 0 and <= 3600"),
+    ({"hook_timeout": float("inf")}, "mirrors.records.hook_timeout", "> 0 and <= 3600"),
+    ({"hook_timeout": "30s"}, "mirrors.records.hook_timeout", "> 0 and <= 3600"),
+    ({"health": "often"}, "mirrors.records.health", "a mapping"),
+    ({"health": {"interval": 0}}, "mirrors.records.health.interval", "> 0 and <= 3600"),
+    ({"health": {"timeout": -1}}, "mirrors.records.health.timeout", "> 0 and <= 3600"),
+    ({"health": {"failures": 0}}, "mirrors.records.health.failures", "from 1 to 1000"),
+    ({"health": {"failures": 1001}}, "mirrors.records.health.failures", "from 1 to 1000"),
+    ({"health": {"failures": True}}, "mirrors.records.health.failures", "from 1 to 1000"),
+    ({"health": {"retries": 3}}, "mirrors.records.health.retries", "one of failures"),
+    ({"hooks": {"on_start": "x"}}, "mirrors.records.hooks.on_start", "on_promote"),
+    ({"timeouts": {"heartbeat": 0.25, "qos": 1.0, "arbiter": 1.49}},
+     "mirrors.records.timeouts.arbiter", "arbiter >= qos + 2 * heartbeat"),
+    ({"timeouts": {"heartbeat": 0.5, "qos": 1.0, "arbiter": 10}},
+     "mirrors.records.timeouts.qos", "qos >= 3 * heartbeat"),
+])
+def test_each_bad_failover_tunable_is_reported_with_its_path(
+        fields: dict[str, Any], path: str, expected: str) -> None:
+    found = issues(_with(**fields))
+    hits = [i for i in found if i.startswith(path + ":")]
+    assert hits, found
+    assert expected in hits[0], hits[0]
+
+
+def test_bad_failover_tunables_are_reported_together() -> None:
+    found = issues(_with(max_lag_on_failover=-1, hook_timeout=0,
+                         health={"interval": 0, "failures": 0}))
+    paths = {i.split(":")[0] for i in found}
+    assert {"mirrors.records.max_lag_on_failover", "mirrors.records.hook_timeout",
+            "mirrors.records.health.interval", "mirrors.records.health.failures"} <= paths

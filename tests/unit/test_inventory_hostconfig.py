@@ -38,7 +38,7 @@ mirrors:
     paths: [/srv/records]
     exclude: []
     targets: [/srv/records]
-    timeouts: {heartbeat: 1.0, qos: 8.0, arbiter: 10.0}
+    timeouts: {heartbeat: 0.25, qos: 1.0, arbiter: 2.0}
     tls: {ca: /etc/mirrorkit/pki/records/ca.crt, cert: /etc/mirrorkit/pki/records/member.crt,
           key: /etc/mirrorkit/pki/records/member.key}
     members:
@@ -47,6 +47,9 @@ mirrors:
       arb1:  {address: 198.18.7.13, role: arbiter}
       dr1:   {address: 198.18.7.14, role: async, kind: dr}
     hooks: {}
+    max_lag_on_failover: 1048576
+    hook_timeout: 30.0
+    health: {interval: 5.0, timeout: 5.0, failures: 3}
 """)
 
 
@@ -68,6 +71,10 @@ def test_config_only_has_the_hosts_mirrors() -> None:
         "/srv/replicas/orders/srv/orders", "/srv/replicas/orders/var/lib/orders"]
     assert dr["orders"]["role"] == "async" and dr["orders"]["kind"] == "dr"
     assert dr["orders"]["timeouts"] == {"heartbeat": 0.5, "qos": 4.0, "arbiter": 6.0}
+    assert dr["orders"]["max_lag_on_failover"] == 65536
+    assert dr["orders"]["hook_timeout"] == 10.0
+    assert dr["orders"]["health"] == {"interval": 2.0, "timeout": 1.5, "failures": 5}
+    assert dr["records"]["max_lag_on_failover"] == 1 << 20  # the default, written out
     rep = host_config(inv, "rep1")["mirrors"]["records"]
     assert rep["kind"] == "reporting"
     assert rep["members"]["rep1"] == {"address": "198.18.9.15", "role": "async",
@@ -209,3 +216,21 @@ def test_unit_gives_the_control_socket_a_0700_runtime_directory(tmp_path: Path) 
     unit = render_unit(tmp_path, "/var/lib/mirrorkit-ctl/control.sock").splitlines()
     assert not any(line.startswith("RuntimeDirectory") for line in unit)
     assert 'ReadWritePaths="/var/lib/mirrorkit" "/srv/records" "/var/lib/mirrorkit-ctl"' in unit
+
+
+@pytest.mark.parametrize("path", [LAB, MULTI], ids=["lab", "multi"])
+def test_every_rendered_config_is_one_the_agent_accepts(path: Path) -> None:
+    # What `mirrorkit-agent --check-config` (the template's validate:) and the
+    # agent's start-up apply: the failover tunables included.
+    from mirrorkit.agent.config import parse_config
+
+    inv = load_inventory(path)
+    for host in sorted({h for m in inv.mirrors.values() for h in m.members()}):
+        cfg = parse_config(host_config(inv, host), f"{host}/agent.yml")
+        for name, mirror in cfg.mirrors.items():
+            want = inv.mirrors[name]
+            assert mirror.max_lag_on_failover == want.max_lag_on_failover
+            assert mirror.hook_timeout == want.hook_timeout
+            assert (mirror.health.interval, mirror.health.timeout, mirror.health.failures) == (
+                want.health.interval, want.health.timeout, want.health.failures)
+            assert mirror.timeouts.arbiter == want.timeouts.arbiter

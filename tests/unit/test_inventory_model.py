@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mirrorkit.agent import config as agent_config
 from mirrorkit.inventory.model import (
     AsyncMember,
+    HealthCheck,
     Mirror,
     Timeouts,
     build_mirror,
@@ -34,8 +36,34 @@ def test_defaults() -> None:
     m = build_mirror("m", {"paths": ["/d"], "primary": "node1"})
     assert (m.mode, m.port, m.backup, m.arbiter, m.asyncs, m.vip) == (
         "async", 7410, None, None, (), None)
-    assert m.timeouts == Timeouts(1.0, 8.0, 10.0)
+    assert m.timeouts == Timeouts(0.25, 1.0, 2.0)
     assert m.exclude == () and dict(m.hooks) == {}
+    assert (m.max_lag_on_failover, m.hook_timeout, m.health) == (
+        1 << 20, 30.0, HealthCheck(5.0, 5.0, 3))
+
+
+def test_defaults_are_the_agents() -> None:
+    # The inventory writes its defaults into agent.yml; they must be the
+    # agent's own, or a mirror without the field behaves differently once
+    # rendered than the agent's documentation says.
+    m = build_mirror("m", {"paths": ["/d"], "primary": "node1"})
+    at = agent_config.Timeouts()
+    assert m.timeouts.as_dict() == {"heartbeat": at.heartbeat, "qos": at.qos,
+                                    "arbiter": at.arbiter}
+    ah = agent_config.HealthCheck()
+    assert m.health.as_dict() == {"interval": ah.interval, "timeout": ah.timeout,
+                                  "failures": ah.failures}
+    assert m.max_lag_on_failover == agent_config.DEFAULT_MAX_LAG_ON_FAILOVER
+    assert m.hook_timeout == agent_config.DEFAULT_HOOK_TIMEOUT
+
+
+def test_failover_tunables_are_built() -> None:
+    m = build_mirror("m", {"paths": ["/d"], "primary": "node1",
+                           "max_lag_on_failover": 4096.0, "hook_timeout": 5,
+                           "health": {"timeout": 2}})
+    assert m.max_lag_on_failover == 4096 and isinstance(m.max_lag_on_failover, int)
+    assert m.hook_timeout == 5.0
+    assert m.health == HealthCheck(5.0, 2.0, 3)
 
 
 def test_members_and_classes() -> None:

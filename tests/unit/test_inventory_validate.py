@@ -101,10 +101,55 @@ def test_everything_optional_spelled_out_is_valid() -> None:
         hooks={"on_promote": "systemctl start app", "on_demote": "systemctl stop app",
                "on_role_change": "logger x", "health_check": "curl -f localhost"},
     )
+    records(v).update(max_lag_on_failover=0, hook_timeout=3600,
+                      health={"interval": 10, "timeout": 10, "failures": 1})
     records(v)["vip"]["router_id"] = 9
     v.update(mirrorkit_api_port=7481, mirrorkit_pki_dir="/tmp/pki",
              mirrorkit_lab={"network": "n", "subnet": "198.18.7.0/24"})
     assert check(v) == []
+
+
+def test_arbiter_exactly_qos_plus_two_heartbeats_is_valid() -> None:
+    v = base()
+    records(v)["timeouts"] = {"heartbeat": 0.25, "qos": 1, "arbiter": 1.5}
+    assert check(v) == []
+    records(v)["timeouts"] = {"heartbeat": 0.5, "qos": 1.5, "arbiter": 2.5}
+    assert check(v) == []
+
+
+def test_suggested_timeouts_pass() -> None:
+    # 3 x 0.05 is 0.15000000000000002: the fix must name a value that passes.
+    v = base()
+    records(v)["timeouts"] = {"heartbeat": 0.05, "qos": 0.15, "arbiter": 1}
+    err = one(check(v), "mirrorkit_mirrors.records.timeouts.qos")
+    wanted = float(err.fix.split(">= ")[1].split(" ")[0])
+    records(v)["timeouts"]["qos"] = wanted
+    assert check(v) == []
+
+
+def test_timeouts_the_inventory_accepts_the_agent_accepts() -> None:
+    # The same rules on both sides: a rendered agent.yml the agent refuses
+    # would stop the agent after a "valid" apply.
+    from mirrorkit.agent.config import ConfigError, parse_config
+    from mirrorkit.inventory.hostconfig import host_config
+    from mirrorkit.inventory.load import build_inventory
+
+    for hb, qos, arb in [(0.25, 1, 1.5), (0.1, 0.3, 0.5), (0.5, 4, 6), (0.05, 0.151, 0.251),
+                         (1, 3, 5), (0.25, 1, 1.49), (0.5, 1.4, 10), (0.05, 0.15, 1)]:
+        v = base()
+        records(v)["timeouts"] = {"heartbeat": hb, "qos": qos, "arbiter": arb}
+        inventory_ok = check(v) == []
+        good = base()
+        rendered = host_config(build_inventory(InventoryVars(
+            "inv.yml", good, {h: {"ansible_host": a} for h, a in HOSTS.items()})), "node1")
+        rendered["mirrors"]["records"]["timeouts"] = {"heartbeat": hb, "qos": qos,
+                                                      "arbiter": arb}
+        try:
+            parse_config(rendered)
+            agent_ok = True
+        except ConfigError:
+            agent_ok = False
+        assert inventory_ok == agent_ok, (hb, qos, arb, [str(e) for e in check(v)])
 
 
 # -- each rule ----------------------------------------------------------------------
@@ -162,10 +207,43 @@ CASES: list[tuple[str, Mutation, str, str | None, str]] = [
      "between 0.15 and 3600"),
     ("qos under 3 heartbeats", _set(timeouts={"heartbeat": 3, "qos": 8, "arbiter": 20}),
      "timeouts.qos", None, "less than 3 heartbeats"),
-    ("arbiter under 3 heartbeats", _set(timeouts={"heartbeat": 4, "qos": 12, "arbiter": 11}),
-     "timeouts.arbiter", None, "less than 3 heartbeats"),
+    ("arbiter under qos + 2 heartbeats",
+     _set(timeouts={"heartbeat": 0.5, "qos": 2, "arbiter": 2.5}), "timeouts.arbiter", None,
+     "less than qos + 2 heartbeats (3 s); set arbiter >= 3"),
     ("arbiter under qos", _set(timeouts={"qos": 12}), "timeouts.arbiter", None,
-     "shorter than qos"),
+     "set arbiter >= 12.5"),
+    ("arbiter rule says why", _set(timeouts={"arbiter": 1.25}), "timeouts.arbiter", None,
+     "two primaries could be writable at once"),
+    ("max lag negative", _set(max_lag_on_failover=-1), "max_lag_on_failover", None,
+     "-1 is out of range; use a value of at least 0"),
+    ("max lag not whole", _set(max_lag_on_failover=1.5), "max_lag_on_failover", None,
+     "integer number of bytes >= 0"),
+    ("max lag as text", _set(max_lag_on_failover="1M"), "max_lag_on_failover", None,
+     "integer number of bytes >= 0"),
+    ("hook timeout zero", _set(hook_timeout=0), "hook_timeout", None,
+     "greater than 0 and at most 3600"),
+    ("hook timeout too long", _set(hook_timeout=7200), "hook_timeout", None,
+     "greater than 0 and at most 3600"),
+    ("hook timeout nan", _set(hook_timeout=float("nan")), "hook_timeout", None, "NaN"),
+    ("health without health_check", _set(health={"interval": 10}), "health", None,
+     "hooks.health_check"),
+    ("health with other hooks only", _set(hooks={"on_promote": "x"}, health={}), "health",
+     None, "add hooks.health_check"),
+    ("health timeout over interval",
+     _set(hooks={"health_check": "true"}, health={"interval": 2, "timeout": 3}),
+     "health.timeout", None, "timeout 3 is longer than interval 2; set health.timeout <= 2"),
+    ("health default timeout over interval",
+     _set(hooks={"health_check": "true"}, health={"interval": 2}),
+     "health.timeout", None, "timeout 5 (the default) is longer than interval 2"),
+    ("health failures zero", _set(hooks={"health_check": "true"}, health={"failures": 0}),
+     "health.failures", None, "between 1 and 1000"),
+    ("health interval zero", _set(hooks={"health_check": "true"}, health={"interval": 0}),
+     "health.interval", None, "greater than 0"),
+    ("health interval nan",
+     _set(hooks={"health_check": "true"}, health={"interval": float("nan")}),
+     "health.interval", None, "NaN"),
+    ("health unknown key", _set(hooks={"health_check": "true"}, health={"failure": 3}),
+     "health.failure", None, "did you mean 'failures'"),
     ("unknown timeout key", _set(timeouts={"heartbeet": 1}), "timeouts.heartbeet", None,
      "did you mean 'heartbeat'"),
     ("port equals api port", _set(port=7480), "port", None, "agent API port"),
@@ -301,7 +379,7 @@ def test_missing_mirrors_variable() -> None:
 
 def test_all_errors_are_collected_at_once() -> None:
     v = second_mirror(base(), port=80, mode="fast", paths=["relative"])
-    records(v).update(backup="ghost", timeouts={"qos": 1})
+    records(v).update(backup="ghost", timeouts={"qos": 0.5})
     records(v)["vip"]["address"] = "bogus"
     fields = {e.field for e in check(v)}
     assert {

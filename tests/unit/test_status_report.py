@@ -165,3 +165,53 @@ def test_resyncing_member_and_member_errors_are_shown() -> None:
     assert "resyncing 42% (0 B, 900 rec, 0.0 s)" in text
     assert "records/node2: REFUSED record LSN 7" in text
     assert "records/node1: capture failed: tree gone" in text
+
+
+def test_maintenance_ha_decision_and_quarantine_are_shown_and_passed_through() -> None:
+    probes = healthy_probes()
+    peers = {h: {"connected": True} for h in ("node2", "arb1", "dr1")}
+    scheduled = {"at": 1796180400.0, "to": "node2"}
+    probes["node1"] = HostProbe("node1", agent_status(
+        "node1", "primary", peers=peers, maintenance=True,
+        ha={"decision": "no action", "reason": "I am the primary with a valid lease",
+            "active": None, "lease_seconds": 0.8, "scheduled_switchover": scheduled},
+        quarantine={"reports": 2, "last": "/var/lib/mirrorkit/records/quarantine/d-1/REPORT"}),
+        {"198.18.7.11", "198.18.7.100"})
+    probes["node2"] = HostProbe("node2", agent_status(
+        "node2", "backup", maintenance=True,
+        ha={"decision": "no failover", "reason": "maintenance mode is on", "active": False,
+            "lease_seconds": None, "scheduled_switchover": None},
+        quarantine={"reports": 0, "last": None}), {"198.18.7.12"})
+    report = build_report(inventory(), probes)
+    records = report["mirrors"]["records"]
+    by_host = {m["host"]: m for m in records["members"]}
+    assert by_host["node1"]["quarantine"]["reports"] == 2  # --json passes it through
+    assert by_host["node2"]["ha"]["active"] is False
+    assert by_host["dr1"]["ha"] is None and by_host["dr1"]["maintenance"] is None
+    assert records["maintenance"] == "on"
+    assert records["scheduled_switchover"] == scheduled
+    console = Console(record=True, width=240)
+    print_table(report, console)
+    text = console.export_text()
+    assert "MAINTENANCE, no failover, NOT active" in text
+    assert "MAINTENANCE ON (no automatic failover)" in text
+    assert "2 reports" in text
+    assert "records/node1: holds quarantined data: 2 report(s), latest /var/lib/" in text
+    assert "records/node2: HA no failover: maintenance mode is on" in text
+    assert "switchover to node2 scheduled for 2026-12-02T03:00:00Z" in text
+    # the failover members disagree: said so, not hidden
+    probes["node2"].status["mirrors"]["records"]["maintenance"] = False  # type: ignore[index]
+    assert build_report(inventory(), probes)["mirrors"]["records"]["maintenance"] == "partial"
+    # an agent that does not report them yet: nothing invented
+    plain = build_report(inventory(), healthy_probes())["mirrors"]["records"]
+    assert plain["maintenance"] is None and plain["scheduled_switchover"] is None
+
+
+def test_agent_text_in_the_table_is_not_markup_or_control_characters() -> None:
+    probes = healthy_probes()
+    probes["node2"] = HostProbe("node2", agent_status(
+        "node2", "backup", ha={"decision": "[red]x\n", "reason": "r\x1b[2J"}), {"198.18.7.12"})
+    console = Console(record=True, width=240)
+    print_table(build_report(inventory(), probes), console)
+    text = console.export_text()
+    assert "[red]x\\n" in text and "r\\x1b[2J" in text

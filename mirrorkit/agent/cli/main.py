@@ -13,10 +13,16 @@
   agent side (``cli/verify.py``).
 * ``mirrorkit-agent resync --mirror M [--member H] [--mode MODE]``: start a
   resync on this host, its primary (``cli/resync.py``).
+* ``mirrorkit-agent events [--mirror M] [--since N] [--limit N] [--json]``:
+  this host's event history (``cli/events.py``).
+* ``mirrorkit-agent maintenance on|off --mirror M``, ``switchover --mirror M
+  [--to H] [--at TIME] [--cancel]``, ``promote --mirror M [--force]``: the
+  operations (``cli/operations.py``).
 
-``repair`` and ``resync`` change state: they talk to the agent's root-only
-control socket (``--control-socket``, else ``control_socket`` of
-``--config``), so only root may run them; the others read the loopback API.
+``repair``, ``resync``, ``maintenance``, ``switchover`` and ``promote``
+change state: they talk to the agent's root-only control socket
+(``--control-socket``, else ``control_socket`` of ``--config``), so only
+root may run them; the others read the loopback API.
 
 Exit status: 0 success, 1 failure, 2 usage error. Logs go to stderr (journald
 under systemd), one line per decision or event.
@@ -31,13 +37,13 @@ import logging
 import os
 import sys
 import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit import __version__
-from mirrorkit.agent.cli import probe
+from mirrorkit.agent.cli import api_client, probe
+from mirrorkit.agent.cli import events as eventscli
+from mirrorkit.agent.cli import operations as opscli
 from mirrorkit.agent.cli import resync as resynccli
 from mirrorkit.agent.cli import verify as verifycli
 from mirrorkit.agent.config import ConfigError, load_config
@@ -75,28 +81,9 @@ def check_config(path: Path) -> int:
     return 0
 
 
-def _api_port(args: argparse.Namespace) -> int:
-    if args.api_port:
-        port: int = args.api_port
-        return port
-    try:
-        return load_config(Path(args.config)).api_port
-    except ConfigError:
-        return 7480
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        code, body = _get(_api_port(args), "/status")
+        code, body = api_client.get(api_client.api_port(args), "/status")
     except (OSError, urllib.error.URLError) as exc:
         print(f"mirrorkit-agent: cannot reach the local agent API: {exc}", file=sys.stderr)
         return 1
@@ -149,23 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--verbose", dest="probe_verbose", action="store_true")
     verifycli.add_parsers(sub)
     resynccli.add_parser(sub)
+    eventscli.add_parser(sub)
+    opscli.add_parsers(sub)
     return p
+
+
+# The local commands (the agent itself runs when none is given).
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "probe": cmd_probe,
+    "manifest": verifycli.cmd_manifest,
+    "repair": verifycli.cmd_repair,
+    "resync": resynccli.cmd_resync,
+    "events": eventscli.cmd_events,
+    "maintenance": opscli.cmd_maintenance,
+    "switchover": opscli.cmd_switchover,
+    "promote": opscli.cmd_promote,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_config:
         return check_config(Path(args.check_config))
-    if args.command == "status":
-        return cmd_status(args)
-    if args.command == "probe":
-        return cmd_probe(args)
-    if args.command == "manifest":
-        return verifycli.cmd_manifest(args)
-    if args.command == "repair":
-        return verifycli.cmd_repair(args)
-    if args.command == "resync":
-        return resynccli.cmd_resync(args)
+    command = _COMMANDS.get(args.command or "")
+    if command is not None:
+        return command(args)
     _setup_logging(args.verbose)
     try:
         cfg = load_config(Path(args.config))
