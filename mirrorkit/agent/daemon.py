@@ -21,6 +21,7 @@ from mirrorkit.agent.api.metrics import StatusCollector, metrics_text
 from mirrorkit.agent.api.primary_publisher import PrimaryPublisher
 from mirrorkit.agent.api.server import Listener
 from mirrorkit.agent.config import AgentConfig, ConfigError, load_config, plan_reload
+from mirrorkit.agent.ha.events import Sequence
 from mirrorkit.agent.ha.loop import HaLoop
 from mirrorkit.agent.ha.supervisor import MirrorSupervisor
 from mirrorkit.agent.stream.worker import MirrorWorker
@@ -46,6 +47,7 @@ class Agent:
         self.metrics = AgentMetrics(cfg.host)
         self.loop_stall = LoopStallProbe(self.metrics.loop_stall().observe)
         self.metrics.registry.register(StatusCollector(self.status))
+        self.event_sequence = Sequence()  # event numbers, shared by every mirror (GET /events)
         self.supervisors = {name: self._supervisor(cfg, name) for name in cfg.mirrors}
         self._stop = asyncio.Event()
         self._api: Listener | None = None
@@ -67,7 +69,8 @@ class Agent:
         # A demoted primary's file says "not primary" at once, not at the
         # publisher's next round (up to 0.5 s later).
         return MirrorSupervisor(cfg, cfg.mirrors[name], self.metrics.mirror(name),
-                                on_step_down=lambda: self.primary_files.publish())
+                                on_step_down=lambda: self.primary_files.publish(),
+                                sequence=self.event_sequence)
 
     @property
     def workers(self) -> Mapping[str, MirrorWorker]:
@@ -238,7 +241,7 @@ class Agent:
             log_ = self.supervisors[name].events
             found += log_.since(since, limit)
             last = max(last, log_.seq)
-        found.sort(key=lambda e: (e["time"], e["seq"]))
+        found.sort(key=lambda e: e["seq"])
         return 200, {"events": found[:limit], "last_seq": last}
 
 

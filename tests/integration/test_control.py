@@ -76,14 +76,18 @@ def test_nobody_is_refused_every_mutating_route_and_root_succeeds(
     sock, config = node1.control_socket, str(node1.config)
     path = str(node1.root / "a.txt")
     routes = sorted(control_routes({}))
-    assert routes == ["/repair", "/resync"], "a new control route needs its root case below"
+    assert routes == ["/maintenance", "/promote", "/repair", "/resync", "/switchover"], \
+        "a new control route needs its root case below"
     before = primary_view(c)
     assert before[1] is None  # no resync yet
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     body = json.dumps({"paths": [path]}).encode()
     commands = [["resync", "--mirror", MIRROR, "--member", "dr1"],
-                ["repair", "--mirror", MIRROR, path]]
+                ["repair", "--mirror", MIRROR, path],
+                ["maintenance", "on", "--mirror", MIRROR],
+                ["switchover", "--mirror", MIRROR, "--at", "+1h"],
+                ["promote", "--mirror", MIRROR, "--force"]]
 
     # 1. The loopback TCP API: GET works for anyone, every POST is refused.
     got = nobody_request(node1.api_port, b"GET /health HTTP/1.1\r\n\r\n")
@@ -115,6 +119,9 @@ def test_nobody_is_refused_every_mutating_route_and_root_succeeds(
     for got in refused:
         assert f"refused uid {got['uid']} (pid {got['pid']})" in log
     assert primary_view(c) == before  # nothing started, nothing re-sent
+    m = c.mirror("node1")
+    assert m["maintenance"] is False and m["ha"]["scheduled_switchover"] is None
+    assert m["role"] == "primary" and m["term"] == 1
 
     # Root: the same commands succeed.
     sock.parent.chmod(0o700)
@@ -131,6 +138,19 @@ def test_nobody_is_refused_every_mutating_route_and_root_succeeds(
     assert json.loads(proc.stdout)["resent"] == [path]
     assert primary_view(c)[0] > before[0]
     wait_for(lambda: differences(node1.root, c.nodes["dr1"].root) == [], "replica matches")
+    proc = agent(root, "--config", config, "maintenance", "on", "--mirror", MIRROR)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert c.mirror("node1")["maintenance"] is True
+    proc = agent(root, "--config", config, "maintenance", "off", "--mirror", MIRROR)
+    assert proc.returncode == 0 and c.mirror("node1")["maintenance"] is False
+    proc = agent(root, "--config", config, "switchover", "--mirror", MIRROR, "--at", "+1h")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert c.mirror("node1")["ha"]["scheduled_switchover"] is not None
+    proc = agent(root, "--config", config, "switchover", "--mirror", MIRROR, "--cancel")
+    assert proc.returncode == 0 and c.mirror("node1")["ha"]["scheduled_switchover"] is None
+    # root gets the agent's own refusal: node1 is the primary, not a backup
+    proc = agent(root, "--config", config, "promote", "--mirror", MIRROR, "--force")
+    assert proc.returncode == 1 and "not a backup or DR copy" in proc.stderr, proc.stderr
 
 
 def test_the_status_api_stays_open_to_everyone(pair: Cluster,

@@ -6,8 +6,10 @@ it changes), hook run, maintenance change and switchover step is an event:
 events are in memory; every event is also appended to
 ``<state_dir>/<mirror>/events.jsonl``, which is cut to its newest half when
 it passes ``FILE_BYTES``, so the history survives restarts and costs
-bounded disk. Sequence numbers grow across restarts (the file's last one is
-read at start), so ``?since=SEQ`` polling never misses or repeats.
+bounded disk. Sequence numbers are the agent's (one :class:`Sequence`
+shared by all its mirrors) and grow across restarts (each file's last one is
+read at start), so ``?since=SEQ`` polling, of one mirror or of all, never
+misses or repeats.
 
 Appends are small and unsynced (an event is a record of what happened, not
 state anything depends on); they run on the event loop: one short write.
@@ -23,7 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILE_BYTES", "KEEP", "EventLog"]
+__all__ = ["FILE_BYTES", "KEEP", "EventLog", "Sequence"]
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,24 @@ MAX_MESSAGE = 2000
 MAX_FIELD = 8 << 10  # an extra field's JSON (a hook's output tail is cut to this)
 
 
+class Sequence:
+    """The agent's event numbers: one counter for all its mirrors."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def next(self) -> int:
+        self.value += 1
+        return self.value
+
+
 class EventLog:
-    def __init__(self, mirror: str, path: Path | None) -> None:
+    def __init__(self, mirror: str, path: Path | None, sequence: Sequence | None = None) -> None:
         self.mirror = mirror
         self.path = path
+        self.sequence = sequence if sequence is not None else Sequence()
         self._events: deque[dict[str, Any]] = deque(maxlen=KEEP)
-        self.seq = 0
+        self.seq = 0  # this mirror's newest
         if path is not None:
             self._load(path)
 
@@ -59,10 +73,11 @@ class EventLog:
             if isinstance(event, dict) and isinstance(event.get("seq"), int):
                 self._events.append(event)
                 self.seq = max(self.seq, event["seq"])
+        self.sequence.value = max(self.sequence.value, self.seq)
 
     def record(self, kind: str, message: str, term: int | None = None,
                **extra: Any) -> dict[str, Any]:
-        self.seq += 1
+        self.seq = self.sequence.next()
         event: dict[str, Any] = {"seq": self.seq, "time": round(time.time(), 3),
                                  "mirror": self.mirror, "kind": kind,
                                  "message": message[:MAX_MESSAGE], "term": term}

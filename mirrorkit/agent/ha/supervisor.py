@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.config import AgentConfig, MirrorConfig
-from mirrorkit.agent.ha.events import EventLog
+from mirrorkit.agent.ha.events import EventLog, Sequence
 from mirrorkit.agent.ha.loop import HaLoop
 from mirrorkit.agent.ha.roles import create_worker
 from mirrorkit.agent.state import (
@@ -48,7 +48,8 @@ class MirrorSupervisor:
 
     def __init__(self, agent: AgentConfig, mirror: MirrorConfig,
                  metrics: MirrorMetrics | None = None,
-                 on_step_down: Callable[[], None] | None = None) -> None:
+                 on_step_down: Callable[[], None] | None = None,
+                 sequence: Sequence | None = None) -> None:
         self.agent = agent
         # Called when this member stops being writable, before that is durable.
         self.on_step_down = on_step_down
@@ -64,8 +65,10 @@ class MirrorSupervisor:
         self._swap_task: asyncio.Task[None] | None = None
         self._starting: MirrorWorker | None = None  # in worker.start() (opens its log)
         self._stopping = False
+        self.sequence = sequence if sequence is not None else Sequence()
         self.events = EventLog(mirror.name, agent.mirror_dir(mirror.name) / "events.jsonl"
-                               if agent.mirror_dir(mirror.name).is_dir() else None)
+                               if agent.mirror_dir(mirror.name).is_dir() else None,
+                               self.sequence)
         self.ha = HaLoop(self, self.events, on_step_down)
         self._ha_task: asyncio.Task[None] | None = None
         self._quarantine: tuple[float, dict[str, Any]] | None = None
@@ -100,7 +103,8 @@ class MirrorSupervisor:
                 self.roles = await asyncio.to_thread(self._load_roles)
                 if self.events.path is None:  # the mirror directory exists now
                     self.events = self.ha.events = EventLog(
-                        self.name, self.agent.mirror_dir(self.name) / "events.jsonl")
+                        self.name, self.agent.mirror_dir(self.name) / "events.jsonl",
+                        self.sequence)
                 self.roles.listeners.append(self._on_change)
                 self.roles.listeners.append(self.ha.on_role_change)
                 if self.on_step_down is not None:
