@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for
 
 from mirrorkit.agent.cli.control_client import post
@@ -220,8 +221,8 @@ def test_switchover_and_back_loses_nothing(four: Cluster) -> None:
     # a switchover on a backup, or to a member that is not the backup, is refused
     code, body = control(c, "node2", f"/switchover?mirror={MIRROR}")
     assert code == 409 and "not the primary" in body["error"]
-    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&to=dr1")
-    assert code == 409 and "mirrorkit promote" in body["error"]
+    code, body = control(c, "node1", f"/switchover?mirror={MIRROR}&to=arb1")
+    assert code == 409 and "not a member this primary can hand over to" in body["error"]
 
 
 def test_scheduled_switchover_runs_at_its_time_and_can_be_cancelled(four: Cluster) -> None:
@@ -339,3 +340,80 @@ def test_a_primary_mid_upgrade_is_not_taken_for_dead(four: Cluster) -> None:
     assert not kinds(c, "node2", "promote")
     assert any("speaks protocol version 2" in line for line in c.nodes["arb1"].log_text()
                .splitlines())
+
+
+@pytest.fixture
+def cut(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Any, Any]]:
+    """The four members with two links through a proxy that can be cut:
+    node2 -> node1 (replication) and node1 -> arb1 (the primary's arbiter link)."""
+    from netproxy import Proxy  # type: ignore[import-not-found]
+
+    c = make_cluster(tmp_path, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS})
+    b_to_p = Proxy(c.nodes["node1"].port)
+    p_to_a = Proxy(c.nodes["arb1"].port)
+    for name, member, proxy in (("node2", "node1", b_to_p), ("node1", "arb1", p_to_a)):
+        cfg = yaml.safe_load(c.nodes[name].config.read_text())
+        cfg["mirrors"][MIRROR]["members"][member]["port"] = proxy.port
+        c.nodes[name].config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for name in ("arb1", "node2", "dr1", "node1"):
+        c.start(name)
+    try:
+        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200
+                 and c.mirror("node2").get("connected"), "node1 primary, node2 connected")
+        yield c, b_to_p, p_to_a
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(c.dump_logs())
+        c.stop_all()
+        b_to_p.close()
+        p_to_a.close()
+
+
+def watch_primaries(c: Cluster, seconds: float) -> list[tuple[float, set[str]]]:
+    """Sample who answers /primary 200, every 50 ms, for ``seconds``."""
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        samples.append((time.monotonic(), {n for n in ("node1", "node2")
+                                           if c.code(n, f"/primary?mirror={MIRROR}") == 200}))
+        time.sleep(0.05)
+    return samples
+
+
+def test_backup_cut_from_the_primary_while_the_arbiter_sees_it(
+        cut: tuple[Cluster, Any, Any]) -> None:
+    c, b_to_p, _ = cut
+    b_to_p.partition()
+    samples = watch_primaries(c, 3 * DEFAULT_TIMEOUTS["arbiter"])
+    assert all(s == {"node1"} for _, s in samples), [s for _, s in samples if s != {"node1"}]
+    m = c.mirror("node2")
+    assert m["role"] == "backup" and m["ha"]["decision"] == "arbiter-sees-primary", m["ha"]
+    assert m["ha"]["active"] is False
+    assert not kinds(c, "node2", "promote")
+    b_to_p.heal()
+    wait_for(lambda: c.mirror("node2").get("connected"), "node2 reconnected after the heal")
+    assert c.mirror("node1")["term"] == 1
+
+
+def test_primary_cut_from_both_is_fenced_before_the_backup_takes_over(
+        cut: tuple[Cluster, Any, Any]) -> None:
+    c, b_to_p, p_to_a = cut
+    write_and_replicate(c, "node1", "kept.txt", "replicated before the cut\n", "node2")
+    b_to_p.partition()
+    p_to_a.partition()
+    samples = watch_primaries(c, 4 * DEFAULT_TIMEOUTS["arbiter"])
+    both = [t for t, s in samples if len(s) > 1]
+    assert not both, "two members answered /primary 200 in the same sample"
+    seen = [s for _, s in samples]
+    assert {"node2"} in seen, "node2 never became the primary"
+    # node1 stopped answering as primary before node2 started
+    last_node1 = max((t for t, s in samples if "node1" in s), default=0.0)
+    first_node2 = min(t for t, s in samples if "node2" in s)
+    assert last_node1 < first_node2
+    assert c.mirror("node1")["ha"]["decision"] == "fenced"
+    b_to_p.heal()
+    p_to_a.heal()
+    wait_for(lambda: c.mirror("node1").get("role") == "backup"
+             and c.mirror("node1").get("term") == 2, "node1 rejoins as backup of term 2")
+    assert (c.nodes["node2"].root / "kept.txt").exists()

@@ -47,6 +47,13 @@ def test_each_reason_not_to_fail_over(change: dict[str, object], situation: str,
     assert words in d.reason
 
 
+def test_no_failover_when_the_arbiter_holds_another_member_primary() -> None:
+    d = decide(replace(BACKUP, arbiter_sees="dr1"))
+    assert d.action is Action.NONE and d.situation == "arbiter-other-primary"
+    # the arbiter knowing no primary of this term is no obstacle
+    assert decide(replace(BACKUP, arbiter_sees=None)).action is Action.PROMOTE
+
+
 def test_sync_mode_needs_a_fully_caught_up_backup() -> None:
     assert decide(replace(BACKUP, mode="sync", lag_bytes=1)).situation == "not-active"
     assert decide(replace(BACKUP, mode="sync", lag_bytes=0)).action is Action.PROMOTE

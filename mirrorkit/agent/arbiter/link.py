@@ -42,7 +42,8 @@ class ArbiterLink:
         self.last_heartbeat = 0.0  # wall clock, for status
         self.last_heard = 0.0  # util/clock.now()
         self.stamp_in = 0.0  # the arbiter's newest stamp, echoed back
-        # The arbiter's latest answer: (primary it sees, its silence, when heard).
+        # The arbiter's latest answer: (primary it sees, its silence, the stamp
+    # of ours it echoed: the answer is at most now - that old).
         self.answer: tuple[str, float, float] | None = None
 
     def _lsn(self) -> int:
@@ -94,8 +95,11 @@ class ArbiterLink:
                 if msg.stamp > 0:
                     self.stamp_in = msg.stamp
                 await self._learn(msg.term)
-                if msg.term == self.worker.roles.term:
-                    self.answer = (msg.primary, msg.primary_silence, t)
+                if msg.term == self.worker.roles.term and msg.echo > 0:
+                    # The answer's age counts from the stamp of ours it echoes
+                    # (the arbiter had heard that before it answered), not from
+                    # its arrival: a delayed answer is seen as old as it may be.
+                    self.answer = (msg.primary, msg.primary_silence, msg.echo)
                     lease = self.worker.roles.lease
                     if lease is not None and msg.echo > 0 and self.worker.roles.holds_primary:
                         lease.renew(msg.echo, f"arbiter {self.arbiter.name}")

@@ -26,16 +26,16 @@ One arbiter process serves several mirrors: one such worker per mirror.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
     PeerOtherVersion,
-    send_heartbeats,
     serve,
     server_context,
     server_handshake,
@@ -61,6 +61,7 @@ class SeenMember:
     last_heard_as_primary: float = 0.0  # ... while it claimed primary of our term
     stamp_in: float = 0.0  # its newest stamp, echoed back
     task: asyncio.Task[Any] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # send a heartbeat now
 
 
 
@@ -72,7 +73,13 @@ class ArbiterMirror(MirrorWorker):
             n: SeenMember("backup") for n, m in self.cfg.members.items()
             if m.member_class == "failover"
         }
-        self.guard = ListenGuard()
+        self.guard = ListenGuard(max_gap=self.cfg.timeouts.qos)
+        # Lease hand-off (docs/architecture.md, "The arbiter's answer"): when
+        # we echo a primary's stamp, its lease may run until now + qos. A
+        # primary of a newer term gets no echo from us before that has passed.
+        self._last_primary_echo = 0.0
+        self._hold_echo_until = 0.0
+        self._hold_for: str | None = None  # the older primary whose lease we wait out
 
     def primary_view(self) -> tuple[str, float]:
         """(the primary of our term or "", seconds we have not heard it claim
@@ -84,10 +91,33 @@ class ArbiterMirror(MirrorWorker):
         heard = m.last_heard_as_primary if m is not None else 0.0
         return name or "", round(self.guard.silence(heard), 3)
 
-    def _heartbeat(self, m: SeenMember) -> Heartbeat:
+    def _heartbeat(self, m: SeenMember, member: str) -> Heartbeat:
         primary, silence = self.primary_view()
-        return Heartbeat(self.state.term, 0, "arbiter", stamp=clock.now(), echo=m.stamp_in,
-                         primary=primary, primary_silence=silence)
+        return Heartbeat(self.state.term, 0, "arbiter", stamp=clock.now(),
+                         echo=self._echo_for(m, member), primary=primary,
+                         primary_silence=silence)
+
+    def _echo_for(self, m: SeenMember, member: str) -> float:
+        """The stamp we echo to ``member``: an echo renews a primary's lease,
+        so a member claiming primary gets one only if it is the primary of
+        our term, and a new term's primary only once every lease an older
+        primary got from us has run out."""
+        if m.role != "primary":
+            return m.stamp_in  # a backup's echo renews nothing
+        now = clock.now()
+        if m.term != self.roles.term or self.roles.primary != member \
+                or now < self._hold_echo_until:
+            return 0.0
+        if m.stamp_in > 0:
+            self._last_primary_echo = now
+        return m.stamp_in
+
+    async def _send_heartbeats(self, conn: Connection, m: SeenMember, member: str) -> None:
+        while True:
+            await conn.send(self._heartbeat(m, member))
+            m.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
 
     def _heard(self, m: SeenMember, member: str, role: str, term: int, stamp: float) -> None:
         t = clock.now()
@@ -96,6 +126,13 @@ class ArbiterMirror(MirrorWorker):
             m.stamp_in = stamp
         if role == "primary" and term == self.roles.term and self.roles.primary == member:
             m.last_heard_as_primary = t
+            m.wake.set()  # echo at once: the lease then runs nearly all of qos
+        if member == self._hold_for and role != "primary" and term >= self.roles.term:
+            # The older primary itself says it stepped down (a switchover, or
+            # it learnt the new term): it gave its lease up; no need to wait.
+            self._hold_for, self._hold_echo_until = None, 0.0
+            for seen in self.seen.values():
+                seen.wake.set()
 
     async def start(self) -> None:
         self.spawn(self.guard.run(), "listen-guard")
@@ -135,8 +172,7 @@ class ArbiterMirror(MirrorWorker):
                  hello.term)
         try:
             await race(self._listen(conn, m, hello.member),
-                       send_heartbeats(conn, lambda: self._heartbeat(m),
-                                       self.cfg.timeouts.heartbeat))
+                       self._send_heartbeats(conn, m, hello.member))
         finally:
             if m.task is asyncio.current_task():
                 m.connected = False
@@ -163,7 +199,14 @@ class ArbiterMirror(MirrorWorker):
         # to be primary in it; every heartbeat it sends carries that term, so
         # a primary of an older term learns at once that it was replaced.
         if term > self.roles.term:
+            t = self.cfg.timeouts
+            until = self._last_primary_echo + t.qos + t.heartbeat
+            if until > clock.now() and self.roles.primary not in (None, member):
+                self._hold_echo_until = max(self._hold_echo_until, until)
+                self._hold_for = self.roles.primary
             await self.roles.observe_term(term, member if role == "primary" else None, member)
+            for seen in self.seen.values():  # tell everyone the new term at once
+                seen.wake.set()
         elif term == self.roles.term and role == "primary":
             if self.roles.primary not in (None, member):
                 # Two members claim primary of one term: never by our rules.

@@ -147,6 +147,10 @@ def _backup(v: View) -> Decision:
                      f"(last answer {'never' if age is None else f'{age:.1f} s ago'}); an "
                      f"operator may force a promotion (`mirrorkit promote --force`)")
     silence = v.arbiter_primary_silence
+    if v.arbiter_sees not in (None, v.primary):
+        return _none("arbiter-other-primary", f"no failover: {lost}, and arbiter {v.arbiter} "
+                     f"holds {v.arbiter_sees} to be the primary of term {v.term}, not "
+                     f"{v.primary or '?'}: reconnecting")
     if silence < v.arbiter_timeout:
         sees = v.arbiter_sees or "no primary"
         return _none("arbiter-sees-primary", f"no failover: {lost}, but arbiter {v.arbiter} "

@@ -80,20 +80,60 @@ class Supervised(Protocol):
 
 
 class AppHooks:
-    """``on_promote`` / ``on_demote``, one at a time, so the application is
-    started and stopped in the order this member's writability changed."""
+    """Keeps the application where this member's writability says: "up"
+    (``on_promote`` ran) or "down" (``on_demote`` ran). Level-triggered: the
+    HA loop states what it wants every cycle (:meth:`want`), one hook runs
+    at a time, and going down cancels an ``on_promote`` still running (its
+    process group is killed): a fence never waits for a slow start."""
 
     def __init__(self, loop: HaLoop) -> None:
         self.ha = loop
-        self.state: str | None = None  # "up" after on_promote, "down" after on_demote
-        self._lock = asyncio.Lock()
+        self.state: str | None = None  # what the last finished hook made it
+        self.target: str | None = None
+        self._running: tuple[str, asyncio.Task[Any]] | None = None
+        self._changed = asyncio.Event()
 
-    async def ensure(self, want: str) -> None:
-        async with self._lock:
-            if self.state == want:
-                return
-            self.state = want
-            await self.ha.hook("on_promote" if want == "up" else "on_demote")
+    def want(self, target: str) -> None:
+        if target == self.target:
+            return
+        self.target = target
+        running = self._running
+        if running is not None and running[0] == "up" and target == "down":
+            running[1].cancel()
+        if running is None:
+            task = asyncio.get_running_loop().create_task(self._run(), name="app-hooks")
+            self.ha.track(task)
+
+    async def ensure(self, target: str) -> None:
+        """:meth:`want` ``target`` and wait until the application is there."""
+        self.want(target)
+        while self.state != target and self.target == target:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _run(self) -> None:
+        try:
+            while self.target is not None and self.state != self.target:
+                direction = self.target
+                task = asyncio.get_running_loop().create_task(
+                    self.ha.hook("on_promote" if direction == "up" else "on_demote"))
+                self._running = (direction, task)
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if asyncio.current_task() is not None and \
+                            asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise
+                    self.ha.events.record("hook", "on_promote cancelled: this member stopped "
+                                          "being writable", self.ha.term())
+                    continue  # cancelled by want("down")
+                finally:
+                    self._running = None
+                self.state = direction
+                self._changed.set()
+        finally:
+            self._running = None
+            self._changed.set()
 
 
 class HaLoop:
@@ -115,6 +155,7 @@ class HaLoop:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._busy = asyncio.Lock()  # one promotion / switchover at a time
+        self._started = time.monotonic()
         self.dir: Path = sup.agent.mirror_dir(sup.cfg.name)
         self._load_flags()
 
@@ -233,18 +274,32 @@ class HaLoop:
 
     def _writability(self, roles: RoleOwner) -> None:
         writable = roles.writable
-        if writable == self._writable:
+        if writable != self._writable:
+            first = self._writable is None
+            self._writable = writable
+            if self.on_writable_change is not None:
+                self.on_writable_change()
+            if not first or writable:
+                self.events.record("writable" if writable else "not-writable",
+                                   "writable primary" if writable else
+                                   "not writable: " + self._why_not(roles), roles.term)
+        if not self.may_be_primary:
             return
-        first = self._writable is None
-        self._writable = writable
-        if self.on_writable_change is not None:
-            self.on_writable_change()
-        if not first or writable:
-            self.events.record("writable" if writable else "not-writable",
-                               "writable primary" if writable else
-                               "not writable: " + self._why_not(roles), roles.term)
-        if self.may_be_primary:
-            self._spawn(self.app.ensure("up" if writable else "down"))
+        if writable:
+            self.app.want("up")
+        elif (self.app.state is None and roles.holds_primary and not roles.draining
+              and time.monotonic() - self._started < self._start_grace()):
+            # An agent restarting as primary waits for its first lease before
+            # stopping an application the previous process left running: a
+            # routine restart must not bounce it. A higher term, a drain or
+            # the grace running out (no peer answers) stop it.
+            pass
+        else:
+            self.app.want("down")
+
+    def _start_grace(self) -> float:
+        t = self.sup.cfg.timeouts
+        return t.qos + 2 * t.heartbeat
 
     def _why_not(self, roles: RoleOwner) -> str:
         if roles.role != "primary":
@@ -275,6 +330,13 @@ class HaLoop:
 
     def _term(self) -> int | None:
         return self.sup.roles.term if self.sup.roles is not None else None
+
+    def term(self) -> int | None:
+        return self._term()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     # -- acting ---------------------------------------------------------------
 
@@ -381,7 +443,8 @@ class HaLoop:
         if roles.role == "async" and me.kind != "dr":
             raise OperationRefused(f"{self.sup.agent.host} is a reporting copy of {self.name}: "
                                    f"reporting copies are never promoted")
-        view = build_view(worker, False)
+        # A planned promotion obeys maintenance mode and the flags like the rules do.
+        view = build_view(worker, self.maintenance or self.flag_error is not None)
         gap = None if view.lag_bytes is None else view.lag_bytes
         if roles.role == "async":
             return await self._promote_dr(worker, roles, force, gap)

@@ -72,6 +72,7 @@ class MirrorSupervisor:
         self.ha = HaLoop(self, self.events, on_step_down)
         self._ha_task: asyncio.Task[None] | None = None
         self._quarantine: tuple[float, dict[str, Any]] | None = None
+        self._pending_applied: int | None = None  # a former primary's last LSN (_swap)
 
     @property
     def running(self) -> bool:
@@ -112,6 +113,9 @@ class MirrorSupervisor:
             if self._ha_task is None:
                 self._ha_task = asyncio.get_running_loop().create_task(
                     self.ha.run(), name=f"{self.name}:ha-loop")
+            if self._pending_applied is not None and self.roles.role != "primary":
+                await asyncio.to_thread(self._hand_over, self._pending_applied)
+            self._pending_applied = None
             worker = await asyncio.to_thread(create_worker, self.agent, self.cfg, self.roles)
             if self.metrics is not None:
                 worker.metrics = self.metrics
@@ -189,15 +193,17 @@ class MirrorSupervisor:
                         self.name, old.role, new.role, new.term, why)
             gone = await self._stop_worker()
             if old.role == "primary" and gone is not None:
-                await asyncio.to_thread(self._hand_over, gone)
+                # Until it is durable, no receiver may start (it would replay
+                # the former primary's own log over its tree): _start_locked
+                # writes it first, and the retry loop tries again on failure.
+                self._pending_applied = gone.last_lsn()
             await self._start_locked(f"role change: {why}")
 
-    def _hand_over(self, former: MirrorWorker) -> None:
+    def _hand_over(self, last: int) -> None:
         # A primary's tree already holds everything in its log: as a receiver
         # it has applied all of it (replaying its own log over the tree would
         # undo later changes). Anything it logged that the new primary never
         # received is found as a divergent tail when it connects.
-        last = former.last_lsn()
         assert self.roles is not None
         self.roles.store.save_applied(last)
         log.info("mirror %s: former primary's log ends at LSN %d; applied LSN set to it",

@@ -130,11 +130,10 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
             reason = (f"backup {name} acknowledged LSN {peer.acked_lsn}, not our last LSN "
                       f"{last}, within {timeout:g} s"
                       if peer.connected else f"backup {name} disconnected during the drain")
-            roles.end_drain()
-            events.record("switchover", f"switchover to {name} abandoned: {reason}; primary "
-                          f"again (on_promote)", term, to=name)
+            roles.end_drain()  # writable again if its lease allows: the HA loop runs on_promote
+            events.record("switchover", f"switchover to {name} abandoned: {reason}", term,
+                          to=name)
             log.error("%s: switchover abandoned: %s", worker.name, reason)
-            await run_hook("on_promote")
             raise SwitchoverRefused(f"switchover abandoned, this member is primary again: "
                                     f"{reason}")
         conn = worker.peers[name].conn

@@ -119,11 +119,17 @@ class ReceiverMirror(Replica):
         # Called with a HANDOVER from our primary (ha sets it: the switchover's
         # receiving side); None: a handover is refused.
         self.on_handover: Callable[[Handover], Awaitable[None]] | None = None
-        self.guard = ListenGuard()  # the primary's silence counts only while we listen
+        # The primary's silence counts only while we listen.
+        self.guard = ListenGuard(max_gap=self.cfg.timeouts.qos)
+        self._backlogged = False
+        self._echo_now = asyncio.Event()
 
     def primary_silence(self) -> float:
         """Seconds we have not heard our primary while we were listening
-        (since this worker started, if never)."""
+        (since this worker started, if never); 0 while we are backlogged
+        on what it sent (the reader waits for room in the inbox)."""
+        if self._backlogged:
+            return 0.0
         return self.guard.silence(self.last_heard_primary)
 
     def known_lag_bytes(self) -> int | None:
@@ -248,7 +254,9 @@ class ReceiverMirror(Replica):
 
     async def _heartbeat_loop(self, conn: Connection) -> None:
         while True:
-            await asyncio.sleep(self.cfg.timeouts.heartbeat)
+            self._echo_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._echo_now.wait(), self.cfg.timeouts.heartbeat)
             await conn.send(Heartbeat(self.term, self.applied, self.state.role,
                                       stamp=clock.now(), echo=self.primary_stamp))
 
@@ -279,7 +287,18 @@ class ReceiverMirror(Replica):
                 self.last_heard_primary = clock.now()
                 if isinstance(msg, Heartbeat) and msg.stamp > 0:
                     self.primary_stamp = msg.stamp
-                await inbox.put(msg)
+                    self._echo_now.set()  # answer at once: its lease runs nearly all of qos
+                if inbox.full():
+                    # Backlogged on the primary's own data: while we wait, we
+                    # do not read its heartbeats, but it is not silent.
+                    self._backlogged = True
+                    try:
+                        await inbox.put(msg)
+                    finally:
+                        self._backlogged = False
+                        self.last_heard_primary = clock.now()
+                else:
+                    inbox.put_nowait(msg)
 
         await race(read(), self._handle(conn, inbox))
 
@@ -341,7 +360,11 @@ class ReceiverMirror(Replica):
         dr = self.state.role == "async" and self.me.kind == "dr"
         if self.on_handover is None or not (self.state.role == "backup" or dr):
             raise PeerRefused(f"HANDOVER to a {self.state.role} member: refused")
-        if msg.member != self.host or msg.term != self.term + 1:
+        # Term + 1; or term already, when we learnt it before the HANDOVER
+        # arrived (the old primary's heartbeat to the arbiter carries it) and
+        # nobody else is its primary.
+        same = msg.term == self.term and self.state.primary in (None, self.host)
+        if msg.member != self.host or not (msg.term == self.term + 1 or same):
             raise ProtocolError(f"HANDOVER of term {msg.term} to {msg.member}: expected term "
                                 f"{self.term + 1} to {self.host}")
         if self.applied < msg.lsn or self.log.last_lsn != msg.lsn:

@@ -105,6 +105,7 @@ class PrimaryMirror(MirrorWorker):
         self._capture: Capture | None = None
         self._resync_ids = 0
         self.own_term = self.roles.term  # set again by start()
+        self._final_lsn: int | None = None  # set by stop()
 
     async def open(self) -> None:
         if not hasattr(self, "log"):
@@ -143,6 +144,7 @@ class PrimaryMirror(MirrorWorker):
                 peer.task.cancel()
         await super().stop()
         if hasattr(self, "log"):
+            self._final_lsn = self.log.last_lsn  # the closed log knows it no more
             self.log.close()
 
     # -- capture -> log -----------------------------------------------------
@@ -256,6 +258,8 @@ class PrimaryMirror(MirrorWorker):
     # -- per-peer session ---------------------------------------------------
 
     def last_lsn(self) -> int:
+        if self._final_lsn is not None:
+            return self._final_lsn
         return self.log.last_lsn if hasattr(self, "log") else 0
 
     async def _check_term(self, term: int, member: str) -> None:

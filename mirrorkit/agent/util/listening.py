@@ -7,7 +7,11 @@ was not silent, we were deaf. So silence only counts from the last moment
 we were known to be listening: :meth:`ListenGuard.silence` is
 ``now - max(last heard, listening_since)``, where ``listening_since`` moves
 to "now" whenever the guard's own 50 ms ticker woke up more than
-``max_gap`` late, and starts at the guard's creation (a process that just
+``max_gap`` late (the agents pass ``qos``: scheduling jitter of a loaded
+host is not deafness, a stall that long may be; and after a stall asyncio
+runs the socket reads that became ready before the timers, so heartbeats
+that waited in the buffer are read before any answer is computed), and
+starts at the guard's creation (a process that just
 started has heard nothing yet, which is not the same as a silent peer).
 
 The arbiter reports the primary's silence through it and the backup judges
