@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     log.info("serving on %s:%s, records in %s (host %s)", host, port,
              server.store.data_dir, server.store.host)
     print(f"records-app listening on {host}:{port}", flush=True)

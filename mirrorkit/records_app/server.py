@@ -17,6 +17,7 @@ connection, so that bounds the whole request).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -77,10 +78,8 @@ class RecordsServer(ThreadingHTTPServer):
 
 
 def _cut(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _refuse_busy(sock: socket.socket, limit: int) -> None:
@@ -295,7 +294,7 @@ class RecordsHandler(BaseHTTPRequestHandler):
         if str(code).isdigit() and int(code) >= 400:
             self.log_message('"%s" %s', self.requestline[:200], str(code))
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.warning("%s %s", self.address_string(), format % args)
 
 
