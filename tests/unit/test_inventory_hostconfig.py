@@ -46,7 +46,7 @@ mirrors:
       node2: {address: 198.18.7.12, role: backup}
       arb1:  {address: 198.18.7.13, role: arbiter}
       dr1:   {address: 198.18.7.14, role: async, kind: dr}
-    hooks: {}
+    hooks: {on_promote: systemctl start records-app, on_demote: systemctl stop records-app}
 """)
 
 
