@@ -91,3 +91,31 @@ def test_stop_leaves_the_track_files(tmp_path: Path) -> None:
     publisher.stop()
     assert not list(tmp_path.glob("*.primary"))
     assert value(tmp_path, "records") == "0\n"
+
+
+def test_a_mirror_still_starting_leaves_the_previous_agents_value(tmp_path: Path) -> None:
+    """An agent restart must not drop the primary's VIP at once: until the
+    mirror's state is read, the track file keeps what the last agent wrote."""
+    vrrp_file.write(tmp_path, "records", primary=True)  # the agent before the restart
+    state = cluster()
+    state["mirrors"]["records"] = {"role": "unknown", "term": None, "primary": None,
+                                   "fenced": True, "alive": False, "starting": True}
+    publisher = PrimaryPublisher(lambda: tmp_path, lambda: state)
+    publisher.publish()
+    assert value(tmp_path, "records") == "0\n"
+    assert (tmp_path / "records.primary").read_text().split()[1] == "0"  # the script: no
+    state["mirrors"]["records"] = cluster()["mirrors"]["records"]  # started: primary
+    publisher.publish()
+    assert value(tmp_path, "records") == "0\n"
+    state["mirrors"]["records"]["role"] = "backup"  # a definite verdict: written at once
+    publisher.publish()
+    assert value(tmp_path, "records") == "1\n"
+
+
+def test_a_mirror_that_failed_to_start_is_not_primary(tmp_path: Path) -> None:
+    vrrp_file.write(tmp_path, "records", primary=True)
+    state = cluster()
+    state["mirrors"]["records"] = {"role": "primary", "term": 4, "fenced": True,
+                                   "alive": False, "error": "log corrupt"}
+    PrimaryPublisher(lambda: tmp_path, lambda: state).publish()
+    assert value(tmp_path, "records") == "1\n"

@@ -18,7 +18,12 @@ safe answer.
 The track file (``<mirror>.vrrp``: ``0`` primary, ``1`` not) is written
 only when its value changes, at start, and when it has gone missing, so
 keepalived, which rereads it on every change, reacts to each role change
-once and at once. :meth:`publish` is cheap (one ``stat`` per mirror when
+once and at once. A mirror still starting (its state or log not read
+yet) has no verdict for it: its track file keeps the value it had (the
+previous agent's), so a restart of the primary's agent does not drop the
+VIP at once; if the start takes too long, the script (the primary file says
+"starting") releases it after its ``interval * fall``, as before.
+:meth:`publish` is cheap (one ``stat`` per mirror when
 nothing changed): call it whenever writability may have changed. A mirror
 that disappears from ``status()`` (or a ``status()`` that fails) gets ``1``.
 :meth:`stop` leaves the track files alone on purpose: a routine agent
@@ -90,7 +95,9 @@ class PrimaryPublisher:
                 reason = str(verdict.get("reason") or body.get("reason") or "")
                 term = mirrors[name].get("term") if isinstance(mirrors[name], dict) else None
                 # The track file first: on a step-down it is what releases the VIP at once.
-                self._track(directory, name, code == 200)
+                starting = isinstance(mirrors[name], dict) and mirrors[name].get("starting")
+                if code == 200 or not starting:
+                    self._track(directory, name, code == 200)
                 primary_file.write(directory, name, code == 200, term, reason)
                 wanted.add((directory, name))
             for gone in [key for key in self._vrrp if key not in wanted]:
