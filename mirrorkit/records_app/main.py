@@ -16,34 +16,26 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 from mirrorkit.records_app.server import Limits, make_server
 
 __all__ = ["main"]
 
 log = logging.getLogger("records-app")
+Number = TypeVar("Number", int, float)
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _number_in(kind: Callable[[str], Number], low: Number, high: Number,
+               noun: str) -> Callable[[str], Number]:
+    """An argparse type: KIND(text) within LOW..HIGH, or a usage error naming both."""
+    def parse(text: str) -> Number:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is outside {low}..{high}")
-        return value
-    return parse
-
-
-def _seconds_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} s")
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
         return value
     return parse
 
@@ -54,19 +46,23 @@ def parser() -> argparse.ArgumentParser:
         description="records-app: store each HTTP write as a durable file under the "
                     "mirrored path (the demo application on a mirror's VIP).")
     p.add_argument("--listen", default="0.0.0.0", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=_int_in(0, 65535), default=8080,
+    p.add_argument("--port", type=_number_in(int, 0, 65535, "a whole number"),
+                   default=8080,
                    help="TCP port (default %(default)s; 0: any free port)")
     p.add_argument("--data-dir", type=Path, default=Path("/srv/records/app"),
                    help="directory of the records, under the mirrored path "
                         "(default %(default)s; created if missing)")
     p.add_argument("--host-name", default=socket.gethostname(),
                    help="host name in ids and answers (default: this host's, %(default)s)")
-    p.add_argument("--max-body", type=_int_in(1, 64 << 20), default=1 << 20,
+    p.add_argument("--max-body", type=_number_in(int, 1, 64 << 20, "a whole number"),
+                   default=1 << 20,
                    help="largest record in bytes (default %(default)s)")
-    p.add_argument("--max-connections", type=_int_in(1, 4096), default=64,
+    p.add_argument("--max-connections", type=_number_in(int, 1, 4096, "a whole number"),
+                   default=64,
                    help="connections served at once; more are answered 503 "
                         "(default %(default)s)")
-    p.add_argument("--request-timeout", type=_seconds_in(0.1, 3600), default=30.0,
+    p.add_argument("--request-timeout",
+                   type=_number_in(float, 0.1, 3600.0, "a number of seconds"), default=30.0,
                    help="seconds a connection may take from accept to answer "
                         "(default %(default)s)")
     return p
