@@ -138,6 +138,13 @@ def test_pause_freezes_a_host_and_resume_thaws_it(inv: Path) -> None:
     assert "was not paused" in lab("resume", "fa2", str(inv)).stderr
 
 
+def test_up_thaws_a_paused_host_instead_of_recreating_it(inv: Path) -> None:
+    ssh(inv, "fa2", "echo kept > /root/marker")
+    lab("pause", "fa2", str(inv))
+    assert "resumed" in lab("up", str(inv)).stdout
+    assert ssh(inv, "fa2", "cat /root/marker").stdout.strip() == "kept"
+
+
 def test_faults_on_hosts_that_are_not_there_are_clear_errors(inv: Path) -> None:
     proc = lab("partition", "fa1", "nosuch", str(inv), check=False)
     assert proc.returncode == 1 and "no lab host 'nosuch'" in proc.stderr
