@@ -1,4 +1,5 @@
-"""`mirrorkit lab up|down|ssh|stop|start|status`: the local lab of podman hosts."""
+"""`mirrorkit lab up|down|ssh|stop|start|status` and the faults
+(`partition|heal|loss|pause|resume`): the local lab of podman hosts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mirrorkit.errors import MirrorkitError
+from mirrorkit.lab import faults as lf
 from mirrorkit.lab import hosts as lh
 from mirrorkit.lab import image as li
 from mirrorkit.lab.podman import CONTAINERS_CONF
@@ -64,6 +66,54 @@ def register(subparsers: Any) -> None:
     env.set_defaults(func=run, inventory_opt=None)
     start = add("start", "start a stopped host and wait for SSH", host=True)
     start.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    _register_faults(add)
+
+
+def _register_faults(add: Any) -> None:
+    """partition / loss / heal / pause / resume (docs/lab.md, "Injecting faults")."""
+    part = add("partition", "cut the network between two hosts, both ways",
+               positional_inventory=False)
+    part.add_argument("hosts", nargs=2, metavar="HOST", help="two inventory host names")
+    part.add_argument("inventory", nargs="?", metavar="INVENTORY",
+                      help=f"inventory file (default {DEFAULT_INVENTORY})")
+    loss = add("loss", "drop PERCENT %% of the packets each of two hosts sends the other "
+                       "(0 removes it)", positional_inventory=False)
+    loss.add_argument("hosts", nargs=2, metavar="HOST", help="two inventory host names")
+    loss.add_argument("percent", type=_percent, metavar="PERCENT", help="0 to 100")
+    loss.add_argument("inventory", nargs="?", metavar="INVENTORY",
+                      help=f"inventory file (default {DEFAULT_INVENTORY})")
+    heal = add("heal", "remove the faults between two hosts, or every fault of the lab",
+               positional_inventory=False)
+    heal.add_argument("words", nargs="*", metavar="[HOST HOST] [INVENTORY]",
+                      help="two hosts (heal that pair) or none (heal everything), "
+                           "optionally followed by the inventory")
+    add("pause", "freeze every process of a host without killing it (podman pause)",
+        host=True)
+    add("resume", "thaw a paused host (podman unpause)", host=True)
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage (0 to 100)") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage from 0 to 100")
+    return value
+
+
+def split_heal_words(words: list[str]) -> tuple[tuple[str, str] | None, str | None]:
+    """`heal [HOST HOST] [INVENTORY]`: (the pair or None, the inventory or None)."""
+    if len(words) == 1 and not Path(words[0]).exists():
+        raise MirrorkitError(f"lab heal: {words[0]!r} is not an inventory file; give two hosts "
+                             "(heal that pair) or none (heal everything), optionally followed "
+                             "by the inventory")
+    if len(words) in (0, 1):
+        return None, (words[0] if words else None)
+    if len(words) in (2, 3):
+        return (words[0], words[1]), (words[2] if len(words) == 3 else None)
+    raise MirrorkitError(f"lab heal: {len(words)} arguments; give two hosts (heal that pair) "
+                         "or none (heal everything), optionally followed by the inventory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.lab_command == "ssh":
         args.inventory_opt, args.command = _split_ssh_args(args.inventory_opt, args.command)
+    if args.lab_command == "heal":
+        args.pair, args.inventory = split_heal_words(args.words)
     if args.inventory_opt and getattr(args, "inventory", None):
         raise MirrorkitError("give the inventory once (positional or --inventory)")
     spec = load_spec(_inventory_path(args.inventory_opt or getattr(args, "inventory", None)))
@@ -96,7 +148,38 @@ def run(args: argparse.Namespace) -> int:
             state = lh.wait_ready(host, args.timeout)
         say(f"{host.name}: {state}, SSH on {host.address}")
         return 0
+    if action in ("partition", "loss", "heal", "pause", "resume"):
+        return _fault(spec, action, args)
     raise MirrorkitError(f"unknown lab action {action}")
+
+
+def _fault(spec: LabSpec, action: str, args: argparse.Namespace) -> int:
+    if action == "partition":
+        a, b = args.hosts
+        lf.partition(spec, a, b)
+        say(f"{a} and {b}: partitioned (no packet either way); `mirrorkit lab heal {a} {b}` "
+            "restores the link")
+    elif action == "loss":
+        a, b = args.hosts
+        lf.loss(spec, a, b, args.percent)
+        say(f"{a} <-> {b}: {args.percent:g} % of the packets each sends the other are dropped"
+            if args.percent else f"{a} <-> {b}: no packet loss")
+    elif action == "heal":
+        if args.pair is not None:
+            a, b = args.pair
+            lf.heal(spec, a, b)
+            say(f"{a} <-> {b}: healed (no partition, no loss)")
+        else:
+            notes = lf.heal(spec)
+            say("every fault removed" + (f"; not healed: {'; '.join(notes)}" if notes else ""))
+    elif action == "pause":
+        changed = lf.pause(spec, args.host)
+        say(f"{args.host}: {'paused' if changed else 'already paused'} (every process frozen); "
+            f"`mirrorkit lab resume {args.host}` thaws it")
+    else:
+        changed = lf.resume(spec, args.host)
+        say(f"{args.host}: {'resumed' if changed else 'was not paused (running)'}")
+    return 0
 
 
 def _inventory_path(given: str | None) -> Path:

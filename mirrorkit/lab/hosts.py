@@ -161,11 +161,18 @@ def _check_ours(spec: LabSpec, host: LabHost, state: ContainerState) -> None:
 
 
 def ensure_container(spec: LabSpec, host: LabHost, image: str) -> str:
-    """Make HOST's container run from IMAGE; return 'unchanged', 'created' or 'recreated'."""
+    """Make HOST's container run from IMAGE; return 'unchanged', 'resumed' (it was
+    paused), 'created' or 'recreated'."""
     state = container_state(host.container)
     _check_ours(spec, host, state)
     image_id = pm.image_id(image) or image
     wanted = spec_hash(spec, host, image_id)
+    if state.status == "paused" and state.spec == wanted:
+        # Frozen by `mirrorkit lab pause`: thaw it rather than recreate it (its
+        # disk would be lost).
+        pm.podman("unpause", host.container)
+        if _answers(host.container):
+            return "resumed"
     if state.running and state.spec == wanted and _answers(host.container):
         return "unchanged"
     if state.exists:

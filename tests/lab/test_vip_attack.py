@@ -8,6 +8,9 @@ va1, ``nobody`` holds 600 idle and 600 slowloris connections to the API and
 floods it with 400 concurrent ``GET /health`` for 30 s, while both failover
 members sample their addresses every 0.5 s: the VIP must be on va1 in every
 sample and on va2 in none, and keepalived on va1 must never leave MASTER.
+
+On the same lab (issue 8, part 5): the agent's VRRP track file, flipped,
+releases and retakes the VIP at once.
 """
 
 from __future__ import annotations
@@ -155,3 +158,45 @@ def test_the_vip_stays_on_the_primary_while_nobody_attacks_its_api(inv: Path) ->
     assert seen["va1"] == ["1"] * samples, seen
     assert seen["va2"] == ["0"] * samples, seen
     assert transitions.strip() == "", transitions
+
+
+# -- VIP timing (issue 8, part 5): keepalived tracks the agent's track file -------
+
+TRACK = "/run/mirrorkit/records.vrrp"
+FLIP = ("printf '{value}\\n' > /run/mirrorkit/.records.vrrp.flip && "
+        "mv /run/mirrorkit/.records.vrrp.flip " + TRACK)
+# Polls until the VIP is (want=1) or is not (want=0) on eth0; prints the seconds it took.
+WAIT_VIP = ("python3 -c \"import subprocess, sys, time\n"
+            "want, t0 = sys.argv[1] == '1', time.monotonic()\n"
+            "while time.monotonic() - t0 < 60:\n"
+            "    out = subprocess.run(['ip', '-o', '-4', 'addr', 'show', 'dev', 'eth0'],\n"
+            "                         capture_output=True, text=True).stdout\n"
+            "    if (' {vip}/' in out) == want:\n"
+            "        print(round(time.monotonic() - t0, 3)); break\n"
+            "    time.sleep(0.01)\n"
+            "else: print('timeout')\" {want}")
+
+
+def test_the_track_file_moves_the_vip_at_once(inv: Path) -> None:
+    """The agent's verdict as the track file says it: "1" on the primary
+    releases the VIP without waiting for the script's interval * fall (3 s),
+    "0" takes it back. (The file is the agent's; the test writes it to play
+    a step-down; the agent writes it only when its own verdict changes, so
+    it does not undo the test's value.)"""
+    assert ssh(inv, "va1", f"cat {TRACK}").stdout == "0\n"
+    assert ssh(inv, "va2", f"cat {TRACK}").stdout == "1\n"  # the backup: FAULT
+    try:
+        proc = ssh(inv, "va1", FLIP.format(value=1) + " && "
+                   + WAIT_VIP.format(vip=VIP, want=0))
+        released = proc.stdout.strip()
+        assert released != "timeout" and proc.returncode == 0, proc.stdout + proc.stderr
+        # No threshold: without track_file nothing would release it at all
+        # (the primary file still says primary), and the wait would time out.
+        assert not vip_on(inv, "va2")  # not the agent's primary there: FAULT, no VIP
+        proc = ssh(inv, "va1", FLIP.format(value=0) + " && "
+                   + WAIT_VIP.format(vip=VIP, want=1))
+        assert proc.stdout.strip() != "timeout", proc.stdout + proc.stderr
+        print(f"VIP released {released} s after the track file said 1, "
+              f"back {proc.stdout.strip()} s after it said 0")
+    finally:
+        ssh(inv, "va1", FLIP.format(value=0))

@@ -77,7 +77,8 @@ def test_the_publisher_writes_the_verdict_of_get_primary(tmp_path: Path,
     verbose = probe(run, "orders", "--verbose")
     assert verbose.stdout.strip() == "not primary: role is backup"
     publisher.stop()  # a stopping agent is nobody's primary
-    assert not list(run.iterdir())
+    # The track files stay (a routine restart must not drop the VIP at once).
+    assert sorted(p.name for p in run.iterdir()) == ["orders.vrrp", "records.vrrp"]
     assert checks(bash_check, run, "records") == (1, 1)
 
 
@@ -87,7 +88,9 @@ def test_a_mirror_gone_from_status_loses_its_file(tmp_path: Path) -> None:
     publisher.publish()
     del mirrors["records"]
     publisher.publish()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.primary"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.primary", "orders.vrrp",
+                                                          "records.vrrp"]
+    assert (tmp_path / "records.vrrp").read_text() == "1\n"  # gone: not primary
 
 
 def test_a_failing_status_removes_the_files(tmp_path: Path) -> None:
@@ -102,7 +105,8 @@ def test_a_failing_status_removes_the_files(tmp_path: Path) -> None:
     publisher.publish()
     state["broken"] = True
     publisher.publish()
-    assert not list(tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.vrrp", "records.vrrp"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"1\n"}
 
 
 def write_raw(directory: Path, mirror: str, data: bytes, mode: int = 0o600) -> None:

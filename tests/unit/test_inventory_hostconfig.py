@@ -46,7 +46,7 @@ mirrors:
       node2: {address: 198.18.7.12, role: backup}
       arb1:  {address: 198.18.7.13, role: arbiter}
       dr1:   {address: 198.18.7.14, role: async, kind: dr}
-    hooks: {}
+    hooks: {on_promote: systemctl start records-app, on_demote: systemctl stop records-app}
     max_lag_on_failover: 1048576
     hook_timeout: 30.0
     health: {interval: 5.0, timeout: 5.0, failures: 3}

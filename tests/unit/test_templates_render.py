@@ -140,6 +140,10 @@ def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path) 
     })
     assert f'    interface "{iface}"' in text.splitlines()
     assert f'dev "{iface}"' in text and 'router_id "node1"' in text
+    lines = [line.strip() for line in text.splitlines()]
+    assert 'file "/run/mirrorkit/records.vrrp"' in lines and "init_file 1" in lines
+    assert "mirrorkit_role_records weight 0" in lines  # FAULT on a non-zero value
+    assert "vrrp_version 3" in lines and "advert_int 0.2" in lines
     conf = tmp_path / "keepalived.conf"
     conf.write_text(text)
     proc = subprocess.run(["keepalived", "--config-test", "-f", str(conf)], capture_output=True,

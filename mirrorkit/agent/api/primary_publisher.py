@@ -1,4 +1,5 @@
-"""Keeps each mirror's primary file fresh (format: ``util/primary_file.py``).
+"""Keeps each mirror's primary file fresh (format: ``util/primary_file.py``)
+and its VRRP track file right (``util/vrrp_file.py``).
 
 keepalived's check reads these files instead of asking the status API, so
 that no client of the API — 1,000 idle connections, a slowloris — can make
@@ -13,6 +14,21 @@ whose primary should not keep the VIP — the file goes stale and the check
 fails safe. A write that fails (the directory removed, a full disk) is
 logged once until it works again; the file then goes stale, which is the
 safe answer.
+
+The track file (``<mirror>.vrrp``: ``0`` primary, ``1`` not) is written
+only when its value changes, at start, and when it has gone missing, so
+keepalived, which rereads it on every change, reacts to each role change
+once and at once. A mirror still starting (its state or log not read
+yet) has no verdict for it: its track file keeps the value it had (the
+previous agent's), so a restart of the primary's agent does not drop the
+VIP at once; if the start takes too long, the script (the primary file says
+"starting") releases it after its ``interval * fall``, as before.
+:meth:`publish` is cheap (one ``stat`` per mirror when
+nothing changed): call it whenever writability may have changed. A mirror
+that disappears from ``status()`` (or a ``status()`` that fails) gets ``1``.
+:meth:`stop` leaves the track files alone on purpose: a routine agent
+restart must not drop the VIP; the script's staleness check on the removed
+primary file releases it if the agent does not come back in time.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.api.http import check_primary
-from mirrorkit.agent.util import primary_file
+from mirrorkit.agent.util import primary_file, vrrp_file
 
 __all__ = ["PrimaryPublisher"]
 
@@ -42,9 +58,12 @@ class PrimaryPublisher:
         self._directory = directory
         self._status = status
         self._written: set[tuple[Path, str]] = set()
+        # The track file value last written, per (directory, mirror).
+        self._vrrp: dict[tuple[Path, str], bool] = {}
         self._failing: str | None = None
         self._unexpected: str | None = None  # the last unexpected failure, logged once
         self.writes = 0
+        self.vrrp_writes = 0
 
     async def run(self) -> None:
         while True:
@@ -75,8 +94,15 @@ class PrimaryPublisher:
                 verdict = body.get("mirrors", {}).get(name, {})
                 reason = str(verdict.get("reason") or body.get("reason") or "")
                 term = mirrors[name].get("term") if isinstance(mirrors[name], dict) else None
+                # The track file first: on a step-down it is what releases the VIP at once.
+                starting = isinstance(mirrors[name], dict) and mirrors[name].get("starting")
+                if code == 200 or not starting:
+                    self._track(directory, name, code == 200)
                 primary_file.write(directory, name, code == 200, term, reason)
                 wanted.add((directory, name))
+            for gone in [key for key in self._vrrp if key not in wanted]:
+                self._track(*gone, primary=False)
+                del self._vrrp[gone]
         except OSError as exc:
             if self._failing != str(exc):
                 log.warning("primary file in %s cannot be written: %s (keepalived's check "
@@ -91,6 +117,19 @@ class PrimaryPublisher:
             with contextlib.suppress(OSError):
                 primary_file.remove(old_dir, name)
         self._written = wanted
+
+    def _track(self, directory: Path, mirror: str, primary: bool) -> None:
+        """Write the track file when its value changed (or it is new, or gone)."""
+        key = (directory, mirror)
+        if self._vrrp.get(key) is primary and vrrp_file.file_for(directory, mirror).exists():
+            return
+        vrrp_file.write(directory, mirror, primary)
+        if self._vrrp.get(key) is not primary:
+            log.info("VRRP track file %s: %s", vrrp_file.file_for(directory, mirror),
+                     "0 (the writable primary: keepalived may hold the VIP)" if primary
+                     else "1 (not the writable primary: keepalived releases the VIP)")
+        self._vrrp[key] = primary
+        self.vrrp_writes += 1
 
     def stop(self) -> None:
         for directory, name in self._written:
