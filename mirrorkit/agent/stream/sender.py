@@ -485,6 +485,14 @@ class PrimaryMirror(MirrorWorker):
             "append_times": len(self._times),
             "peers": peers,
         })
+        lease = self.roles.lease
+        t = self.cfg.timeouts
+        if (lease is not None and lease.expires_at() is None and self.roles.holds_primary
+                and time.time() - self._started < t.qos + 2 * t.heartbeat):
+            # Just (re)started, waiting for a peer's first echo: "starting",
+            # like a log still being opened, so that a routine agent restart
+            # does not make keepalived's track file drop the VIP at once.
+            out["starting"] = True
         return out
 
     def _peer_status(self, p: PeerState) -> dict[str, Any]:
