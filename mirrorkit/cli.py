@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from mirrorkit import __version__
 from mirrorkit.errors import MirrorkitError
 
-COMMANDS = ("validate", "apply", "status", "verify", "resync", "lab")
+# maintenance_run registers `maintenance run` (the maintenance playbook);
+# with `maintenance on|off` in commands/maintenance.py it is added there
+# instead (maintenance_run.add_run_parser).
+COMMANDS = ("validate", "apply", "status", "verify", "resync", "restore", "migrate",
+            "maintenance_run", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

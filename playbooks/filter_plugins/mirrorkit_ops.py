@@ -249,7 +249,8 @@ def mirrorkit_op_former_report(records: Mapping[str, Any], hosts: list[str]) -> 
     for mirror in sorted(records):
         for host in records[mirror]["former"]:
             how = (f"`mirrorkit migrate INVENTORY --from {host} --to NEW` if it was replaced, or "
-                   f"`ansible-playbook -i INVENTORY playbooks/retire.yml -e mirrorkit_op_host={host}`"
+                   f"`ansible-playbook -i INVENTORY playbooks/retire.yml "
+                   f"-e mirrorkit_op_host={host}`"
                    if host in hosts else
                    f"it is no longer in the inventory's hosts: add it back to all.hosts (not to a "
                    f"mirror) so it can be reached, then `ansible-playbook -i INVENTORY "
