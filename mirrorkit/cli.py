@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from mirrorkit import __version__
 from mirrorkit.errors import MirrorkitError
 
-# maintenance_run registers `maintenance run` (the maintenance playbook);
-# with `maintenance on|off` in commands/maintenance.py it is added there
-# instead (maintenance_run.add_run_parser).
-COMMANDS = ("validate", "apply", "status", "verify", "resync", "restore", "migrate",
-            "maintenance_run", "lab")
+COMMANDS = ("validate", "apply", "status", "maintenance", "restore", "migrate", "verify",
+            "resync", "lab")
+# A command whose module is not named after it. `maintenance` holds only
+# `run` here (commands/maintenance_run.py); where commands/maintenance.py
+# has `on|off`, it adds `run` with maintenance_run.add_run_parser instead.
+MODULES = {"maintenance": "maintenance_run"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mirrorkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"mirrorkit.commands.{name}")
+        module = importlib.import_module(f"mirrorkit.commands.{MODULES.get(name, name)}")
         module.register(subparsers)
     return parser
 
