@@ -1,0 +1,130 @@
+"""The operation playbooks against real agents on loopback: switchover.yml,
+restore.yml and promote.yml run by ansible-playbook (local connection; each
+"host" is an agent process with its own API port and control socket, given
+as the hostvars mirrorkit_api_port and mirrorkit_control_socket)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from test_loopback import MIRROR, Cluster, make_cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+FOUR = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbiter", None),
+        "dr1": ("async", "dr")}
+ADDRESSES = {"node1": "198.18.7.11", "node2": "198.18.7.12", "arb1": "198.18.7.13",
+             "dr1": "198.18.7.14"}
+
+
+@pytest.fixture
+def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = make_cluster(tmp_path, FOUR, extra={
+        "timeouts": {"heartbeat": 0.25, "qos": 1.0, "arbiter": 2.0}})
+    for name in ("arb1", "node2", "dr1", "node1"):
+        c.start(name)
+    try:
+        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200, "node1 primary")
+        wait_for(lambda: c.mirror("node2").get("connected") and c.mirror("dr1").get("connected"),
+                 "node2 and dr1 connected")
+        yield c
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(c.dump_logs())
+        for node in c.nodes.values():
+            if node.proc is not None:
+                os.kill(node.proc.pid, signal.SIGCONT)
+        c.stop_all()
+
+
+def inventory(c: Cluster) -> Path:
+    data = str(c.nodes["node1"].root)
+    hosts = {name: {"ansible_host": ADDRESSES[name], "mirrorkit_api_port": node.api_port,
+                    "mirrorkit_control_socket": str(node.control_socket)}
+             for name, node in c.nodes.items()}
+    doc = {"all": {"hosts": hosts, "vars": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "mirrorkit_pki_dir": str(c.base / "controller-pki"),
+        "mirrorkit_mirrors": {MIRROR: {
+            "paths": [data], "primary": "node1", "backup": "node2", "arbiter": "arb1",
+            "async": [{"host": "dr1", "kind": "dr"}]}}}}}
+    path = c.base / "inventory.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def playbook(c: Cluster, name: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory(c)),
+               str(ROOT / "playbooks" / name)]
+    for key, value in extra.items():
+        command += ["-e", f"{key}={value}"]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def test_switchover_then_restore_by_the_playbooks(four: Cluster) -> None:
+    c = four
+    (c.nodes["node1"].root / "before.txt").write_text("term 1\n")
+    wait_for(lambda: (c.nodes["node2"].root / "before.txt").exists(), "before.txt on node2")
+    result = playbook(c, "switchover.yml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "write pause on the old primary" in result.stdout
+    assert c.code("node2", f"/primary?mirror={MIRROR}") == 200
+    assert c.mirror("node1")["role"] == "backup" and c.mirror("node1")["connected"]
+    assert (c.nodes["node2"].root / "before.txt").read_text() == "term 1\n"
+
+    result = playbook(c, "restore.yml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert c.code("node1", f"/primary?mirror={MIRROR}") == 200
+    wait_for(lambda: c.mirror("node2").get("role") == "backup"
+             and c.mirror("node2").get("connected"), "node2 follows node1 again")
+
+    result = playbook(c, "restore.yml")
+    assert result.returncode == 0 and "already the live primary" in result.stdout
+
+
+def test_switchover_refuses_a_disconnected_backup_and_changes_nothing(four: Cluster) -> None:
+    c = four
+    c.stop("node2")
+    wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200, "node1 still primary")
+    result = playbook(c, "switchover.yml")
+    assert result.returncode != 0
+    assert "Refusing the switchover: node2's agent does not answer" in result.stdout
+    assert c.mirror("node1")["role"] == "primary"
+
+
+def test_schedule_and_cancel_by_the_playbook(four: Cluster) -> None:
+    c = four
+    import time
+
+    at = str(int(time.time()) + 3600)
+    result = playbook(c, "switchover.yml", mirrorkit_op_at=at)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert c.mirror("node1")["ha"]["scheduled_switchover"]["at"] == float(at)
+    result = playbook(c, "switchover.yml", mirrorkit_op_cancel="true")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert c.mirror("node1")["ha"]["scheduled_switchover"] is None
+    assert c.mirror("node1")["role"] == "primary"
+
+
+def test_promote_refuses_dr_and_a_planned_promotion_beside_a_writable_primary(
+        four: Cluster) -> None:
+    c = four
+    result = playbook(c, "promote.yml", mirrorkit_op_host="dr1", mirrorkit_op_force="true")
+    assert result.returncode != 0
+    assert "promoting an async (DR) member is not supported by the agent yet" in result.stdout
+    result = playbook(c, "promote.yml", mirrorkit_op_host="node2")
+    assert result.returncode != 0
+    assert "the primary node1 still answers as writable" in result.stdout
+    assert c.mirror("node1")["role"] == "primary" and c.mirror("node2")["role"] == "backup"
