@@ -79,7 +79,7 @@ def test_switchover_then_restore_by_the_playbooks(four: Cluster) -> None:
     wait_for(lambda: (c.nodes["node2"].root / "before.txt").exists(), "before.txt on node2")
     result = playbook(c, "switchover.yml")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "write pause on the old primary" in result.stdout
+    assert "write pause on the old primary" in result.stdout + result.stderr
     assert c.code("node2", f"/primary?mirror={MIRROR}") == 200
     assert c.mirror("node1")["role"] == "backup" and c.mirror("node1")["connected"]
     assert (c.nodes["node2"].root / "before.txt").read_text() == "term 1\n"
@@ -91,7 +91,7 @@ def test_switchover_then_restore_by_the_playbooks(four: Cluster) -> None:
              and c.mirror("node2").get("connected"), "node2 follows node1 again")
 
     result = playbook(c, "restore.yml")
-    assert result.returncode == 0 and "already the live primary" in result.stdout
+    assert result.returncode == 0 and "already the live primary" in result.stdout + result.stderr
 
 
 def test_switchover_refuses_a_disconnected_backup_and_changes_nothing(four: Cluster) -> None:
@@ -100,7 +100,7 @@ def test_switchover_refuses_a_disconnected_backup_and_changes_nothing(four: Clus
     wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200, "node1 still primary")
     result = playbook(c, "switchover.yml")
     assert result.returncode != 0
-    assert "Refusing the switchover: node2's agent does not answer" in result.stdout
+    assert "Refusing the switchover: node2's agent does not answer" in result.stdout + result.stderr
     assert c.mirror("node1")["role"] == "primary"
 
 
@@ -123,8 +123,8 @@ def test_promote_refuses_dr_and_a_planned_promotion_beside_a_writable_primary(
     c = four
     result = playbook(c, "promote.yml", mirrorkit_op_host="dr1", mirrorkit_op_force="true")
     assert result.returncode != 0
-    assert "promoting an async (DR) member is not supported by the agent yet" in result.stdout
+    assert "promoting an async (DR) member is not supported by the agent yet" in result.stdout + result.stderr
     result = playbook(c, "promote.yml", mirrorkit_op_host="node2")
     assert result.returncode != 0
-    assert "the primary node1 still answers as writable" in result.stdout
+    assert "the primary node1 still answers as writable" in result.stdout + result.stderr
     assert c.mirror("node1")["role"] == "primary" and c.mirror("node2")["role"] == "backup"
