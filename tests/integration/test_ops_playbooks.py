@@ -1,5 +1,5 @@
 """The operation playbooks against real agents on loopback: switchover.yml,
-restore.yml and promote.yml run by ansible-playbook (local connection; each
+restore.yml, maintenance.yml and promote.yml run by ansible-playbook (local connection; each
 "host" is an agent process with its own API port and control socket, given
 as the hostvars mirrorkit_api_port and mirrorkit_control_socket)."""
 
@@ -49,7 +49,9 @@ def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
 def inventory(c: Cluster) -> Path:
     data = str(c.nodes["node1"].root)
     hosts = {name: {"ansible_host": ADDRESSES[name], "mirrorkit_api_port": node.api_port,
-                    "mirrorkit_control_socket": str(node.control_socket)}
+                    "mirrorkit_control_socket": str(node.control_socket),
+                    # the agents are processes of this test, not systemd units
+                    "mirrorkit_agent_unit": ""}
              for name, node in c.nodes.items()}
     doc = {"all": {"hosts": hosts, "vars": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
@@ -128,3 +130,50 @@ def test_promote_refuses_dr_and_a_planned_promotion_beside_a_writable_primary(
     assert result.returncode != 0
     assert "the primary node1 still answers as writable" in result.stdout + result.stderr
     assert c.mirror("node1")["role"] == "primary" and c.mirror("node2")["role"] == "backup"
+
+
+TASKS_OK = """
+- name: Test maintenance | leave a marker
+  ansible.builtin.copy:
+    dest: "{marker}"
+    content: "maintained {{{{ inventory_hostname }}}}\\n"
+    mode: "0644"
+"""
+
+TASKS_FAIL = """
+- name: Test maintenance | a task that fails
+  ansible.builtin.command: /bin/false
+  changed_when: false
+"""
+
+
+def test_maintenance_of_the_primary_switches_away_and_back(four: Cluster) -> None:
+    c = four
+    marker = c.base / "marker"
+    tasks = c.base / "tasks.yml"
+    tasks.write_text(TASKS_OK.format(marker=marker))
+    result = playbook(c, "maintenance.yml", mirrorkit_op_host="node1",
+                      mirrorkit_op_tasks=str(tasks), mirrorkit_op_switch_back="true")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-5000:]
+    assert marker.read_text() == "maintained node1\n"
+    # switched away (node2 took over), then back; maintenance off again on both
+    assert "node1 -> node2" in out and "node2 -> node1" in out
+    assert c.code("node1", f"/primary?mirror={MIRROR}") == 200
+    assert c.mirror("node1")["maintenance"] is False
+    assert c.mirror("node2")["maintenance"] is False
+
+
+def test_failed_maintenance_tasks_turn_maintenance_off_and_say_so(four: Cluster) -> None:
+    c = four
+    tasks = c.base / "tasks.yml"
+    tasks.write_text(TASKS_FAIL)
+    result = playbook(c, "maintenance.yml", mirrorkit_op_host="node2",
+                      mirrorkit_op_tasks=str(tasks))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Maintenance of node2 failed at Maintenance | the operator's tasks" in out
+    assert "Automatic failover is allowed again on node1, node2" in out
+    assert c.mirror("node1")["maintenance"] is False
+    assert c.mirror("node2")["maintenance"] is False
+    assert c.mirror("node1")["role"] == "primary"
