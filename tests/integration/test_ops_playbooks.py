@@ -125,7 +125,8 @@ def test_promote_refuses_dr_and_a_planned_promotion_beside_a_writable_primary(
     c = four
     result = playbook(c, "promote.yml", mirrorkit_op_host="dr1", mirrorkit_op_force="true")
     assert result.returncode != 0
-    assert "promoting an async (DR) member is not supported by the agent yet" in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert "promoting an async (DR) member is not supported by the agent yet" in out
     result = playbook(c, "promote.yml", mirrorkit_op_host="node2")
     assert result.returncode != 0
     assert "the primary node1 still answers as writable" in result.stdout + result.stderr

@@ -20,7 +20,9 @@ PLAY = """
   tasks:
     - ansible.builtin.include_tasks: {tasks}/members_record.yml
     - ansible.builtin.debug:
-        msg: "REPORT {{{{ __mirrorkit_records | mirrorkit_op_former_report(groups['all']) | to_json }}}}"
+        msg: >-
+          REPORT {{{{ __mirrorkit_records | mirrorkit_op_former_report(groups['all'])
+          | to_json }}}}
     - ansible.builtin.include_tasks: {tasks}/members_record_write.yml
 """
 
@@ -49,7 +51,8 @@ def apply_record(tmp: Path, backup: str) -> list[str]:
                ANSIBLE_FILTER_PLUGINS=plugins, ANSIBLE_NOCOLOR="1")
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i",
-         str(inventory(tmp, backup)), str(play)], env=env, capture_output=True, text=True, timeout=300, check=False)
+         str(inventory(tmp, backup)), str(play)],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     line = next(x for x in result.stdout.splitlines() if "REPORT " in x)
     report: list[str] = json.loads(line.split("REPORT ", 1)[1].rstrip('"').replace('\\"', '"'))
