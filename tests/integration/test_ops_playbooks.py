@@ -64,9 +64,10 @@ def inventory(c: Cluster) -> Path:
     return path
 
 
-def playbook(c: Cluster, name: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory(c)),
-               str(ROOT / "playbooks" / name)]
+def playbook(c: Cluster, name: str, *options: str, inventory_path: Path | None = None,
+             **extra: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+               str(inventory_path or inventory(c)), str(ROOT / "playbooks" / name), *options]
     for key, value in extra.items():
         command += ["-e", f"{key}={value}"]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -178,3 +179,34 @@ def test_failed_maintenance_tasks_turn_maintenance_off_and_say_so(four: Cluster)
     assert c.mirror("node1")["maintenance"] is False
     assert c.mirror("node2")["maintenance"] is False
     assert c.mirror("node1")["role"] == "primary"
+
+
+def migrated_inventory(c: Cluster) -> Path:
+    """The inventory edited for `migrate --from node1 --to node5`: node2
+    (which stays) primary, node5 (new, no agent yet) backup, node1 kept in
+    the hosts only."""
+    path = inventory(c)
+    doc = yaml.safe_load(path.read_text())
+    doc["all"]["hosts"]["node5"] = {"ansible_host": "198.18.7.15", "mirrorkit_api_port": 1}
+    doc["all"]["vars"]["mirrorkit_mirrors"][MIRROR].update(primary="node2", backup="node5")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_migrate_pre_check_against_live_agents(four: Cluster) -> None:
+    """Check mode stops after the pre-check: it finds node1 (out of the
+    mirror in the edited inventory) still the live primary, able to switch
+    over to node2, and changes nothing. Unedited, it is refused."""
+    c = four
+    result = playbook(c, "migrate.yml", mirrorkit_op_from="node1", mirrorkit_op_to="node5")
+    assert result.returncode != 0
+    assert "node1 is still a member of records in the inventory" in (
+        result.stdout + result.stderr).replace("\n", " ").replace("  ", " ")
+
+    result = playbook(c, "migrate.yml", "--check", inventory_path=migrated_inventory(c),
+                      mirrorkit_op_from="node1", mirrorkit_op_to="node5")
+    out = result.stdout + result.stderr
+    assert "Check mode: the pre-check above passed and nothing was changed" in out, out[-4000:]
+    assert "node5: no answer from its agent" in out
+    assert c.mirror("node1")["role"] == "primary" and c.mirror("node2")["role"] == "backup"
+
