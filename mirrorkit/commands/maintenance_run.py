@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
-from mirrorkit.commands.playbook import pick_mirror, run_playbook
+from mirrorkit.commands.playbook import add_mirror_argument, pick_mirror, run_playbook
 from mirrorkit.errors import MirrorkitError
 
 
@@ -43,8 +43,7 @@ def add_run_parser(actions: Any) -> None:
     parser.add_argument("--host", required=True, metavar="HOST", help="the member to maintain")
     parser.add_argument("--tasks", required=True, metavar="FILE",
                         help="Ansible tasks file run on HOST (examples/maintenance-tasks.yml)")
-    parser.add_argument("--mirror", default="", metavar="M",
-                        help="the mirror (may be left out when the inventory has one)")
+    add_mirror_argument(parser)
     parser.add_argument("--switch-back", action="store_true",
                         help="switch back to HOST afterwards if it was the primary")
     parser.set_defaults(func=run)

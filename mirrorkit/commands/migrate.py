@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
-from mirrorkit.commands.playbook import pick_mirror, run_playbook
+from mirrorkit.commands.playbook import add_mirror_argument, pick_mirror, run_playbook
 from mirrorkit.errors import MirrorkitError
 
 
@@ -32,8 +32,7 @@ def register(subparsers: Any) -> None:
                         help="the member being replaced")
     parser.add_argument("--to", dest="new", required=True, metavar="HOST",
                         help="the new member (the mirror's backup in the edited inventory)")
-    parser.add_argument("--mirror", default="", metavar="M",
-                        help="the mirror (may be left out when the inventory has one)")
+    add_mirror_argument(parser)
     parser.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ no value needs shell or key=value quoting.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -20,6 +21,11 @@ from typing import Any
 from mirrorkit.errors import MirrorkitError
 from mirrorkit.inventory.model import Inventory, Mirror
 from mirrorkit.project import ansible_env, project_root, venv_bin
+
+
+def add_mirror_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mirror", default="", metavar="M",
+                        help="the mirror (may be left out when the inventory has one)")
 
 
 def pick_mirror(inventory: Inventory, name: str | None) -> Mirror:

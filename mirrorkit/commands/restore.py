@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
-from mirrorkit.commands.playbook import pick_mirror, run_playbook
+from mirrorkit.commands.playbook import add_mirror_argument, pick_mirror, run_playbook
 from mirrorkit.errors import MirrorkitError
 
 
@@ -22,8 +22,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_inventory_argument(parser)
-    parser.add_argument("--mirror", default="", metavar="M",
-                        help="the mirror (may be left out when the inventory has one)")
+    add_mirror_argument(parser)
     parser.add_argument("--to", default="", metavar="HOST",
                         help="the failover member to restore (default: the inventory's primary)")
     parser.set_defaults(func=run)
