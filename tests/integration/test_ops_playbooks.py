@@ -210,3 +210,27 @@ def test_migrate_pre_check_against_live_agents(four: Cluster) -> None:
     assert "node5: no answer from its agent" in out
     assert c.mirror("node1")["role"] == "primary" and c.mirror("node2")["role"] == "backup"
 
+
+
+def test_promote_of_a_backup_that_lost_both_needs_force_and_explains_it(four: Cluster) -> None:
+    c = four
+    c.stop("node1")
+    c.stop("arb1")
+    wait_for(lambda: c.mirror("node2").get("connected") is False, "node2 lost node1")
+    result = playbook(c, "promote.yml", mirrorkit_op_host="node2")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "node2 refused:" in out and "--force" in out  # the agent's own reason
+    assert c.mirror("node2")["role"] == "backup"
+
+    result = playbook(c, "promote.yml", mirrorkit_op_host="node2", mirrorkit_op_force="true",
+                      mirrorkit_op_wait_seconds="5")
+    out = result.stdout + result.stderr
+    assert "WARNING: forced promotion" in out and "gap at promotion" in out
+    assert c.mirror("node2")["term"] == 2
+    # Alone (no backup, no arbiter) it is fenced by the rules: the playbook says so.
+    assert result.returncode != 0
+    assert "node2 was promoted (term 2) but is not a writable primary" in out
+    # The arbiter back: it is the writable primary.
+    c.start("arb1")
+    wait_for(lambda: c.code("node2", f"/primary?mirror={MIRROR}") == 200, "node2 writable")
