@@ -1,8 +1,10 @@
 """`mirrorkit promote INVENTORY --host HOST [--mirror M] [--force]`: make
 HOST the primary of the mirror.
 
-Asked of HOST's agent (``mirrorkit-agent promote ... --json`` over SSH, as
-root like ``resync``), which refuses while the old primary may still be
+A DR copy without ``--force`` is promoted by a switchover to it from the
+live primary (it drains first: no loss). Otherwise it is asked of HOST's
+agent (``mirrorkit-agent promote ... --json`` over SSH, as root like
+``resync``), which refuses while the old primary may still be
 writable. ``--force`` overrides that, for a disaster: the command first
 prints what that risks (:data:`FORCE_RISK`) and what the controller itself
 sees of the other members (a member that still answers as primary is named),
@@ -21,6 +23,7 @@ from typing import Any
 from mirrorkit.agent.cli.operations import FORCE_RISK, OPERATION_TIMEOUT, format_promote
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.commands.live import add_mirror_argument, live_view, operation_answer, pick_mirror
+from mirrorkit.commands.switchover import switchover
 from mirrorkit.errors import UsageError
 from mirrorkit.inventory.model import Mirror
 from mirrorkit.remote import AgentRunner, SshAgents
@@ -80,6 +83,13 @@ def risk_lines(run_agent: AgentRunner, mirror: Mirror, host: str) -> list[str]:
 
 def promote(run_agent: AgentRunner, mirror: Mirror, host: str, force: bool,
             say: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    if not force and mirror.async_member(host) is not None:
+        # A planned DR promotion loses nothing: the live primary drains and
+        # hands over to the DR copy (a switchover to it).
+        say(f"{mirror.name}: planned promotion of {host}: a switchover to it from the live "
+            "primary (drain first, no loss)")
+        switchover(run_agent, mirror, host, None, False, say)
+        return
     if force:
         for line in risk_lines(run_agent, mirror, host):
             warn(line)
