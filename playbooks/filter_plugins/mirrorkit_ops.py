@@ -145,15 +145,17 @@ def mirrorkit_op_switchover_check(layout: Mapping[str, Any], to: str | None = No
         return _refuse(f"{target} is already the live primary of {name}: nothing to do",
                        noop=True, **{"from": primary, "to": target})
     m = layout["members"].get(target)
-    if m is None or target not in layout["failover"]:
-        return _refuse(f"{target} is not a failover member of {name} (failover members: "
-                       f"{', '.join(layout['failover'])}); an async member becomes primary "
-                       f"with the promote playbook")
+    # A DR copy may be the target too: a planned DR promotion, no loss.
+    dr = m is not None and m.get("kind") == "dr" and m.get("role") == "async"
+    if m is None or (target not in layout["failover"] and not dr):
+        return _refuse(f"{target} is not a failover member or a DR copy of {name} (failover "
+                       f"members: {', '.join(layout['failover'])}); a reporting copy is "
+                       f"never promoted")
     where = {"from": primary, "to": target}
     if not m["answered"] or not m.get("serves_mirror"):
         return _refuse(f"{target}'s agent does not answer for {name}: it cannot take over",
                        **where)
-    if m["role"] != "backup":
+    if m["role"] != ("async" if dr else "backup"):
         return _refuse(f"{target} is {m['role']} of term {m['term']}, not the backup", **where)
     if m["connected"] is not True:
         return _refuse(f"backup {target} is not connected to the primary {primary}", **where)

@@ -202,3 +202,10 @@ def test_former_member_report_says_what_to_do() -> None:
     assert "node2 was a member at an earlier apply" in lines[0]
     assert "mirrorkit_op_host=node2" in lines[0] and "migrate" in lines[0]
     assert "no longer in the inventory's hosts: add it back to all.hosts" in lines[1]
+
+
+def test_a_dr_copy_is_a_switchover_target_a_reporting_copy_is_not() -> None:
+    ok = check(healthy(dr1=status("async", kind="dr")), "dr1")
+    assert ok["ok"] and ok["to"] == "dr1", ok
+    no = check(healthy(dr1=status("async", kind="reporting")), "dr1")
+    assert not no["ok"] and "reporting copy is never promoted" in no["reason"]
