@@ -426,3 +426,19 @@ def test_primary_cut_from_both_is_fenced_before_the_backup_takes_over(
     wait_for(lambda: c.mirror("node1").get("role") == "backup"
              and c.mirror("node1").get("term") == 2, "node1 rejoins as backup of term 2")
     assert (c.nodes["node2"].root / "kept.txt").exists()
+
+
+def test_a_failed_on_promote_is_tried_again(tmp_path: Path) -> None:
+    # First apply: the agent turns writable before the application's unit
+    # exists (its role runs later); on_promote fails, then works.
+    marker, ran = tmp_path / "unit-installed", tmp_path / "promoted"
+    hook = f"test -e {marker} || {{ touch {marker}; exit 1; }}; touch {ran}"
+    c = make_cluster(tmp_path, {"node1": ("primary", None)},
+                     extra={"timeouts": DEFAULT_TIMEOUTS, "hooks": {"on_promote": hook}})
+    c.start("node1")
+    try:
+        wait_for(lambda: ran.exists(), "on_promote succeeded on its second run", timeout=60)
+        hooks = [e for e in events(c, "node1") if e["kind"] == "hook"]
+        assert [e["exit_status"] for e in hooks][:2] == [1, 0], hooks
+    finally:
+        c.stop_all()

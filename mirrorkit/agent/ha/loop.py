@@ -65,6 +65,7 @@ __all__ = ["LOG_EVERY", "AppHooks", "HaLoop", "OperationRefused"]
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 10.0
+HOOK_RETRY = 5.0  # seconds before a failed on_promote / on_demote runs again
 
 
 class OperationRefused(Exception):
@@ -94,6 +95,7 @@ class AppHooks:
         self.target: str | None = None
         self._running: tuple[str, asyncio.Task[Any]] | None = None
         self._changed = asyncio.Event()
+        self.attempts = 0  # hook runs finished (ensure() waits for the next)
 
     def want(self, target: str) -> None:
         if target == self.target:
@@ -107,9 +109,12 @@ class AppHooks:
             self.ha.track(task)
 
     async def ensure(self, target: str) -> None:
-        """:meth:`want` ``target`` and wait until the application is there."""
+        """:meth:`want` ``target`` and wait until a hook run for it ended
+        (successfully or not: a switchover must not wait forever for a
+        failing ``on_demote``; the failure is in the log and the events)."""
         self.want(target)
-        while self.state != target and self.target == target:
+        attempts = self.attempts
+        while self.state != target and self.target == target and self.attempts == attempts:
             self._changed.clear()
             await self._changed.wait()
 
@@ -121,7 +126,7 @@ class AppHooks:
                     self.ha.hook("on_promote" if direction == "up" else "on_demote"))
                 self._running = (direction, task)
                 try:
-                    await task
+                    result = await task
                 except asyncio.CancelledError:
                     if asyncio.current_task() is not None and \
                             asyncio.current_task().cancelling():  # type: ignore[union-attr]
@@ -131,6 +136,13 @@ class AppHooks:
                     continue  # cancelled by want("down")
                 finally:
                     self._running = None
+                self.attempts += 1
+                self._changed.set()
+                if result is not None and not result.ok and self.target == direction:
+                    # Not there yet (say, the application's unit is not
+                    # installed yet on a first apply): try again, bounded.
+                    await asyncio.sleep(HOOK_RETRY)
+                    continue
                 self.state = direction
                 self._changed.set()
         finally:

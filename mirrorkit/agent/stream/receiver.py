@@ -310,6 +310,12 @@ class ReceiverMirror(Replica):
                 msg, held = held, None
             else:
                 msg = await inbox.get()
+            if (isinstance(msg, Heartbeat) and msg.term == self.term - 1
+                    and self.state.primary is None and self.state.role == "backup"):
+                # A switchover: we learnt the new term (from the arbiter)
+                # before our primary's HANDOVER, which follows its older
+                # heartbeats on this connection. Skip them; wait for it.
+                continue
             if msg.term != self.term and not isinstance(msg, Handover):
                 # Older: a deposed primary (we learnt a newer term meanwhile,
                 # e.g. from the arbiter). Newer: it must say so in a new HELLO.
