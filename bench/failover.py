@@ -111,17 +111,13 @@ def summary(values: Sequence[float]) -> str:
     return f"{med:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def first_recovery(samples: Sequence[tuple[float, bool]], start: float) -> float | None:
-    """The first successful probe after a failed one, both at or after ``start``: the
-    moment a VIP answers again once its old holder (still answering just after the
-    kill command started) stopped answering."""
-    failed = False
+def first_success_from(samples: Sequence[tuple[float, bool]], start: float) -> float | None:
+    """The first successful probe started at or after ``start`` (``start``: when the
+    kill command returned, so the old holder is gone and whoever answers is the new
+    one; a failed probe in between is no evidence: a 50 ms connect to a live host can
+    fail on a loaded machine)."""
     for t, ok in sorted(samples):
-        if t < start:
-            continue
-        if not ok:
-            failed = True
-        elif failed:
+        if t >= start and ok:
             return t
     return None
 
@@ -344,6 +340,7 @@ class FloorProber(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, bool]] = []
+        self.answered: dict[float, float] = {}
         self.stop_event = threading.Event()
         self.armed_since = 0.0
 
@@ -358,11 +355,17 @@ class FloorProber(threading.Thread):
                 except OSError:
                     ok = False
                 if len(self.samples) < 500_000:
-                    self.samples.append((time.time() if ok else t, ok))
+                    # (probe started, ok): the connect answered some time after t;
+                    # the figure is when it answered, kept apart as answered
+                    self.samples.append((t, ok))
+                    if ok:
+                        self.answered[t] = time.time()
             self.stop_event.wait(0.01)
 
     def first_after(self, t: float) -> float | None:
-        return first_recovery(list(self.samples), t)
+        """When the first probe started at or after ``t`` was answered."""
+        started = first_success_from(list(self.samples), t)
+        return None if started is None else self.answered[started]
 
 
 @contextlib.contextmanager
@@ -479,7 +482,7 @@ def failover_runs(lab: Lab, label: str, runs: int, advert: float) -> dict[str, A
                                  lambda: first_ok_after(w.snapshot(), t_kill, b), 60, 0.05)
                 time.sleep(0.5)
                 attempts = w.snapshot()
-            floor_t = prober.first_after(t_kill)
+            floor_t = prober.first_after(t_kill + kill_took)
             last_before = [x.done for x in attempts if x.ok and x.host == a and x.done <= t_kill]
             run = {
                 "killed": a,
@@ -724,6 +727,11 @@ def render() -> None:
                   "| fault | timers | duration | injections | term changes | longest write gap "
                   "| failed writes | goal 0 | date, load avg |",
                   "|---|---|---|---|---|---|---|---|---|", *fault_rows, ""]
+    anomalies = sorted({a for v in store.values() if isinstance(v, dict)
+                        for a in v.get("anomalies", [])})
+    if anomalies:
+        lines += ["### Anomalies seen during the run", "",
+                  *[f"- {a}" for a in anomalies], ""]
     commands = sorted({v["command"] for v in store.values() if isinstance(v, dict)
                        and "command" in v})
     lines += ["Produced by: " + "; ".join(f"`{c}`" for c in commands) + ". Raw figures: "

@@ -66,8 +66,8 @@ def test_floor_config_has_its_own_vip_and_router_id_and_no_track_script() -> Non
     assert "advert_int 0.1" in conf and "track" not in conf
 
 
-def test_floor_recovery_waits_for_the_old_holder_to_stop_answering() -> None:
-    samples = [(0.9, True), (1.0, True), (1.05, True), (1.1, False), (1.2, False), (1.9, True)]
-    assert bench.first_recovery(samples, 1.0) == 1.9
-    assert bench.first_recovery([(1.0, True), (1.1, True)], 1.0) is None
-    assert bench.first_recovery([(0.5, False), (1.5, True)], 1.0) is None
+def test_floor_counts_only_probes_started_after_the_kill_returned() -> None:
+    samples = [(0.9, True), (1.0, True), (1.05, False), (1.1, True), (1.2, False), (1.9, True)]
+    assert bench.first_success_from(samples, 1.15) == 1.9
+    assert bench.first_success_from(samples, 1.0) == 1.0
+    assert bench.first_success_from([(0.5, True), (1.5, False)], 1.0) is None
