@@ -672,8 +672,10 @@ def render() -> None:
     if rows:
         lines += ["### Kill the primary container → first write stored by the new primary",
                   "",
-                  "Seconds from just before `podman kill` of node1's container (SIGKILL) to "
-                  "the first `POST /records` on the VIP answered 201 by node2 (client: a new "
+                  "Seconds from just before `podman kill` of the live primary's container "
+                  "(SIGKILL; node1 and node2 in turn, the killed host restarted as backup "
+                  "between runs) to the first `POST /records` on the VIP answered 201 by the "
+                  "survivor (client: a new "
                   "connection every 10 ms, 0.1 s connect timeout); beside it, keepalived alone "
                   "(the floor: a second keepalived on node1/node2, VIP 198.18.7.101, same advert "
                   "interval, no track script) on the same kill, to its VIP accepting a TCP "
@@ -736,7 +738,8 @@ def render() -> None:
                        and "command" in v})
     lines += ["Produced by: " + "; ".join(f"`{c}`" for c in commands) + ". Raw figures: "
               "bench/work/failover.json; agents' events of each run: "
-              "bench/work/failover-events-*.txt, faults-events-*.txt.", ""]
+              "bench/work/failover-events-*.txt, faults-events-*.txt (bench/work/ is not "
+              "committed).", ""]
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]
     lines.append(END)
