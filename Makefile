@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop fuzz
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop bench-failover fuzz
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -58,6 +58,12 @@ bench: deps
 LABEL ?= run
 bench-loop: deps
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/loopstall.py --label $(LABEL) $(ARGS)
+
+# Failover, switchover and false failovers on the lab, as a client of records-app on
+# the VIP sees them (issue 8 part 11); needs the lab up and applied (`make demo`).
+# Adds section "Failover (issue 8)" to bench/RESULTS.md. ARGS e.g. --fault-seconds 120.
+bench-failover: deps
+	PYTHONPATH=$(CURDIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/failover.py $(ARGS)
 
 # The property-based tests (marked `fuzz`, also run by `make test` with a fixed
 # seed and a bounded example count) with many more, random, examples.
