@@ -1,6 +1,10 @@
 """`mirrorkit promote INVENTORY --host HOST [--mirror M] [--force]`: make
 HOST the primary of the mirror.
 
+A planned promotion of a DR copy (no ``--force``) is a switchover to it,
+asked of the live primary (drain first, nothing lost): see
+:mod:`mirrorkit.commands.switchover`. A backup is asked directly.
+
 Asked of HOST's agent (``mirrorkit-agent promote ... --json`` over SSH, as
 root like ``resync``), which refuses while the old primary may still be
 writable. ``--force`` overrides that, for a disaster: the command first
@@ -21,6 +25,7 @@ from typing import Any
 from mirrorkit.agent.cli.operations import FORCE_RISK, OPERATION_TIMEOUT, format_promote
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.commands.live import add_mirror_argument, live_view, operation_answer, pick_mirror
+from mirrorkit.commands.switchover import switchover
 from mirrorkit.errors import UsageError
 from mirrorkit.inventory.model import Mirror
 from mirrorkit.remote import AgentRunner, SshAgents
@@ -80,6 +85,13 @@ def risk_lines(run_agent: AgentRunner, mirror: Mirror, host: str) -> list[str]:
 
 def promote(run_agent: AgentRunner, mirror: Mirror, host: str, force: bool,
             say: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    member = mirror.async_member(host)
+    if not force and member is not None and member.kind == "dr":
+        # A DR copy's agent refuses a planned promotion of its own: planned
+        # means drained first, which only the live primary can do, so it is
+        # a switchover to HOST run there (it refuses when unhealthy).
+        switchover(run_agent, mirror, host, None, False, say)
+        return
     if force:
         for line in risk_lines(run_agent, mirror, host):
             warn(line)

@@ -43,6 +43,7 @@ import pytest
 import yaml
 from test_default import API_PORT, MIRROR, VIP, api, eventually, member
 
+from mirrorkit.inventory.model import Timeouts
 from mirrorkit.lab.sshkey import ssh_command
 
 SCENARIO = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).parent.parent))
@@ -289,7 +290,7 @@ def touch(path: Path, tag: str) -> None:
 
 @pytest.fixture(scope="module")
 def changed_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The scenario's inventory with one agent setting changed (arbiter timeout 10 -> 12)."""
+    """The scenario's inventory with one agent setting changed (arbiter timeout, the default -> 12)."""
     data = yaml.safe_load(INVENTORY.read_text())
     data["all"]["vars"]["mirrorkit_mirrors"][MIRROR]["timeouts"] = {"arbiter": 12}
     path = tmp_path_factory.mktemp("routine") / "inventory.yml"
@@ -457,5 +458,7 @@ def test_reapplying_the_scenario_keeps_the_vip_on_the_primary(
         **figures,
     }, capsys)
     assert all(agent_pids()[h] != pids[h] for h in ADDRESS)
-    assert "arbiter: 10.0" in member(PRIMARY).file("/etc/mirrorkit/agent.yml").content_string
+    # The inventory sets no timeouts: the agent runs with the model's default.
+    assert f"arbiter: {Timeouts().arbiter}" in member(PRIMARY).file(
+        "/etc/mirrorkit/agent.yml").content_string
     assert not problems, problems
