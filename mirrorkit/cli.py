@@ -17,7 +17,7 @@ from mirrorkit import __version__
 from mirrorkit.errors import MirrorkitError, UsageError
 
 COMMANDS = ("validate", "apply", "status", "events", "maintenance", "switchover", "promote",
-            "verify", "resync", "lab")
+            "restore", "migrate", "verify", "resync", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

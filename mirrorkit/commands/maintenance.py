@@ -19,6 +19,7 @@ import argparse
 from typing import Any
 
 from mirrorkit.agent.cli.operations import MAINTENANCE_TIMEOUT, format_maintenance
+from mirrorkit.commands import maintenance_run
 from mirrorkit.commands.common import add_inventory_argument, load_valid_inventory
 from mirrorkit.commands.live import add_mirror_argument, on_each, pick_mirror
 from mirrorkit.inventory.model import Mirror
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> None:
         add_inventory_argument(sub)
         add_mirror_argument(sub)
         sub.set_defaults(func=run, state=state)
+    maintenance_run.add_run_parser(actions)
 
 
 def set_maintenance(run_agent: AgentRunner, mirror: Mirror, on: bool) -> dict[str, AgentResult]:

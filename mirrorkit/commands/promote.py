@@ -1,12 +1,10 @@
 """`mirrorkit promote INVENTORY --host HOST [--mirror M] [--force]`: make
 HOST the primary of the mirror.
 
-A planned promotion of a DR copy (no ``--force``) is a switchover to it,
-asked of the live primary (drain first, nothing lost): see
-:mod:`mirrorkit.commands.switchover`. A backup is asked directly.
-
-Asked of HOST's agent (``mirrorkit-agent promote ... --json`` over SSH, as
-root like ``resync``), which refuses while the old primary may still be
+A DR copy without ``--force`` is promoted by a switchover to it from the
+live primary (it drains first: no loss). Otherwise it is asked of HOST's
+agent (``mirrorkit-agent promote ... --json`` over SSH, as root like
+``resync``), which refuses while the old primary may still be
 writable. ``--force`` overrides that, for a disaster: the command first
 prints what that risks (:data:`FORCE_RISK`) and what the controller itself
 sees of the other members (a member that still answers as primary is named),
@@ -85,11 +83,11 @@ def risk_lines(run_agent: AgentRunner, mirror: Mirror, host: str) -> list[str]:
 
 def promote(run_agent: AgentRunner, mirror: Mirror, host: str, force: bool,
             say: Callable[[str], None], warn: Callable[[str], None]) -> None:
-    member = mirror.async_member(host)
-    if not force and member is not None and member.kind == "dr":
-        # A DR copy's agent refuses a planned promotion of its own: planned
-        # means drained first, which only the live primary can do, so it is
-        # a switchover to HOST run there (it refuses when unhealthy).
+    if not force and mirror.async_member(host) is not None:
+        # A planned DR promotion loses nothing: the live primary drains and
+        # hands over to the DR copy (a switchover to it).
+        say(f"{mirror.name}: planned promotion of {host}: a switchover to it from the live "
+            "primary (drain first, no loss)")
         switchover(run_agent, mirror, host, None, False, say)
         return
     if force:

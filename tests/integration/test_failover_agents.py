@@ -251,6 +251,13 @@ def test_forced_promotion_of_a_backup_that_lost_everything(four: Cluster) -> Non
     code, body = control(c, "node2", f"/promote?mirror={MIRROR}&force=1")
     assert code == 200 and body["term"] == 2, body
     assert any("forced promotion" in m for m in kinds(c, "node2", "promote"))
+    # nobody is left to renew its lease: the forced primary is writable anyway
+    wait_for(primary_of(c, "node2"), "the forced primary writable with no peer")
+    assert (c.nodes["node2"].state_dir / MIRROR / "lease-waived.json").exists()
+    c.start("arb1")  # a peer answers: the waiver ends, the lease applies again
+    wait_for(lambda: not (c.nodes["node2"].state_dir / MIRROR / "lease-waived.json").exists(),
+             "waiver removed once the arbiter answered")
+    assert c.code("node2", f"/primary?mirror={MIRROR}") == 200
 
 
 def test_events_survive_a_restart(four: Cluster) -> None:

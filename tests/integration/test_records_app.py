@@ -145,8 +145,12 @@ def raw_request(port: int, data: bytes, timeout: float = 30) -> tuple[int, str]:
 def test_the_largest_body_is_accepted_one_more_byte_is_not(app: App) -> None:
     status, body = app.json("POST", "/records", b"x" * (1 << 20))
     assert status == 201 and body["bytes"] == 1 << 20
-    status, raw, _ = app.request("POST", "/records", b"x" * ((1 << 20) + 1))
-    assert status == 413 and b"larger than the limit" in raw
+    # Refused from its Content-Length, before any of it is read (the client
+    # sends only the head: a client still sending when the 413 and the close
+    # come would see a broken pipe instead of the answer).
+    status, text = raw_request(app.port, b"POST /records HTTP/1.0\r\nContent-Length: "
+                               + str((1 << 20) + 1).encode() + b"\r\n\r\n")
+    assert status == 413 and "larger than the limit" in text
     assert len(list(app.data.iterdir())) == 1
 
 

@@ -54,3 +54,11 @@ def test_silence_does_not_count_while_we_were_not_listening() -> None:
     assert guard.silence(heard) < 0.05  # the stall reset what we know
     assert guard.gaps == 1
     assert guard.silence(now()) < 0.01
+
+
+def test_a_waived_lease_is_valid_until_its_first_renewal() -> None:
+    lease = Lease(1.0)
+    lease.waive()
+    assert lease.valid()
+    lease.renew(now() - 1.5, "arb1")  # a peer answered, late: the waiver is over
+    assert not lease.waived and not lease.valid()

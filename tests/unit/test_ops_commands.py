@@ -248,7 +248,8 @@ def test_planned_dr_promotion_is_a_switchover_on_the_live_primary() -> None:
     assert agents.ran("promote") == [] and warnings == []
     assert agents.ran("switchover") == [
         ("node2", ["switchover", "--mirror", "records", "--json", "--to", "dr1"])]
-    assert said[0] == "records: live primary node2; switching over to dr1"
+    assert said[0].startswith("records: planned promotion of dr1: a switchover to it")
+    assert "records: live primary node2; switching over to dr1" in said
     assert "dr1 is the primary in term 5" in said[-1]
 
 

@@ -24,8 +24,15 @@ from typing import Any
 
 from mirrorkit.agent.state import StateUnreadable, atomic_write_json
 
-__all__ = ["Scheduled", "load_maintenance", "load_schedule", "save_maintenance",
-           "save_schedule"]
+__all__ = [
+    "Scheduled",
+    "load_lease_waiver",
+    "load_maintenance",
+    "load_schedule",
+    "save_lease_waiver",
+    "save_maintenance",
+    "save_schedule",
+]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -84,3 +91,24 @@ def save_schedule(directory: Path, scheduled: Scheduled | None) -> None:
         path.unlink(missing_ok=True)
     else:
         atomic_write_json(path, scheduled.as_dict())
+
+
+def load_lease_waiver(directory: Path) -> int | None:
+    """The term of a forced promotion whose primary needs no lease until a
+    peer first answers it (``lease-waived.json``); None without one."""
+    raw = _read(directory / "lease-waived.json")
+    if raw is None:
+        return None
+    term = raw.get("term")
+    if isinstance(term, bool) or not isinstance(term, int) or term < 1:
+        raise StateUnreadable(f"{directory / 'lease-waived.json'}: 'term' must be an "
+                              f"integer >= 1, found {term!r}")
+    return term
+
+
+def save_lease_waiver(directory: Path, term: int | None) -> None:
+    path = directory / "lease-waived.json"
+    if term is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_json(path, {"term": term})

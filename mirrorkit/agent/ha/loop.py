@@ -43,8 +43,10 @@ from mirrorkit.agent.ha.events import EventLog
 from mirrorkit.agent.ha.failover import Action, Decision, View, active, decide
 from mirrorkit.agent.ha.flags import (
     Scheduled,
+    load_lease_waiver,
     load_maintenance,
     load_schedule,
+    save_lease_waiver,
     save_maintenance,
     save_schedule,
 )
@@ -211,6 +213,13 @@ class HaLoop:
             if roles.lease is None:
                 roles.lease = Lease(cfg.timeouts.qos)
             roles.lease.duration = cfg.timeouts.qos
+            try:
+                waived = load_lease_waiver(self.dir)
+            except StateUnreadable as exc:
+                log.error("%s: %s: ignored (the lease applies)", self.name, exc)
+                waived = None
+            if waived is not None and waived == roles.term and roles.role == "primary":
+                roles.lease.waive()
         if isinstance(worker, ReceiverMirror):
             worker.on_handover = self._accept_handover
         self.wake()
@@ -256,6 +265,10 @@ class HaLoop:
                                    f"{self.sup.error or 'starting'}", "not-running"))
             return
         self._writability(roles)
+        lease = roles.lease
+        if lease is not None and lease.renewed_by is not None and (
+                self.dir / "lease-waived.json").exists():
+            await asyncio.to_thread(save_lease_waiver, self.dir, None)  # a peer answered
         if not self.failover_member:
             if roles.role == "primary" and roles.writable:  # a promoted DR member
                 await self._scheduled(worker)
@@ -346,6 +359,10 @@ class HaLoop:
                 raise OperationRefused(f"this member is {roles.role}, not a backup or a "
                                        f"DR copy")
             term = roles.term + 1
+            if forced:
+                # In a disaster nobody may be left to renew its lease: the
+                # new primary is writable until a peer first answers it.
+                await asyncio.to_thread(save_lease_waiver, self.dir, term)
             self.events.record("promote", f"{'forced ' if forced else ''}promotion to primary "
                                f"of term {term}: {why}", term, forced=forced)
             await roles.change("primary", term, self.sup.agent.host, why)

@@ -487,7 +487,8 @@ class PrimaryMirror(MirrorWorker):
         })
         lease = self.roles.lease
         t = self.cfg.timeouts
-        if (lease is not None and lease.expires_at() is None and self.roles.holds_primary
+        if (lease is not None and lease.expires_at() is None and not lease.waived
+                and self.roles.holds_primary
                 and time.time() - self._started < t.qos + 2 * t.heartbeat):
             # Just (re)started, waiting for a peer's first echo: "starting",
             # like a log still being opened, so that a routine agent restart

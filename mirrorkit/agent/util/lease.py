@@ -15,7 +15,10 @@ own clock before the backup can be writable, however the network split
 (one-way losses included: only an echo renews, not merely hearing a peer).
 
 A lease that was never renewed is expired: an agent starting as primary
-writes nothing until a peer has answered it.
+writes nothing until a peer has answered it — except after an operator's
+*forced* promotion (:meth:`Lease.waive`): in a disaster nobody may be left
+to answer, and the operator has taken the risk; the waiver ends at the
+first renewal, and from then on the lease applies as always.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Lease:
         self.duration = duration
         self._stamp = -1.0  # newest echoed stamp; < 0: never renewed
         self.renewed_by: str | None = None
+        self.waived = False
 
     def renew(self, echoed_stamp: float, by: str) -> bool:
         """A peer echoed ``echoed_stamp`` (one of our own clock readings).
@@ -40,7 +44,13 @@ class Lease:
             return False
         self._stamp = echoed_stamp
         self.renewed_by = by
+        self.waived = False
         return True
+
+    def waive(self) -> None:
+        """A forced promotion: valid until the first renewal (then as always)."""
+        if self._stamp < 0:
+            self.waived = True
 
     def expires_at(self) -> float | None:
         return None if self._stamp < 0 else self._stamp + self.duration
@@ -51,8 +61,9 @@ class Lease:
         return -1.0 if end is None else end - now()
 
     def valid(self) -> bool:
-        return self.remaining() > 0
+        return self.waived or self.remaining() > 0
 
     def revoke(self) -> None:
         self._stamp = -1.0
         self.renewed_by = None
+        self.waived = False
