@@ -237,6 +237,22 @@ def test_unforced_promotion_is_refused_with_the_agents_reason() -> None:
     assert warnings == [] and agents.ran("status") == []
 
 
+def test_planned_dr_promotion_is_a_switchover_on_the_live_primary() -> None:
+    agents = Agents(after_failover())
+    agents.answers["node2"]["switchover"] = {
+        "mirror": "records", "result": "done", "term": 5, "primary": "dr1",
+        "pause_seconds": 0.2, "at": None, "message": ""}
+    said: list[str] = []
+    warnings: list[str] = []
+    promote(agents, records(), "dr1", False, said.append, warnings.append)
+    assert agents.ran("promote") == [] and warnings == []
+    assert agents.ran("switchover") == [
+        ("node2", ["switchover", "--mirror", "records", "--json", "--to", "dr1"])]
+    assert said[0].startswith("records: planned promotion of dr1: a switchover to it")
+    assert "records: live primary node2; switching over to dr1" in said
+    assert "dr1 is the primary in term 5" in said[-1]
+
+
 # -- maintenance ------------------------------------------------------------------------
 
 
