@@ -85,3 +85,8 @@ def test_primary_explains_its_lease_and_fence() -> None:
 
 def test_members_outside_the_pair_take_no_part() -> None:
     assert decide(replace(BACKUP, role="async")).situation == "not-failover"
+
+
+def test_a_starting_primary_waits_for_its_first_lease_not_fenced() -> None:
+    d = decide(replace(PRIMARY, writable=False, lease_remaining=-1.0, lease_ever=False))
+    assert d.situation == "awaiting-lease" and "fenced" not in d.reason

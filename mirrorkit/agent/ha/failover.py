@@ -62,6 +62,7 @@ class View:
     # -- as a primary
     writable: bool = False
     lease_remaining: float | None = None  # None: no lease (nothing can take over)
+    lease_ever: bool = True  # renewed at least once since this worker started
     partner_connected: bool = False
     arbiter_connected: bool = False
     draining: bool = False
@@ -119,6 +120,9 @@ def _primary(v: View) -> Decision:
     seen = "; ".join(peers) or "no backup or arbiter configured"
     if v.lease_remaining is None:
         return _none("primary", f"I am the writable primary of term {v.term} ({seen})")
+    if not v.writable and not v.lease_ever:
+        return _none("awaiting-lease", f"primary of term {v.term}, waiting for the backup or "
+                     f"the arbiter to answer before writing ({seen})")
     if v.writable:
         return _none("primary", f"I am the writable primary of term {v.term} ({seen}; lease "
                      f"{v.lease_remaining:.2f} s left)")

@@ -32,6 +32,7 @@ def build_view(worker: MirrorWorker, maintenance: bool) -> View:
         pair = worker.backup_peer()
         return View(**base, writable=roles.writable,  # type: ignore[arg-type]
                     lease_remaining=None if lease is None else round(lease.remaining(), 3),
+                    lease_ever=lease is None or lease.expires_at() is not None or lease.waived,
                     partner_connected=pair is not None and pair[1].connected,
                     draining=roles.draining)
     if isinstance(worker, ReceiverMirror):
