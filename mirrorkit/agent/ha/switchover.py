@@ -138,6 +138,9 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
                                     f"{reason}")
         conn = worker.peers[name].conn
         new_term = term + 1
+        # Our step-down (below) makes the send loops close their connections;
+        # the one to the new primary must stay open for the HANDOVER.
+        worker.handing_over = name
         await roles.change(DEMOTED_ROLE[roles.member_class], new_term, name,
                            f"switchover to {name} ({why})")
         # Written before anything else can run (send() writes, then drains):

@@ -106,6 +106,7 @@ class PrimaryMirror(MirrorWorker):
         self._resync_ids = 0
         self.own_term = self.roles.term  # set again by start()
         self._final_lsn: int | None = None  # set by stop()
+        self.handing_over: str | None = None  # the member a switchover hands over to
 
     async def open(self) -> None:
         if not hasattr(self, "log"):
@@ -369,6 +370,11 @@ class PrimaryMirror(MirrorWorker):
                 await _wait(self._new_data, hb)
                 continue
             if not self.roles.holds_primary:
+                if self.handing_over == member:
+                    # A switchover to it: its HANDOVER is written on this very
+                    # connection once our step-down is durable; do not close it.
+                    await asyncio.sleep(hb)
+                    continue
                 raise PeerRefused("no longer the primary (a higher term exists)")
             try:
                 data, count = await self._read(next_lsn)
