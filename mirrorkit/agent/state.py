@@ -40,9 +40,16 @@ from typing import Any
 from mirrorkit.agent.util.lease import Lease
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
 
-__all__ = ["DEMOTED_ROLE", "ROLES_OF_CLASS",
-           "MirrorState", "RoleOwner", "StateStore", "StateUnreadable",
-           "atomic_write_json"]
+__all__ = [
+    "DEMOTED_ROLE",
+    "ROLES_OF_CLASS",
+    "MirrorState",
+    "RoleOwner",
+    "StateStore",
+    "StateUnreadable",
+    "atomic_write_json",
+    "read_json_object",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,7 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write(path, _encode(value))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """The object in ``path``; ``None`` if the file does not exist.
     Raises :class:`StateUnreadable` for anything else: never guess."""
     try:
@@ -126,7 +133,7 @@ class StateStore:
         Raises :class:`StateUnreadable` when ``state.json`` is damaged, holds
         a role this member's class cannot have, or is missing although the
         mirror's log or other state shows the member has run before."""
-        raw = _read_json(self.state_path)
+        raw = read_json_object(self.state_path)
         if raw is None:
             found = _history_files(self.directory)
             if found:
@@ -153,7 +160,7 @@ class StateStore:
     def load_applied(self) -> int:
         """The receiver's last durably applied LSN (0 when never written).
         Raises :class:`StateUnreadable` when the file is damaged."""
-        raw = _read_json(self.applied_path)
+        raw = read_json_object(self.applied_path)
         if raw is None:
             return 0
         lsn = raw.get("lsn")

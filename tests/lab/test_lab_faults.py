@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_lab import lab  # one runner of `mirrorkit lab` for the lab tests
 
 pytestmark = [
     pytest.mark.lab,
@@ -35,12 +35,6 @@ all:
 """
 
 
-def lab(*argv: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "mirrorkit.lab", *argv],
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"mirrorkit lab {' '.join(argv)} -> {proc.returncode}\n{proc.stderr}")
-    return proc
 
 
 def ssh(inv: Path, host: str, command: str, timeout: float = 30

@@ -15,14 +15,13 @@ read as "off") and says so in status and events.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirrorkit.agent.state import StateUnreadable, atomic_write_json
+from mirrorkit.agent.state import StateUnreadable, atomic_write_json, read_json_object
 
 __all__ = [
     "Scheduled",
@@ -35,20 +34,9 @@ __all__ = [
 ]
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StateUnreadable(f"{path} cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise StateUnreadable(f"{path} does not hold a JSON object")
-    return raw
-
 
 def load_maintenance(directory: Path) -> bool:
-    raw = _read(directory / "maintenance.json")
+    raw = read_json_object(directory / "maintenance.json")
     if raw is None:
         return False
     on = raw.get("on")
@@ -73,7 +61,7 @@ class Scheduled:
 
 def load_schedule(directory: Path) -> Scheduled | None:
     path = directory / "switchover.json"
-    raw = _read(path)
+    raw = read_json_object(path)
     if raw is None:
         return None
     at, to = raw.get("at"), raw.get("to")
@@ -96,7 +84,7 @@ def save_schedule(directory: Path, scheduled: Scheduled | None) -> None:
 def load_lease_waiver(directory: Path) -> int | None:
     """The term of a forced promotion whose primary needs no lease until a
     peer first answers it (``lease-waived.json``); None without one."""
-    raw = _read(directory / "lease-waived.json")
+    raw = read_json_object(directory / "lease-waived.json")
     if raw is None:
         return None
     term = raw.get("term")
