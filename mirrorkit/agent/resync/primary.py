@@ -123,7 +123,9 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
     peer.resyncing = True
     queue: asyncio.Queue[Manifest | ManifestEnd] = asyncio.Queue(maxsize=8)
     peer.manifest = queue
-    progress.state, progress.started = "manifest", time.time()
+    # "pending" until the receiver has been told (ResyncBegin sent): status
+    # "manifest" then means both halves are in the manifest phase.
+    progress.started = time.time()
     log.warning("%s: resync of %s (%s, %s): snapshot after LSN %d, then the log from %d",
                 pm.name, member, progress.mode, progress.requested_by, start, start + 1)
     run = _Resync(pm, conn, peer, member, progress)
@@ -133,6 +135,7 @@ async def send_resync(pm: ResyncSource, conn: Connection, peer: ResyncPeer, memb
         store = await run.worker.run(ManifestStore, db, BLOCK_SIZE)
         await run.send(ResyncBegin(start, pm.term, progress.mode, int(progress.keep_orphans),
                                    BLOCK_SIZE, progress.id))
+        progress.state = "manifest"
         await run.manifest(queue, store)
         await run.copy(store, roots, exclude)
         await run.send(ResyncEnd(start, pm.term))
