@@ -32,13 +32,15 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mirrorkit.agent.util.lease import Lease
 from mirrorkit.atomicfile import atomic_write, fsync_dir, temp_path, write_all
+
+T = TypeVar("T")
 
 __all__ = [
     "DEMOTED_ROLE",
@@ -293,7 +295,8 @@ class RoleOwner:
             return False
         if self._state.role == "primary":
             self._step_down()
-        async with self._lock:
+
+        async def commit() -> bool:
             if term <= self._state.term:
                 return False
             old = self._state
@@ -306,6 +309,8 @@ class RoleOwner:
             await self._commit(MirrorState(term, role, primary), why)
             return True
 
+        return await self._exclusive(commit)
+
     async def change(self, role: str, term: int, primary: str | None, why: str) -> None:
         """Take ``role`` in ``term`` (never lower than ours; a new role for the
         same member class only), persisted before it takes effect."""
@@ -316,10 +321,13 @@ class RoleOwner:
             raise ValueError(f"term {term} is older than our term {self._state.term}")
         if role != "primary" and self._state.role == "primary":
             self._step_down()  # stop at once; durable below
-        async with self._lock:
+
+        async def commit() -> None:
             if term < self._state.term:
                 raise ValueError(f"term {term} is older than our term {self._state.term}")
             await self._commit(MirrorState(term, role, primary), why)
+
+        await self._exclusive(commit)
 
     def _step_down(self) -> None:
         self._stepping_down = True
@@ -337,10 +345,36 @@ class RoleOwner:
         when they connect)."""
         if primary == self._state.primary:
             return
-        async with self._lock:
+        async def commit() -> None:
             old = self._state
             await self._commit(MirrorState(old.term, old.role, primary),
                                f"{primary} is the primary of term {old.term}")
+
+        await self._exclusive(commit)
+
+    async def _exclusive(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run ``body`` under the lock and to its end even if our caller is
+        cancelled meanwhile (a connection that closes under a HANDOVER being
+        handled): cancelled between the save and taking the state into
+        memory, the member would act on a role its state file no longer
+        holds, and the listeners (the worker swap, the hooks) would never hear
+        of it. The caller still sees its cancellation at once."""
+        async def run() -> T:
+            async with self._lock:
+                return await body()
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._orphan_done)
+            raise
+
+    def _orphan_done(self, task: asyncio.Task[Any]) -> None:
+        # Its caller is gone (cancelled): a failure must still be seen.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: a state change failed: %r", self.store.directory.name,
+                      task.exception())
 
     async def _commit(self, new: MirrorState, why: str) -> None:
         old = self._state

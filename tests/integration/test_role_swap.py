@@ -272,3 +272,31 @@ def test_shutdown_is_cut_short_when_a_mirror_hangs(
 
     asyncio.run(main())
     assert "still stopping after" in caplog.text and "cut short" in caplog.text
+
+
+def test_an_on_promote_added_by_a_reload_runs_at_once(tmp_path: Path) -> None:
+    # Reported in issue 8's note: a hook added by a reload waited for the next
+    # change of writability, so a primary never started its application.
+    c = make_cluster(tmp_path, {"node1": ("primary", None), "node2": ("backup", None)})
+    config = c.nodes["node1"].config
+    agent = Agent(load_config(config), config)
+    marker = tmp_path / "promoted"
+
+    async def main() -> None:
+        run = asyncio.create_task(agent.run(signals=False))
+        try:
+            await until(lambda: agent.supervisors[M].ha.app.state == "up",
+                        "node1 writable, its (empty) on_promote done")
+            worker = agent.supervisors[M].worker
+            cfg = yaml.safe_load(config.read_text())
+            cfg["mirrors"][M]["hooks"] = {"on_promote": f"echo $MIRRORKIT_ROLE >> {marker}"}
+            config.write_text(yaml.safe_dump(cfg))
+            assert await agent.reload()
+            assert agent.supervisors[M].worker is worker  # in place, no restart
+            await until(lambda: marker.exists(), "the new on_promote ran")
+            assert marker.read_text() == "primary\n"
+        finally:
+            agent.stop()
+            await run
+
+    asyncio.run(main())

@@ -120,3 +120,36 @@ def test_a_failing_step_down_listener_does_not_stop_the_step_down(tmp_path: Path
     owner.step_down_listeners.append(broken)
     asyncio.run(owner.change("backup", 2, "node2", "switchover"))
     assert owner.role == "backup" and not owner.writable
+
+
+def test_a_change_whose_caller_is_cancelled_still_takes_effect_in_memory(
+        tmp_path: Path) -> None:
+    # Found chasing a lost switchover: the receiver handling a HANDOVER was
+    # cancelled (its connection closed) while the new state was being saved;
+    # the file said primary, memory said backup, and no listener ran.
+    store = StateStore(tmp_path / "records")
+    owner = RoleOwner.load(store, "failover", "backup", "node1")
+    seen: list[MirrorState] = []
+    owner.listeners.append(lambda old, new, why: seen.append(new))
+    slow_save = store.save
+
+    def save(state: MirrorState) -> None:
+        import time
+        time.sleep(0.2)  # the save is in its thread when the caller is cancelled
+        slow_save(state)
+
+    store.save = save  # type: ignore[method-assign]
+
+    async def go() -> None:
+        caller = asyncio.get_running_loop().create_task(
+            owner.change("primary", 2, "node2", "handover"))
+        await asyncio.sleep(0.05)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await owner.observe_term(2, None, "arbiter")  # serialised behind the change
+        assert owner.state == MirrorState(2, "primary", "node2")
+
+    asyncio.run(go())
+    assert seen == [MirrorState(2, "primary", "node2")]
+    assert store.load("failover") == MirrorState(2, "primary", "node2")

@@ -9,6 +9,7 @@ arrived; on a primary, each echo of its own stamp renews its lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -25,7 +26,7 @@ from mirrorkit.agent.transport.conn import (
 )
 from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
 from mirrorkit.agent.util import clock
-from mirrorkit.agent.util.aio import Backoff, race
+from mirrorkit.agent.util.aio import Backoff, race, wait_for
 
 __all__ = ["ArbiterLink"]
 
@@ -45,6 +46,9 @@ class ArbiterLink:
         # The arbiter's latest answer: (primary it sees, its silence, the stamp
     # of ours it echoed: the answer is at most now - that old).
         self.answer: tuple[str, float, float] | None = None
+        self._conn: Connection | None = None  # while connected
+        self._heard = asyncio.Event()  # set on each heartbeat from the arbiter
+        self.heard_echo = 0.0  # the newest stamp of ours the arbiter echoed
 
     def _lsn(self) -> int:
         lsn = getattr(self.worker, "applied", None)
@@ -78,8 +82,35 @@ class ArbiterLink:
         self.connected = True
         self.last_heartbeat, self.last_heard, self.stamp_in = time.time(), clock.now(), 0.0
         log.info("%s: connected to arbiter %s", w.name, self.arbiter.name)
-        await race(self._listen(conn),
-                   send_heartbeats(conn, self._heartbeat, w.cfg.timeouts.heartbeat))
+        self._conn = conn
+        try:
+            await race(self._listen(conn),
+                       send_heartbeats(conn, self._heartbeat, w.cfg.timeouts.heartbeat))
+        finally:
+            self._conn = None
+
+    async def announce(self, timeout: float) -> bool:
+        """Send a heartbeat now (our term and role as they are) and wait until
+        the arbiter echoes it: a primary stepping down for a switchover makes
+        sure the arbiter knows the new term before anyone can be its primary,
+        so a later promotion cannot pick the same term."""
+        conn = self._conn
+        if conn is None:
+            return False
+        hb = self._heartbeat()
+        try:
+            await wait_for(conn.send(hb), timeout)
+            deadline = clock.now() + timeout
+            while self.heard_echo < hb.stamp:
+                left = deadline - clock.now()
+                if left <= 0 or self._conn is not conn:
+                    return False
+                self._heard.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_for(self._heard.wait(), left)
+        except (ConnectionError, OSError, TimeoutError):
+            return False
+        return True
 
     def _heartbeat(self) -> Heartbeat:
         w = self.worker
@@ -94,6 +125,8 @@ class ArbiterLink:
                 self.last_heartbeat, self.last_heard = time.time(), t
                 if msg.stamp > 0:
                     self.stamp_in = msg.stamp
+                self.heard_echo = max(self.heard_echo, msg.echo)
+                self._heard.set()
                 await self._learn(msg.term)
                 if msg.term == self.worker.roles.term and msg.echo > 0:
                     # The answer's age counts from the stamp of ours it echoes

@@ -42,7 +42,7 @@ from mirrorkit.agent.transport.conn import (
 )
 from mirrorkit.agent.transport.frames import Error, Heartbeat, Hello, ProtocolError
 from mirrorkit.agent.util import clock
-from mirrorkit.agent.util.aio import race
+from mirrorkit.agent.util.aio import race, wait_for
 from mirrorkit.agent.util.listening import ListenGuard
 
 __all__ = ["ArbiterMirror"]
@@ -117,7 +117,7 @@ class ArbiterMirror(MirrorWorker):
             await conn.send(self._heartbeat(m, member))
             m.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
+                await wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
 
     def _heard(self, m: SeenMember, member: str, role: str, term: int, stamp: float) -> None:
         t = clock.now()
@@ -183,11 +183,14 @@ class ArbiterMirror(MirrorWorker):
         while True:
             msg = await conn.recv(self.cfg.timeouts.qos)
             if isinstance(msg, Heartbeat):
+                announced = msg.term > m.term  # e.g. a primary stepping down
                 m.term, m.lsn = msg.term, msg.lsn
                 if msg.role in ("primary", "backup"):
                     m.role = msg.role
                 await self._learn(msg.term, msg.role, member)
                 self._heard(m, member, msg.role, msg.term, msg.stamp)
+                if announced:
+                    m.wake.set()  # our echo says at once: the new term is durable here
             elif isinstance(msg, Error):
                 log.warning("%s: %s reports: %s", self.name, member, msg.reason)
                 return

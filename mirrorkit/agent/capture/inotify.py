@@ -24,6 +24,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from mirrorkit.agent.util.aio import wait_for
+
 __all__ = [
     "IN_ACCESS",
     "IN_ATTRIB",
@@ -228,7 +230,7 @@ class Inotify:
         if self._pending:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await wait_for(self._ready.wait(), timeout)
 
     def close(self) -> None:
         if self.fd < 0:

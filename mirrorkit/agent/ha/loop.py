@@ -58,6 +58,7 @@ from mirrorkit.agent.stream.receiver import ReceiverMirror
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.frames import Handover
+from mirrorkit.agent.util.aio import wait_for
 from mirrorkit.agent.util.lease import Lease
 
 __all__ = ["LOG_EVERY", "AppHooks", "HaLoop", "OperationRefused"]
@@ -105,6 +106,14 @@ class AppHooks:
         if running is not None and running[0] == "up" and target == "down":
             running[1].cancel()
         if running is None:
+            task = asyncio.get_running_loop().create_task(self._run(), name="app-hooks")
+            self.ha.track(task)
+
+    def redo(self) -> None:
+        """The hooks changed (a reload): what the old ones did is not what
+        the new ones would, so run the one for the current target again."""
+        self.state = None
+        if self.target is not None and self._running is None:
             task = asyncio.get_running_loop().create_task(self._run(), name="app-hooks")
             self.ha.track(task)
 
@@ -267,7 +276,7 @@ class HaLoop:
             delay = max(0.01, min(delay, roles.lease.remaining() + 0.001))
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_for(self._wake.wait(), delay)
 
     async def cycle(self) -> None:
         worker, roles = self.sup.worker, self.sup.roles

@@ -167,10 +167,17 @@ class MirrorSupervisor:
 
     def reconfigure(self, mirror: MirrorConfig) -> None:
         """Apply settings the worker reads as it goes (timeouts, hooks: see
-        ``config.RELOAD_IN_PLACE``) without stopping it."""
+        ``config.RELOAD_IN_PLACE``) without stopping it. Changed
+        ``on_promote`` / ``on_demote`` commands run at once for where the
+        member is (hooks are level-triggered: running one again is safe)."""
+        old = self.cfg
         self.cfg = mirror
         if self.worker is not None:
             self.worker.cfg = mirror
+        if any(old.hooks.get(h) != mirror.hooks.get(h) for h in ("on_promote", "on_demote")):
+            log.info("mirror %s: on_promote/on_demote changed: running the one for this "
+                     "member's state again", self.name)
+            self.ha.app.redo()
 
     # -- role changes ---------------------------------------------------------
 

@@ -15,8 +15,12 @@ writable primaries:
    restarts the application, the reason is in the events;
 5. persist ourselves as backup of term + 1 with the backup as its primary,
    then send it ``HANDOVER(term + 1, last LSN)`` on the replication
-   connection. It checks the LSN and the term and promotes itself (its
-   state persisted before it acts); keepalived moves the VIP; hooks run.
+   connection. It checks the LSN and the term, promotes itself (its state
+   persisted before it acts) and answers with a heartbeat as primary of the
+   new term; keepalived moves the VIP; hooks run. We keep the connection
+   open (sending nothing more) until that answer, its refusal or the
+   linger runs out: a close with unread data resets the connection, and a
+   reset makes the peer drop a HANDOVER it had buffered but not read.
 
 If the HANDOVER is lost (a crash between 5's two steps, a cut connection),
 term + 1 has no primary: the backup, no longer hearing a primary, asks the
@@ -38,6 +42,7 @@ from mirrorkit.agent.state import DEMOTED_ROLE
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.transport.frames import Handover
 from mirrorkit.agent.util import clock
+from mirrorkit.agent.util.aio import wait_for
 
 __all__ = ["QUIET", "SwitchoverRefused", "check_switchover", "switch_over"]
 
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 QUIET = 0.4  # capture's debounce is 0.25 s: a change made before on_demote is logged by then
 QUIET_MAX = 5.0
 MAX_BEHIND = 64 << 20  # a backup further behind must catch up first (the pause would be long)
+ANNOUNCE_TIMEOUT = 1.0  # for the arbiter's echo of our step-down (a round trip and its fsync)
 
 
 class SwitchoverRefused(Exception):
@@ -102,7 +108,7 @@ async def _acked(worker: PrimaryMirror, name: str, lsn: int, timeout: float) -> 
             return False
         peer.acked_event.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(peer.acked_event.wait(), 0.1)
+            await wait_for(peer.acked_event.wait(), 0.1)
     return True
 
 
@@ -141,16 +147,42 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
         # Our step-down (below) makes the send loops close their connections;
         # the one to the new primary must stay open for the HANDOVER.
         worker.handing_over = name
-        await roles.change(DEMOTED_ROLE[roles.member_class], new_term, name,
-                           f"switchover to {name} ({why})")
-        # Written before anything else can run (send() writes, then drains):
-        # ahead of the step-down's close of this connection.
-        await conn.send(Handover(new_term, last, name))
+        try:
+            await roles.change(DEMOTED_ROLE[roles.member_class], new_term, name,
+                               f"switchover to {name} ({why})")
+            # The arbiter learns term new_term (with no primary yet) before
+            # anyone can be its primary: should the new primary die before it
+            # tells the arbiter itself, a later promotion takes a higher term,
+            # never this one a second time.
+            told = await worker.announce_to_companions(ANNOUNCE_TIMEOUT)
+            if not all(told):
+                log.warning("%s: the arbiter did not confirm term %d before the HANDOVER; "
+                            "the new primary tells it when it connects", worker.name,
+                            new_term)
+            try:
+                worker.handover_sent = True  # no heartbeat after it, on any path
+                await conn.send(Handover(new_term, last, name))
+            except (ConnectionError, OSError) as exc:
+                outcome = f"unconfirmed: the connection to {name} failed sending it ({exc!r})"
+            else:
+                outcome = await worker.handover_outcome(name)
+        finally:
+            worker.handover_settled.set()  # the worker's stop stops lingering
     pause = clock.now() - started
-    message = (f"switched over to {name}: term {new_term}, at LSN {last}; writes paused "
-               f"{pause:.2f} s on this side")
+    if outcome == "accepted":
+        message = (f"switched over to {name}: term {new_term}, at LSN {last}; writes paused "
+                   f"{pause:.2f} s on this side")
+    else:
+        # We stepped down durably; it did not (or did not say so). Never two
+        # primaries; at worst term new_term has none until the failover
+        # rules (or an operator's promote) give it one.
+        message = (f"handed over to {name} (term {new_term}, LSN {last}) but its answer is "
+                   f"{outcome}; this member is backup of term {new_term} now. If {name} does "
+                   f"not become primary, the failover rules promote it once the arbiter "
+                   f"confirms; `mirrorkit status` shows which")
     events.record("switchover", message, new_term, to=name, lsn=last,
-                  pause_seconds=round(pause, 3))
+                  pause_seconds=round(pause, 3), handover=outcome)
     log.warning("%s: %s", worker.name, message)
     return {"mirror": worker.cfg.name, "result": "done", "term": new_term, "primary": name,
-            "pause_seconds": round(pause, 3), "at": None, "message": message}
+            "pause_seconds": round(pause, 3), "at": None, "message": message,
+            "handover": outcome.split(":")[0]}

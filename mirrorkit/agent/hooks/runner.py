@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mirrorkit.agent.util.aio import wait_for
+
 __all__ = ["MAX_OUTPUT", "HookResult", "run_hook"]
 
 MAX_OUTPUT = 64 << 10
@@ -73,13 +75,13 @@ async def run_hook(hook: str, command: str, timeout: float,
 
     timed_out = False
     try:
-        await asyncio.wait_for(collect(), timeout)
+        await wait_for(collect(), timeout)
     except TimeoutError:
         timed_out = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5.0)
+            await wait_for(proc.wait(), 5.0)
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -41,6 +41,7 @@ from mirrorkit.agent.transport.frames import (
     ResyncEnd,
 )
 from mirrorkit.agent.transport.frames import ResyncProgress as ProgressMsg
+from mirrorkit.agent.util.aio import wait_for
 
 __all__ = ["BLOCK_SIZE", "send_resync"]
 
@@ -180,7 +181,7 @@ class _Resync:
         heartbeat whenever it has been quiet for a heartbeat interval."""
         while True:
             try:
-                msg = await asyncio.wait_for(queue.get(), self.hb)
+                msg = await wait_for(queue.get(), self.hb)
             except TimeoutError:
                 await self.send(self.pm.heartbeat_for(self.peer))
                 continue

@@ -45,14 +45,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mirrorkit.agent.apply.applier import RecordFailed
 from mirrorkit.agent.log.records import Record
 from mirrorkit.agent.log.terms import last_shared
 from mirrorkit.agent.resync.receiver import ReceiverResync
+from mirrorkit.agent.state import MirrorState
 from mirrorkit.agent.stream.replica import Replica
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -81,7 +84,7 @@ from mirrorkit.agent.transport.frames import (
     ResyncProgress,
 )
 from mirrorkit.agent.util import clock
-from mirrorkit.agent.util.aio import Backoff, race
+from mirrorkit.agent.util.aio import Backoff, race, wait_for
 from mirrorkit.agent.util.listening import ListenGuard
 
 __all__ = ["ReceiverMirror"]
@@ -90,6 +93,13 @@ log = logging.getLogger(__name__)
 
 INBOX_MESSAGES = 16  # received, not yet handled (each at most ~1 MiB of records)
 MERGE_RECORDS = 50_000  # at most this many records in one coalesced apply
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """The reader's last word in the inbox: the connection ended with ``exc``."""
+
+    exc: BaseException
 
 
 class ReceiverMirror(Replica):
@@ -256,7 +266,7 @@ class ReceiverMirror(Replica):
         while True:
             self._echo_now.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._echo_now.wait(), self.cfg.timeouts.heartbeat)
+                await wait_for(self._echo_now.wait(), self.cfg.timeouts.heartbeat)
             await conn.send(Heartbeat(self.term, self.applied, self.state.role,
                                       stamp=clock.now(), echo=self.primary_stamp))
 
@@ -279,9 +289,19 @@ class ReceiverMirror(Replica):
         # arrive meanwhile are applied together: one durability point and one
         # ACK (for the highest LSN) for all of them. The inbox is bounded, so a
         # slow receiver still pushes back on the primary through TCP.
-        inbox: asyncio.Queue[Message] = asyncio.Queue(INBOX_MESSAGES)
+        inbox: asyncio.Queue[Message | _Closed] = asyncio.Queue(INBOX_MESSAGES)
 
         async def read() -> None:
+            try:
+                await read_all()
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, TimeoutError,
+                    ProtocolError) as exc:
+                # What arrived before the close is handled first (a HANDOVER
+                # the primary sent just before it closed), then the close.
+                await inbox.put(_Closed(exc))
+                await asyncio.Event().wait()  # _handle ends the session
+
+        async def read_all() -> None:
             while True:
                 msg = await conn.recv(self.cfg.timeouts.qos)
                 self.last_heard_primary = clock.now()
@@ -302,14 +322,18 @@ class ReceiverMirror(Replica):
 
         await race(read(), self._handle(conn, inbox))
 
-    async def _handle(self, conn: Connection, inbox: asyncio.Queue[Message]) -> None:
+    async def _handle(self, conn: Connection,
+                      inbox: asyncio.Queue[Message | _Closed]) -> None:
         self._resync_at = None
-        held: Message | None = None
+        held: Message | _Closed | None = None
         while True:
+            msg: Message | _Closed
             if held is not None:
                 msg, held = held, None
             else:
                 msg = await inbox.get()
+            if isinstance(msg, _Closed):
+                raise msg.exc
             if (isinstance(msg, Heartbeat) and msg.term == self.term - 1
                     and self.state.primary is None and self.state.role == "backup"):
                 # A switchover: we learnt the new term (from the arbiter)
@@ -332,7 +356,7 @@ class ReceiverMirror(Replica):
             elif isinstance(msg, ResyncEnd):
                 await self._on_resync_end(conn, msg)
             elif isinstance(msg, Handover):
-                await self._on_handover(msg)
+                await self._on_handover(conn, msg)
                 return
             elif isinstance(msg, Error):
                 log.warning("%s: primary reports: %s", self.name, msg.reason)
@@ -341,11 +365,11 @@ class ReceiverMirror(Replica):
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
     async def _on_records(self, conn: Connection, msg: Records,
-                          inbox: asyncio.Queue[Message]) -> Message | None:
+                          inbox: asyncio.Queue[Message | _Closed]) -> Message | _Closed | None:
         """Apply ``msg``'s records; return the message taken from ``inbox``
         that ends a coalesced run, for :meth:`_handle` to handle next."""
         records = list(msg.records)
-        held: Message | None = None
+        held: Message | _Closed | None = None
         if self._resync_at is None:
             # Coalesce what is already waiting: consecutive, gapless batches.
             while not inbox.empty() and len(records) < MERGE_RECORDS:
@@ -360,9 +384,15 @@ class ReceiverMirror(Replica):
         await self._records(conn, records, self._resync_at is not None)
         return held
 
-    async def _on_handover(self, msg: Handover) -> None:
+    async def _on_handover(self, conn: Connection, msg: Handover) -> None:
         """Our primary stepped down for us (a switchover). It checked that
-        we acknowledged its last LSN; we check it too, and the term."""
+        we acknowledged its last LSN; we check it too, and the term; then we
+        promote ourselves and answer with a heartbeat as primary of the new
+        term. A refusal closes the connection with its reason (an ERROR the
+        former primary reports)."""
+        log.warning("%s: HANDOVER from %s: term %d at LSN %d (we are %s of term %d, "
+                    "applied %d)", self.name, self.connected_to, msg.term, msg.lsn,
+                    self.state.role, self.term, self.applied)
         dr = self.state.role == "async" and self.me.kind == "dr"
         if self.on_handover is None or not (self.state.role == "backup" or dr):
             raise PeerRefused(f"HANDOVER to a {self.state.role} member: refused")
@@ -376,7 +406,23 @@ class ReceiverMirror(Replica):
         if self.applied < msg.lsn or self.log.last_lsn != msg.lsn:
             raise PeerRefused(f"HANDOVER at LSN {msg.lsn}, but we applied {self.applied} and "
                               f"logged {self.log.last_lsn}: refused")
-        await self.on_handover(msg)
+
+        def answer(old: MirrorState, new: MirrorState, why: str) -> None:
+            # Our answer goes out the moment our promotion is durable, before
+            # the worker swap it triggers closes this connection.
+            if new.role == "primary" and new.term == msg.term:
+                conn.send_nowait(Heartbeat(msg.term, self.applied, "primary",
+                                           stamp=clock.now(), echo=self.primary_stamp))
+                log.warning("%s: HANDOVER accepted: primary of term %d at LSN %d", self.name,
+                            msg.term, msg.lsn)
+
+        self.roles.listeners.insert(0, answer)
+        try:
+            # To its end even if this session is cancelled meanwhile (the
+            # former primary gave up waiting and closed): it stepped down for us.
+            await asyncio.shield(self.on_handover(msg))
+        finally:
+            self.roles.listeners.remove(answer)
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self.primary_lsn = msg.lsn

@@ -70,7 +70,7 @@ from mirrorkit.agent.transport.frames import (
     Records,
 )
 from mirrorkit.agent.util import clock
-from mirrorkit.agent.util.aio import Backoff, race
+from mirrorkit.agent.util.aio import Backoff, race, wait_for
 
 __all__ = ["PrimaryMirror"]
 
@@ -107,6 +107,12 @@ class PrimaryMirror(MirrorWorker):
         self.own_term = self.roles.term  # set again by start()
         self._final_lsn: int | None = None  # set by stop()
         self.handing_over: str | None = None  # the member a switchover hands over to
+        # Its answer to the HANDOVER: a heartbeat as primary of the new term
+        # (accepted), or an ERROR (refused, the reason kept). See handover_outcome().
+        self.handover_accepted = asyncio.Event()
+        self.handover_refused: str | None = None
+        self.handover_settled = asyncio.Event()  # the switchover has its outcome
+        self.handover_sent = False  # the HANDOVER is written: send nothing more
 
     async def open(self) -> None:
         if not hasattr(self, "log"):
@@ -137,9 +143,10 @@ class PrimaryMirror(MirrorWorker):
     async def stop(self) -> None:
         if self._capture is not None:
             try:
-                await asyncio.wait_for(self._capture.stop(), 5.0)
+                await wait_for(self._capture.stop(), 5.0)
             except Exception as exc:
                 log.warning("%s: capture stop: %r", self.name, exc)
+        await self._linger_for_handover()
         for peer in self.peers.values():
             if peer.task is not None:
                 peer.task.cancel()
@@ -147,6 +154,56 @@ class PrimaryMirror(MirrorWorker):
         if hasattr(self, "log"):
             self._final_lsn = self.log.last_lsn  # the closed log knows it no more
             self.log.close()
+
+    # -- switchover: the handover's answer -----------------------------------
+
+    def handover_linger(self) -> float:
+        """How long the connection to the new primary stays open after the
+        HANDOVER, for its answer: its state save (an fsync) and no more."""
+        return min(max(2.0, 2 * self.cfg.timeouts.qos), 10.0)
+
+    async def handover_outcome(self, member: str) -> str:
+        """After the HANDOVER went out: "accepted", "refused: <reason>", or
+        "unconfirmed" (no answer within the linger, or the connection ended
+        without one)."""
+        peer = self.peers[member]
+        accepted = asyncio.ensure_future(self.handover_accepted.wait())
+        # The session ending (the connection closed) ends the wait too; it
+        # is only watched here, never cancelled.
+        waiters: list[asyncio.Future[Any]] = [accepted]
+        if peer.task is not None:
+            waiters.append(peer.task)
+        try:
+            await asyncio.wait(waiters, timeout=self.handover_linger(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            accepted.cancel()
+            await asyncio.gather(accepted, return_exceptions=True)
+        if self.handover_accepted.is_set():
+            return "accepted"
+        if self.handover_refused is not None:
+            return f"refused: {self.handover_refused}"
+        return "unconfirmed"
+
+    async def _linger_for_handover(self) -> None:
+        # Closing the connection to the new primary while its HANDOVER may be
+        # unread there loses it: a close with unread data in our socket
+        # sends a reset, and a reset makes the peer's stream reader drop
+        # what it buffered. The new primary closes it once it has answered.
+        name = self.handing_over
+        peer = self.peers.get(name) if name is not None else None
+        if peer is None or peer.task is None or peer.task.done() \
+                or self.handover_settled.is_set():
+            return
+        settled = asyncio.ensure_future(self.handover_settled.wait())
+        try:
+            # The switchover still tells the arbiter, then sends the HANDOVER
+            # and waits for the answer: at most about twice the linger.
+            await asyncio.wait([settled, peer.task], timeout=2 * self.handover_linger(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+            await asyncio.gather(settled, return_exceptions=True)
 
     # -- capture -> log -----------------------------------------------------
 
@@ -335,6 +392,9 @@ class PrimaryMirror(MirrorWorker):
             elif isinstance(msg, ApplyFailed):
                 self._apply_failed(peer, member, msg)
             elif isinstance(msg, Heartbeat):
+                if (member == self.handing_over and msg.role == "primary"
+                        and msg.term == self.roles.term and not self.roles.holds_primary):
+                    self.handover_accepted.set()  # primary of the term we handed it
                 self._on_heartbeat(peer, member, msg)
             elif isinstance(msg, Manifest | ManifestEnd):
                 if peer.manifest is None:
@@ -342,6 +402,8 @@ class PrimaryMirror(MirrorWorker):
                 await peer.manifest.put(msg)
             elif isinstance(msg, Error):
                 log.warning("%s: %s reports error: %s", self.name, member, msg.reason)
+                if member == self.handing_over and not self.roles.holds_primary:
+                    self.handover_refused = msg.reason
                 return
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from a receiver")
@@ -351,6 +413,18 @@ class PrimaryMirror(MirrorWorker):
         hb = self.cfg.timeouts.heartbeat
         last_hb = 0.0
         while True:
+            if self.handing_over == member and not self.roles.holds_primary:
+                # A switchover to it: its HANDOVER is written on this very
+                # connection once our step-down is durable and the arbiter
+                # knows the new term. Do not close it; heartbeats until then
+                # (or it takes us for silent), nothing after: what it has not
+                # read when it closes would reset the connection under the
+                # HANDOVER's answer.
+                if not self.handover_sent and time.monotonic() - last_hb >= hb:
+                    await conn.send(self.heartbeat_for(peer))
+                    last_hb = time.monotonic()
+                await asyncio.sleep(hb / 4)
+                continue
             if next_lsn < self.log.first_lsn:
                 log.warning("%s: %s needs LSN %d but the log starts at %d", self.name, member,
                             next_lsn, self.log.first_lsn)
@@ -370,11 +444,6 @@ class PrimaryMirror(MirrorWorker):
                 await _wait(self._new_data, hb)
                 continue
             if not self.roles.holds_primary:
-                if self.handing_over == member:
-                    # A switchover to it: its HANDOVER is written on this very
-                    # connection once our step-down is durable; do not close it.
-                    await asyncio.sleep(hb)
-                    continue
                 raise PeerRefused("no longer the primary (a higher term exists)")
             try:
                 data, count = await self._read(next_lsn)
@@ -524,4 +593,4 @@ class PrimaryMirror(MirrorWorker):
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        await wait_for(event.wait(), timeout)

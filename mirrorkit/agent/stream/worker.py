@@ -26,11 +26,14 @@ from typing import Any, Protocol
 from mirrorkit.agent.config import AgentConfig, MemberConfig, MirrorConfig
 from mirrorkit.agent.log.segments import MirrorLog
 from mirrorkit.agent.state import MirrorState, RoleOwner, StateStore
+from mirrorkit.agent.util.aio import wait_for
 from mirrorkit.agent.util.stats import AgentMetrics, MirrorMetrics
 
 __all__ = ["Companion", "MirrorWorker"]
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE = 5.0  # seconds a cancelled task gets to end (a connection close waits up to 4 s)
 
 
 class Companion(Protocol):
@@ -42,6 +45,11 @@ class Companion(Protocol):
     async def run(self) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    async def announce(self, timeout: float) -> bool:
+        """Tell the peer our current term and role now and wait (at most
+        ``timeout``) until it has heard it; False when it could not."""
+        ...
 
 
 class MirrorWorker:
@@ -88,6 +96,10 @@ class MirrorWorker:
     def start_companions(self) -> None:
         for i, companion in enumerate(self.companions):
             self.spawn(companion.run(), f"companion-{i}")
+
+    async def announce_to_companions(self, timeout: float) -> list[bool]:
+        """:meth:`Companion.announce` on each companion, concurrently."""
+        return list(await asyncio.gather(*(c.announce(timeout) for c in self.companions)))
 
     def companion_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -150,12 +162,22 @@ class MirrorWorker:
         for server in self.servers:
             server.close()
         pending = [*self.tasks, *self.sessions]
-        for t in pending:
-            t.cancel()
+        left: set[asyncio.Task[Any]] = set(pending)
+        while left:
+            # A task that swallowed its cancellation (see util/aio.wait_for)
+            # is cancelled again, and said so: a stop that never ends leaves
+            # the mirror without a worker.
+            for t in left:
+                t.cancel()
+            _done, left = await asyncio.wait(left, timeout=STOP_GRACE)
+            if left:
+                log.error("%s: %d task(s) still running %.0f s after being cancelled (%s); "
+                          "cancelling again", self.name, len(left), STOP_GRACE,
+                          ", ".join(sorted(t.get_name() for t in left)))
         await asyncio.gather(*pending, return_exceptions=True)
         for server in self.servers:
             try:
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+                await wait_for(server.wait_closed(), 2.0)
             except TimeoutError:
                 log.warning("%s: server did not close in time", self.name)
 

@@ -65,6 +65,7 @@ from mirrorkit.agent.transport.frames import (
     encode_message,
     read_message,
 )
+from mirrorkit.agent.util.aio import wait_for
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -186,24 +187,38 @@ class Connection:
         self.term_fn: Callable[[], int] = lambda: 0
 
     async def send(self, msg: Message) -> None:
-        self.writer.write(encode_message(msg))
+        if self.writer.is_closing():
+            raise ConnectionResetError(f"connection with {self.label} is closed")
+        try:
+            self.writer.write(encode_message(msg))
+        except AttributeError:
+            # asyncio's TLS transport once its connection is lost (3.11): its
+            # protocol is gone and write() fails on None. Closed is closed.
+            raise ConnectionResetError(f"connection with {self.label} was lost") from None
         await self.writer.drain()
+
+    def send_nowait(self, msg: Message) -> None:
+        """Queue ``msg`` without waiting (for a callback that must not yield);
+        a later close still flushes it. Nothing if the connection is closing."""
+        if not self.writer.is_closing():
+            with contextlib.suppress(AttributeError):  # lost: see send()
+                self.writer.write(encode_message(msg))
 
     async def recv(self, timeout: float | None = None, control_only: bool = False) -> Message:
         if timeout is None:
             return await read_message(self.reader, control_only)
-        return await asyncio.wait_for(read_message(self.reader, control_only), timeout)
+        return await wait_for(read_message(self.reader, control_only), timeout)
 
     async def close(self, reason: str | None = None) -> None:
         if reason is not None and not self.writer.is_closing():
             try:
                 self.writer.write(encode_message(Error(reason[:500], self.term_fn())))
-                await asyncio.wait_for(self.writer.drain(), 2.0)
+                await wait_for(self.writer.drain(), 2.0)
             except (OSError, TimeoutError, ProtocolError):
                 pass
         self.writer.close()
         with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+            await wait_for(self.writer.wait_closed(), 2.0)
 
 
 async def _recv_hello(conn: Connection) -> Message:
@@ -249,7 +264,7 @@ async def client_handshake(conn: Connection, mirror: MirrorConfig, me: Hello,
 
 async def connect(host: str, port: int, ctx: ssl.SSLContext) -> Connection:
     """Dial and complete TLS; raises OSError/ssl.SSLError/TimeoutError."""
-    reader, writer = await asyncio.wait_for(
+    reader, writer = await wait_for(
         asyncio.open_connection(host, port, ssl=ctx, server_hostname=host,
                                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
         HANDSHAKE_TIMEOUT + 1,

@@ -1,13 +1,32 @@
-"""asyncio helpers: reconnect backoff and racing coroutines."""
+"""asyncio helpers: reconnect backoff, racing coroutines, and a ``wait_for``
+that keeps cancellations."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["Backoff", "race"]
+__all__ = ["Backoff", "race", "wait_for"]
+
+T = TypeVar("T")
+
+
+async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """Await ``aw`` for at most ``timeout`` seconds (TimeoutError after).
+
+    Use this, never ``asyncio.wait_for``: on Python 3.11 the latter drops a
+    cancellation that arrives in the same loop iteration as the awaited
+    thing completes (CPython gh-86296, fixed in 3.12). A worker being
+    stopped then ran on: the receiver's reconnect loop outlived its cancel
+    during a connection's close, the stop waited for it forever, and the
+    member stayed "mirror not running: starting" after a switchover.
+    ``asyncio.timeout`` keeps the cancellation."""
+    if timeout is None:
+        return await aw
+    async with asyncio.timeout(timeout):
+        return await aw
 
 
 class Backoff:
