@@ -94,11 +94,18 @@ class PrimaryPublisher:
                 verdict = body.get("mirrors", {}).get(name, {})
                 reason = str(verdict.get("reason") or body.get("reason") or "")
                 term = mirrors[name].get("term") if isinstance(mirrors[name], dict) else None
-                # The track file first: on a step-down it is what releases the VIP at once.
+                # On a step-down the track file first: it is what releases the
+                # VIP at once. On a promotion the primary file first: the
+                # tracking script passes a live non-primary only while the
+                # track file says 1, so the two never disagree in its favour.
                 starting = isinstance(mirrors[name], dict) and mirrors[name].get("starting")
-                if code == 200 or not starting:
-                    self._track(directory, name, code == 200)
-                primary_file.write(directory, name, code == 200, term, reason)
+                if code == 200:
+                    primary_file.write(directory, name, True, term, reason)
+                    self._track(directory, name, True)
+                else:
+                    if not starting:
+                        self._track(directory, name, False)
+                    primary_file.write(directory, name, False, term, reason)
                 wanted.add((directory, name))
             for gone in [key for key in self._vrrp if key not in wanted]:
                 self._track(*gone, primary=False)
