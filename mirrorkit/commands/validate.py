@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from mirrorkit.inventory.advice import timing_warnings
 from mirrorkit.inventory.load import build_inventory, read_inventory_vars
 from mirrorkit.inventory.validate import validate
 
@@ -26,7 +27,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     inv_vars = read_inventory_vars(args.inventory)  # MirrorkitError -> exit 1 in cli.main
-    for warning in inv_vars.warnings:
+    for warning in [*inv_vars.warnings, *timing_warnings(inv_vars.all_vars)]:
         print(f"{args.inventory}: warning: {warning}", file=sys.stderr)
     errors = validate(inv_vars)
     if errors:

@@ -116,3 +116,18 @@ def test_hostile_inventories_exit_1_without_traceback(tmp_path: Path, name: str,
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert str(path) in proc.stderr and text in proc.stderr
+
+
+def test_tuned_timers_below_the_defaults_are_valid_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+    inv = yaml.safe_load(LAB.read_text())
+    mirror = inv["all"]["vars"]["mirrorkit_mirrors"]["records"]
+    mirror["timeouts"] = {"heartbeat": 0.1, "qos": 0.4, "arbiter": 0.8}
+    path = tmp_path / "tuned.yml"
+    path.write_text(yaml.safe_dump(inv))
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "inventory OK: 1 mirror, 4 hosts"
+    assert err.startswith(f"{path}: warning: mirror records: timeouts.qos 0.4 s is below the "
+                          "default 1 s") and "false failover" in err
