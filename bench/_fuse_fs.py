@@ -31,6 +31,7 @@ import queue
 import stat
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -42,7 +43,8 @@ _STRIP = os.O_APPEND | getattr(os, "O_DIRECT", 0)  # the kernel resolves both
 class OpLog:
     """A bounded queue of ops and a consumer that encodes them (the logger)."""
 
-    def __init__(self, maxsize: int = 4096) -> None:
+    def __init__(self, maxsize: int = 4096, ack_s: float = 0.0) -> None:
+        self.ack_s = ack_s  # a stand-in for the backup's acknowledgement in mode: sync
         self.q: queue.Queue[tuple[int, Op] | None] = queue.Queue(maxsize)
         self.lock = threading.Lock()
         self.cond = threading.Condition()
@@ -74,6 +76,8 @@ class OpLog:
             want = self.lsn
         with self.cond:
             self.cond.wait_for(lambda: self.done >= want)
+        if self.ack_s:
+            time.sleep(self.ack_s)  # blocks this handler's thread, as a blocking wait would
 
     def _consume(self) -> None:
         while True:
@@ -782,8 +786,10 @@ def main() -> int:
     ap.add_argument("stats")
     ap.add_argument("--single", action="store_true", help="one request at a time")
     ap.add_argument("--option", action="append", default=[], help="FUSE -o option")
+    ap.add_argument("--ack-ms", type=float, default=0.0,
+                    help="fsync also waits this long (a sync-mode backup ack stand-in)")
     a = ap.parse_args()
-    log = OpLog()
+    log = OpLog(ack_s=a.ack_ms / 1000)
     try:
         SERVERS[a.binding](a.backing, a.mountpoint, log, a.option, a.single)
     finally:

@@ -263,7 +263,8 @@ def _unmount(mnt: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def run_target(t: Target, work: Path, s: Sizes) -> dict[str, Any]:
+def run_target(t: Target, work: Path, s: Sizes, ack_ms: float = 0.0,
+               only: list[str] | None = None) -> dict[str, Any]:
     base = work / t.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     shutil.rmtree(base, ignore_errors=True)
     backing, mnt = base / "backing", base / "mnt"
@@ -276,7 +277,8 @@ def run_target(t: Target, work: Path, s: Sizes) -> dict[str, Any]:
         stats = base / "stats.json"
         cmd = [sys.executable, str(HERE / "_fuse_fs.py"), t.binding, str(backing), str(mnt),
                str(stats), *(["--single"] if t.single else []),
-               *(f"--option={o}" for o in t.options)]
+               *(f"--option={o}" for o in t.options),
+               *([f"--ack-ms={ack_ms}"] if ack_ms else [])]
         res["server"] = " ".join(cmd[1:])
         errlog = open(base / "server.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, stdout=errlog, stderr=subprocess.STDOUT,
@@ -291,6 +293,8 @@ def run_target(t: Target, work: Path, s: Sizes) -> dict[str, Any]:
         root = mnt
     try:
         for name, fn in WORKLOADS:
+            if only and name not in only:
+                continue
             c0 = cpu_seconds(proc.pid if proc else None)
             try:
                 fig, n = fn(root, s)
@@ -425,7 +429,11 @@ def write_section(text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
+        end = nxt if nxt >= 0 else len(old)
+        # Hand-written follow-up subsections (other commands) survive a re-render.
+        keep = old.find("\n### Follow-up", start, end)
+        kept = old[keep:end].strip("\n") + "\n\n" if keep >= 0 else ""
+        new = old[:start] + text.rstrip("\n") + "\n\n" + kept + old[end + 1:]
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
@@ -448,6 +456,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2,
                     help="runs of every target, interleaved (odd rounds in reverse order, "
                          "to even out load drift); the table shows medians")
+    ap.add_argument("--ack-ms", type=float, default=0.0,
+                    help="every FUSE fsync also waits this long after the logger: a "
+                         "stand-in for the backup's acknowledgement in mode: sync")
+    ap.add_argument("--workloads", default="",
+                    help="comma-separated subset of: " + ", ".join(n for n, _ in WORKLOADS))
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--output", type=Path, default=None,
                     help="write the section here instead of into RESULTS.md")
@@ -464,6 +477,11 @@ def main() -> int:
         print("needs root and /dev/fuse", file=sys.stderr)
         return 2
     s = QUICK if a.quick else Sizes()
+    only = [w for w in a.workloads.split(",") if w]
+    unknown = set(only) - {n for n, _ in WORKLOADS}
+    if unknown:
+        print(f"unknown workload(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     targets = [t for t in TARGETS if not a.only or any(o in t.name for o in a.only)]
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -471,6 +489,8 @@ def main() -> int:
         "command": "PYTHONPATH=. .venv/bin/python bench/fuse_binding.py"
                    + (" --quick" if a.quick else "")
                    + (f" --rounds {a.rounds}" if a.rounds != 2 else "")
+                   + (f" --ack-ms {a.ack_ms:g}" if a.ack_ms else "")
+                   + (f" --workloads {a.workloads}" if a.workloads else "")
                    + "".join(f" --only '{o}'" for o in a.only),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nproc": os.cpu_count(), "kernel": os.uname().release,
@@ -494,7 +514,7 @@ def main() -> int:
     for i in range(a.rounds):
         for t in (targets if i % 2 == 0 else targets[::-1]):
             print(f"round {i + 1}: {t.name} …", flush=True)
-            rounds[t.name].append(run_target(t, a.work, s))
+            rounds[t.name].append(run_target(t, a.work, s, a.ack_ms, only))
     run["rounds"] = a.rounds
     run["results"] = [merge(rounds[t.name]) for t in targets]
     run["per_round"] = rounds
