@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop bench-failover fuzz
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop bench-failover bench-fuse fuzz
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -64,6 +64,12 @@ bench-loop: deps
 # Adds section "Failover (issue 8)" to bench/RESULTS.md. ARGS e.g. --fault-seconds 120.
 bench-failover: deps
 	PYTHONPATH=$(CURDIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/failover.py $(ARGS)
+
+# FUSE bindings for the mount capture side by side with a plain directory (issue 9);
+# adds section "FUSE binding (issue 9)" to bench/RESULTS.md. Needs root and /dev/fuse.
+bench-fuse: deps
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench-fuse]'
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/fuse_binding.py $(ARGS)
 
 # The property-based tests (marked `fuzz`, also run by `make test` with a fixed
 # seed and a bounded example count) with many more, random, examples.
