@@ -67,7 +67,12 @@ bench-failover: deps
 
 # FUSE bindings for the mount capture side by side with a plain directory (issue 9);
 # adds section "FUSE binding (issue 9)" to bench/RESULTS.md. Needs root and /dev/fuse.
+# pyfuse3 and llfuse build from source against libfuse 3 and 2: their build
+# packages are installed here only (not by `make deps`: mfusepy, the binding
+# chosen, needs only fuse3's library, and libfuse 2 installed makes mfusepy
+# load it unless FUSE_LIBRARY_NAME=fuse3 is set).
 bench-fuse: deps
+	bash scripts/bootstrap-bench-fuse.sh
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench-fuse]'
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/fuse_binding.py $(ARGS)
 

@@ -4,10 +4,7 @@
 set -euo pipefail
 packages=(podman runc debootstrap uidmap keepalived rsync fuse3 openssh-client
           iproute2 iptables python3-venv make lsyncd
-          netavark aardvark-dns
-          # make bench-fuse (issue 9): pyfuse3 and llfuse build from source
-          # against libfuse 3 and libfuse 2 (mfusepy needs only fuse3's library).
-          gcc python3-dev pkg-config libfuse3-dev libfuse-dev)
+          netavark aardvark-dns)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
