@@ -225,57 +225,6 @@ def test_an_unexpected_failure_does_not_end_the_publisher(
     assert len([r for r in caplog.records if "a round failed" in r.getMessage()]) == 1
 
 
-def _check_with_track_file(tmp_path: Path) -> Path:
-    text = jinja2.Template(TEMPLATE.read_text(), keep_trailing_newline=True).render(
-        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS,
-        mirrorkit_vip_track_file=True)
-    path = tmp_path / "check-with-track-file"
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-def _shell(check: Path, directory: Path, mirror: str) -> int:
-    return subprocess.run([str(check), mirror, str(directory)], capture_output=True,
-                          timeout=60, check=False).returncode
-
-
-def test_with_the_track_file_the_script_guards_liveness_only(tmp_path: Path) -> None:
-    # Issue 8's VIP timing: after a promotion the script's next run (up to
-    # `interval` later) held the VIP back; the track file alone says who is
-    # primary, the script only that the agent is alive and agrees.
-    check = _check_with_track_file(tmp_path)
-    run = tmp_path / "run"
-    run.mkdir()
-    now = render(True, 4, "", boottime()).split(b" ")[3]
-    write_raw(run, "records", render(True, 4, "ok", boottime()))
-    (run / "records.vrrp").write_text("0\n")
-    assert _shell(check, run, "records") == 0  # the primary
-    write_raw(run, "records", b"mirrorkit-primary/1 0 4 %s role is backup\n" % now)
-    (run / "records.vrrp").write_text("1\n")
-    assert _shell(check, run, "records") == 0  # alive, not primary, the track file agrees
-    (run / "records.vrrp").write_text("0\n")
-    assert _shell(check, run, "records") == 1  # they disagree: fail safe
-    (run / "records.vrrp").write_text("garbage\n")
-    assert _shell(check, run, "records") == 1
-    (run / "records.vrrp").unlink()
-    assert _shell(check, run, "records") == 1
-    (run / "records.vrrp").write_text("1\n")
-    write_raw(run, "records", render(False, 4, "backup", boottime() - STALE_SECONDS - 3))
-    assert _shell(check, run, "records") == 1  # a dead or stalled agent
-    # and without the track file, "not primary" is exit 1 as before
-    assert checks(bash_check_path(tmp_path), run, "records")[1] == 1
-
-
-def bash_check_path(tmp_path: Path) -> Path:
-    text = jinja2.Template(TEMPLATE.read_text(), keep_trailing_newline=True).render(
-        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS)
-    path = tmp_path / "check-without-track-file"
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
 def test_the_publisher_writes_the_primary_file_first_on_a_promotion(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
