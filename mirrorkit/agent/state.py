@@ -49,6 +49,7 @@ __all__ = [
     "RoleOwner",
     "StateStore",
     "StateUnreadable",
+    "TermMoved",
     "atomic_write_json",
     "read_json_object",
 ]
@@ -197,6 +198,10 @@ class StateStore:
 Listener = Callable[[MirrorState, MirrorState, str], None]
 
 
+class TermMoved(ValueError):
+    """A role change decided on a term that is no longer ours."""
+
+
 class RoleOwner:
     """The one owner of one mirror's role and term on this host.
 
@@ -311,9 +316,16 @@ class RoleOwner:
 
         return await self._exclusive(commit)
 
-    async def change(self, role: str, term: int, primary: str | None, why: str) -> None:
+    async def change(self, role: str, term: int, primary: str | None, why: str,
+                     from_term: int | None = None) -> None:
         """Take ``role`` in ``term`` (never lower than ours; a new role for the
-        same member class only), persisted before it takes effect."""
+        same member class only), persisted before it takes effect.
+
+        ``from_term``: the term the caller decided on; raises
+        :class:`TermMoved` if ours is another by the time the change runs (a
+        promotion to ``from_term + 1`` must not land in a term someone else
+        took meanwhile). A primary claim for a term that already names
+        another primary is refused the same way."""
         allowed = ROLES_OF_CLASS.get(self.member_class, ())
         if role not in allowed:
             raise ValueError(f"a {self.member_class} member cannot be {role}")
@@ -325,6 +337,12 @@ class RoleOwner:
         async def commit() -> None:
             if term < self._state.term:
                 raise ValueError(f"term {term} is older than our term {self._state.term}")
+            if from_term is not None and self._state.term != from_term:
+                raise TermMoved(f"our term moved from {from_term} to {self._state.term} "
+                                f"meanwhile")
+            if (role == "primary" and term == self._state.term
+                    and self._state.primary not in (None, primary)):
+                raise TermMoved(f"term {term} already has primary {self._state.primary}")
             await self._commit(MirrorState(term, role, primary), why)
 
         await self._exclusive(commit)

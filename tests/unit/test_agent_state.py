@@ -153,3 +153,22 @@ def test_a_change_whose_caller_is_cancelled_still_takes_effect_in_memory(
     asyncio.run(go())
     assert seen == [MirrorState(2, "primary", "node2")]
     assert store.load("failover") == MirrorState(2, "primary", "node2")
+
+
+def test_a_promotion_never_lands_in_a_term_another_member_took(tmp_path: Path) -> None:
+    # Review of issue 8: a promotion decided at term 1 queued behind the news
+    # "node3 is primary of term 2" committed as a second primary of term 2.
+    from mirrorkit.agent.state import TermMoved
+    owner = RoleOwner.load(StateStore(tmp_path / "records"), "failover", "backup", "node1")
+
+    async def go() -> None:
+        await owner.observe_term(2, "node3", "arbiter")
+        with pytest.raises(TermMoved, match="moved from 1 to 2"):
+            await owner.change("primary", 2, "node2", "promotion", from_term=1)
+        with pytest.raises(TermMoved, match="already has primary node3"):
+            await owner.change("primary", 2, "node2", "handover")
+        await owner.observe_term(3, None, "arbiter")  # a term with no primary yet
+        await owner.change("primary", 3, "node2", "handover")  # may take it
+
+    asyncio.run(go())
+    assert owner.state == MirrorState(3, "primary", "node2")

@@ -114,8 +114,10 @@ class ArbiterMirror(MirrorWorker):
 
     async def _send_heartbeats(self, conn: Connection, m: SeenMember, member: str) -> None:
         while True:
-            await conn.send(self._heartbeat(m, member))
+            # Cleared before the heartbeat is built: a wake-up that comes
+            # while the send waits (a slow peer) gets its own echo at once.
             m.wake.clear()
+            await conn.send(self._heartbeat(m, member))
             with contextlib.suppress(TimeoutError):
                 await wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
 

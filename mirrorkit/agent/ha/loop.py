@@ -53,7 +53,7 @@ from mirrorkit.agent.ha.flags import (
 from mirrorkit.agent.ha.switchover import SwitchoverRefused, check_switchover, switch_over
 from mirrorkit.agent.ha.view import build_view
 from mirrorkit.agent.hooks.runner import HookResult, run_hook
-from mirrorkit.agent.state import MirrorState, RoleOwner, StateUnreadable
+from mirrorkit.agent.state import MirrorState, RoleOwner, StateUnreadable, TermMoved
 from mirrorkit.agent.stream.receiver import ReceiverMirror
 from mirrorkit.agent.stream.sender import PrimaryMirror
 from mirrorkit.agent.stream.worker import MirrorWorker
@@ -94,8 +94,11 @@ class AppHooks:
         self.ha = loop
         self.state: str | None = None  # what the last finished hook made it
         self.target: str | None = None
-        self._running: tuple[str, asyncio.Task[Any]] | None = None
+        self._running: tuple[str, asyncio.Task[Any]] | None = None  # the hook now
+        self._runner: asyncio.Task[None] | None = None  # the one _run() loop
         self._changed = asyncio.Event()
+        self._poke = asyncio.Event()  # wakes _run()'s retry wait early
+        self._generation = 0  # bumped when the hooks change (redo)
         self.attempts = 0  # hook runs finished (ensure() waits for the next)
 
     def want(self, target: str) -> None:
@@ -105,17 +108,23 @@ class AppHooks:
         running = self._running
         if running is not None and running[0] == "up" and target == "down":
             running[1].cancel()
-        if running is None:
-            task = asyncio.get_running_loop().create_task(self._run(), name="app-hooks")
-            self.ha.track(task)
+        self._kick()
 
     def redo(self) -> None:
         """The hooks changed (a reload): what the old ones did is not what
-        the new ones would, so run the one for the current target again."""
+        the new ones would, so run the one for the current target again
+        (after a hook still running with the old command)."""
+        self._generation += 1
         self.state = None
-        if self.target is not None and self._running is None:
-            task = asyncio.get_running_loop().create_task(self._run(), name="app-hooks")
-            self.ha.track(task)
+        self._kick()
+
+    def _kick(self) -> None:
+        # One _run() at a time: a second one would run a hook beside the first.
+        self._poke.set()
+        if self.target is not None and (self._runner is None or self._runner.done()):
+            self._runner = asyncio.get_running_loop().create_task(self._run(),
+                                                                  name="app-hooks")
+            self.ha.track(self._runner)
 
     async def ensure(self, target: str) -> None:
         """:meth:`want` ``target`` and wait until a hook run for it ended
@@ -130,7 +139,7 @@ class AppHooks:
     async def _run(self) -> None:
         try:
             while self.target is not None and self.state != self.target:
-                direction = self.target
+                direction, generation = self.target, self._generation
                 task = asyncio.get_running_loop().create_task(
                     self.ha.hook("on_promote" if direction == "up" else "on_demote"))
                 self._running = (direction, task)
@@ -147,12 +156,17 @@ class AppHooks:
                     self._running = None
                 self.attempts += 1
                 self._changed.set()
-                if result is not None and not result.ok and self.target == direction:
+                if result is not None and not result.ok and self.target == direction \
+                        and generation == self._generation:
                     # Not there yet (say, the application's unit is not
-                    # installed yet on a first apply): try again, bounded.
-                    await asyncio.sleep(HOOK_RETRY)
+                    # installed yet on a first apply): try again, bounded;
+                    # sooner if the target or the hooks change meanwhile.
+                    self._poke.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await wait_for(self._poke.wait(), HOOK_RETRY)
                     continue
-                self.state = direction
+                if generation == self._generation:  # else: the hooks changed, run again
+                    self.state = direction
                 self._changed.set()
         finally:
             self._running = None
@@ -301,7 +315,10 @@ class HaLoop:
             decision = Decision(Action.NONE, f"no failover: {self.flag_error}", "flags-unreadable")
         self._explain(decision)
         if decision.action is Action.PROMOTE:
-            await self._promote(roles, decision.reason, forced=False)
+            try:
+                await self._promote(roles, decision.reason, forced=False)
+            except OperationRefused as exc:
+                log.warning("%s: %s", self.name, exc)
         elif view.role == "primary" and roles.writable:
             await self._scheduled(worker)
             self._health(worker)
@@ -379,14 +396,22 @@ class HaLoop:
             if roles.role not in ("backup", "async"):
                 raise OperationRefused(f"this member is {roles.role}, not a backup or a "
                                        f"DR copy")
-            term = roles.term + 1
+            base = roles.term
+            term = base + 1
             if forced:
                 # In a disaster nobody may be left to renew its lease: the
                 # new primary is writable until a peer first answers it.
                 await asyncio.to_thread(save_lease_waiver, self.dir, term)
             self.events.record("promote", f"{'forced ' if forced else ''}promotion to primary "
                                f"of term {term}: {why}", term, forced=forced)
-            await roles.change("primary", term, self.sup.agent.host, why)
+            try:
+                await roles.change("primary", term, self.sup.agent.host, why, from_term=base)
+            except TermMoved as exc:
+                # Another member was promoted (or handed over) while we
+                # decided: never a second primary of its term.
+                self.events.record("promote", f"promotion to term {term} not made: {exc}",
+                                   roles.term)
+                raise OperationRefused(f"not promoted: {exc}") from None
             return term
 
     async def _accept_handover(self, msg: Handover) -> None:

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 QUIET = 0.4  # capture's debounce is 0.25 s: a change made before on_demote is logged by then
 QUIET_MAX = 5.0
 MAX_BEHIND = 64 << 20  # a backup further behind must catch up first (the pause would be long)
-ANNOUNCE_TIMEOUT = 1.0  # for the arbiter's echo of our step-down (a round trip and its fsync)
 
 
 class SwitchoverRefused(Exception):
@@ -112,6 +111,29 @@ async def _acked(worker: PrimaryMirror, name: str, lsn: int, timeout: float) -> 
     return True
 
 
+async def _hand_over(worker: PrimaryMirror, conn: Any, name: str, new_term: int,
+                     last: int) -> str:
+    """After our durable step-down: tell the arbiter, send the HANDOVER, wait
+    for the answer (see the module's docstring); the outcome."""
+    try:
+        # The arbiter learns term new_term (with no primary yet) before
+        # anyone can be its primary: should the new primary die before it
+        # tells the arbiter itself, a later promotion takes a higher term,
+        # never this one a second time.
+        told = await worker.announce_to_companions(worker.announce_timeout())
+        if not all(told):
+            log.warning("%s: the arbiter did not confirm term %d before the HANDOVER; the "
+                        "new primary tells it when it connects", worker.name, new_term)
+        try:
+            worker.handover_sent = True  # no heartbeat after it, on any path
+            await conn.send(Handover(new_term, last, name))
+        except (ConnectionError, OSError) as exc:
+            return f"unconfirmed: the connection to {name} failed sending it ({exc!r})"
+        return await worker.handover_outcome(name)
+    finally:
+        worker.handover_settled.set()  # the worker's stop stops lingering
+
+
 async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
                       run_hook: Callable[[str], Awaitable[Any]], why: str,
                       timeout: float = 10.0) -> dict[str, Any]:
@@ -150,24 +172,13 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
         try:
             await roles.change(DEMOTED_ROLE[roles.member_class], new_term, name,
                                f"switchover to {name} ({why})")
-            # The arbiter learns term new_term (with no primary yet) before
-            # anyone can be its primary: should the new primary die before it
-            # tells the arbiter itself, a later promotion takes a higher term,
-            # never this one a second time.
-            told = await worker.announce_to_companions(ANNOUNCE_TIMEOUT)
-            if not all(told):
-                log.warning("%s: the arbiter did not confirm term %d before the HANDOVER; "
-                            "the new primary tells it when it connects", worker.name,
-                            new_term)
-            try:
-                worker.handover_sent = True  # no heartbeat after it, on any path
-                await conn.send(Handover(new_term, last, name))
-            except (ConnectionError, OSError) as exc:
-                outcome = f"unconfirmed: the connection to {name} failed sending it ({exc!r})"
-            else:
-                outcome = await worker.handover_outcome(name)
-        finally:
-            worker.handover_settled.set()  # the worker's stop stops lingering
+        except BaseException:
+            worker.handover_settled.set()  # nothing to linger for
+            raise
+        # From here on we are a backup of new_term for good: what remains runs
+        # to its end even if our caller is cancelled (an agent stopping, the
+        # HA loop's task), or the target would never get its HANDOVER.
+        outcome = await asyncio.shield(_hand_over(worker, conn, name, new_term, last))
     pause = clock.now() - started
     if outcome == "accepted":
         message = (f"switched over to {name}: term {new_term}, at LSN {last}; writes paused "

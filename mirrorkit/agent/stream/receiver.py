@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -294,12 +293,16 @@ class ReceiverMirror(Replica):
         async def read() -> None:
             try:
                 await read_all()
-            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, TimeoutError,
-                    ProtocolError) as exc:
+            except (asyncio.IncompleteReadError, OSError, ProtocolError) as exc:
                 # What arrived before the close is handled first (a HANDOVER
-                # the primary sent just before it closed), then the close.
-                await inbox.put(_Closed(exc))
-                await asyncio.Event().wait()  # _handle ends the session
+                # the primary sent just before it closed), then the close:
+                # _handle ends the session when it gets there. Bounded: a
+                # _handle stuck (say, on a send to a peer that stopped
+                # reading) must not keep a dead session forever.
+                with contextlib.suppress(TimeoutError):
+                    await wait_for(inbox.put(_Closed(exc)), self.cfg.timeouts.qos)
+                    await asyncio.sleep(self.cfg.timeouts.qos)
+                raise exc from None
 
         async def read_all() -> None:
             while True:
@@ -416,13 +419,21 @@ class ReceiverMirror(Replica):
                 log.warning("%s: HANDOVER accepted: primary of term %d at LSN %d", self.name,
                             msg.term, msg.lsn)
 
-        self.roles.listeners.insert(0, answer)
+        on_handover = self.on_handover
+
+        async def promote() -> None:
+            self.roles.listeners.insert(0, answer)
+            try:
+                await on_handover(msg)
+            finally:
+                self.roles.listeners.remove(answer)
+
+        # To its end even if this session is cancelled meanwhile (the former
+        # primary gave up waiting and closed): it stepped down for us.
         try:
-            # To its end even if this session is cancelled meanwhile (the
-            # former primary gave up waiting and closed): it stepped down for us.
-            await asyncio.shield(self.on_handover(msg))
-        finally:
-            self.roles.listeners.remove(answer)
+            await asyncio.shield(promote())
+        except ValueError as exc:  # TermMoved: the term has another primary now
+            raise PeerRefused(f"HANDOVER of term {msg.term} refused: {exc}") from None
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self.primary_lsn = msg.lsn

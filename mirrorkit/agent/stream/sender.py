@@ -157,6 +157,11 @@ class PrimaryMirror(MirrorWorker):
 
     # -- switchover: the handover's answer -----------------------------------
 
+    def announce_timeout(self) -> float:
+        """How long a switchover waits for the arbiter's echo of our step-down
+        (a round trip and the arbiter's fsync)."""
+        return max(1.0, self.cfg.timeouts.qos)
+
     def handover_linger(self) -> float:
         """How long the connection to the new primary stays open after the
         HANDOVER, for its answer: its state save (an fsync) and no more."""
@@ -195,15 +200,11 @@ class PrimaryMirror(MirrorWorker):
         if peer is None or peer.task is None or peer.task.done() \
                 or self.handover_settled.is_set():
             return
-        settled = asyncio.ensure_future(self.handover_settled.wait())
-        try:
-            # The switchover still tells the arbiter, then sends the HANDOVER
-            # and waits for the answer: at most about twice the linger.
-            await asyncio.wait([settled, peer.task], timeout=2 * self.handover_linger(),
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            settled.cancel()
-            await asyncio.gather(settled, return_exceptions=True)
+        # The switchover still tells the arbiter, sends the HANDOVER and waits
+        # for the answer (it runs to its end, shielded): bounded by those.
+        with contextlib.suppress(TimeoutError):
+            await wait_for(self.handover_settled.wait(),
+                           2 * self.announce_timeout() + self.handover_linger() + 1.0)
 
     # -- capture -> log -----------------------------------------------------
 

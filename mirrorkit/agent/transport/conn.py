@@ -189,8 +189,9 @@ class Connection:
     async def send(self, msg: Message) -> None:
         if self.writer.is_closing():
             raise ConnectionResetError(f"connection with {self.label} is closed")
+        data = encode_message(msg)
         try:
-            self.writer.write(encode_message(msg))
+            self.writer.write(data)
         except AttributeError:
             # asyncio's TLS transport once its connection is lost (3.11): its
             # protocol is gone and write() fails on None. Closed is closed.
