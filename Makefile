@@ -35,11 +35,16 @@ lint:
 	$(BIN)/lint-imports --no-cache
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint --offline -q roles playbooks
 
+# Two pytest-xdist workers (the reference machine has two cores): the
+# integration tests mostly wait on agents, timeouts and ansible-playbook, the
+# unit tests are a few long ones beside many short ones. Both are isolated
+# (tmp_path; integration ports from a range of their own per worker, see
+# free_port in tests/integration/test_loopback.py).
 unit:
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 integration:
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -n 2 tests/integration
 
 lab-tests:
 	$(BIN)/pytest -q tests/lab

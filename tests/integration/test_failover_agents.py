@@ -1,6 +1,7 @@
 """Automatic failover, fencing, switchover and maintenance mode between real
 agent processes on loopback (real TLS, real files), with the default
-timings (heartbeat 0.25 s, qos 1 s, arbiter 2 s).
+timings (heartbeat 0.25 s, qos 1 s, arbiter 2 s); ``four`` (conftest.py) is
+the cluster of four_cluster.py, fresh for each test.
 
 Each test states what the rules promise (docs/architecture.md, "Failover
 as implemented"); deadlines are generous (the machine is shared), the
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from four_cluster import DEFAULT_TIMEOUTS, FOUR, hooks_log  # type: ignore[import-not-found]
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for
 
 from mirrorkit.agent.cli.control_client import post
@@ -31,37 +33,6 @@ from mirrorkit.agent.transport.conn import client_context
 from mirrorkit.pki import member_files
 
 pytestmark = pytest.mark.integration
-
-DEFAULT_TIMEOUTS = {"heartbeat": 0.25, "qos": 1.0, "arbiter": 2.0}
-FOUR = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbiter", None),
-        "dr1": ("async", "dr")}
-
-
-@pytest.fixture
-def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """node1 primary, node2 backup, arb1 arbiter, dr1 async; hooks write markers."""
-    hooks_log = tmp_path / "hooks.log"
-    hooks = {h: f"echo \"$MIRRORKIT_HOST {h} $MIRRORKIT_ROLE $MIRRORKIT_TERM\" >> {hooks_log}"
-             for h in ("on_promote", "on_demote", "on_role_change")}
-    c = make_cluster(tmp_path, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS, "hooks": hooks})
-    for name in ("arb1", "node2", "dr1", "node1"):
-        c.start(name)
-    try:
-        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200,
-                 "node1 the writable primary")
-        wait_for(lambda: c.mirror("node2").get("connected") and c.mirror("dr1").get("connected"),
-                 "node2 and dr1 connected")
-        yield c
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(c.dump_logs())
-            print("hooks:", hooks_log.read_text() if hooks_log.exists() else "-")
-        for node in c.nodes.values():  # a paused agent cannot stop
-            if node.proc is not None:
-                os.kill(node.proc.pid, signal.SIGCONT)
-        c.stop_all()
-
 
 def events(c: Cluster, name: str) -> list[dict[str, Any]]:
     code, body = c.get(name, f"/events?mirror={MIRROR}&limit=1000")
@@ -73,7 +44,7 @@ def kinds(c: Cluster, name: str, kind: str) -> list[str]:
 
 
 def hooks_run(c: Cluster) -> list[str]:
-    path = c.base / "hooks.log"
+    path = hooks_log(c)
     return path.read_text().splitlines() if path.exists() else []
 
 

@@ -49,15 +49,32 @@ T = TypeVar("T")
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    """A bindable loopback port *below* the kernel's ephemeral range, so that
-    no agent's outgoing connection can take it before the agent listens."""
+def _port_range() -> tuple[int, int]:
+    """Where free_port picks: below the kernel's ephemeral range, and under
+    pytest-xdist (``make integration`` runs two workers) a slice of it per
+    worker, so that two workers never hand out the same port: a port handed
+    out is bound only once its agent starts, and free again while a test
+    has that agent stopped."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
+    start, end = 10000, max(low, 10001)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        size = (end - start) // count
+        start += int(worker[2:]) * size
+        end = start + size
+    return start, end
+
+
+def free_port() -> int:
+    """A bindable loopback port *below* the kernel's ephemeral range, so that
+    no agent's outgoing connection can take it before the agent listens."""
+    start, end = _port_range()
     while True:
-        port = random.randrange(10000, max(low, 10001))
+        port = random.randrange(start, end)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:

@@ -9,41 +9,107 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from test_loopback import MIRROR, Cluster, make_cluster, wait_for
+from four_cluster import (  # type: ignore[import-not-found]
+    START_ORDER,
+    failed,
+    print_logs,
+    start_four,
+    stop_four,
+)
+from test_loopback import MIRROR, Cluster, wait_for  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
-FOUR = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbiter", None),
-        "dr1": ("async", "dr")}
 ADDRESSES = {"node1": "198.18.7.11", "node2": "198.18.7.12", "arb1": "198.18.7.13",
              "dr1": "198.18.7.14"}
+RESTORE_DEADLINE = 60.0
+
+
+# Starting four agents (PKI, processes, the backup's first connection) is a
+# good part of each test here, and most tests leave the cluster as they found
+# it or close to it: they share one. Before each test ``restore_four`` brings
+# it back to the start state (every member running, node1 the writable
+# primary, node2 its connected backup, dr1 connected, no maintenance, no
+# scheduled switchover) and checks that it is there; a cluster that does not
+# get there, or whose test failed, is replaced by a fresh one. A test that
+# needs a fresh cluster (a term count, members it kills) asks for
+# ``fresh_four``.
+
+
+def at_start_state(c: Cluster) -> bool:
+    if c.code("node1", f"/primary?mirror={MIRROR}") != 200:
+        return False
+    n1, n2, dr = c.mirror("node1"), c.mirror("node2"), c.mirror("dr1")
+    return bool(n1.get("role") == "primary" and n1.get("maintenance") is False
+                and (n1.get("ha") or {}).get("scheduled_switchover", "?") is None
+                and n2.get("role") == "backup" and n2.get("connected")
+                and n2.get("maintenance") is False
+                and dr.get("role") == "async" and dr.get("connected")
+                and c.status("arb1") is not None)
+
+
+def restore_four(c: Cluster) -> bool:
+    """Start what a test stopped, resume what it paused; True once the
+    cluster is at the start state, False if it does not get there."""
+    for name in START_ORDER:
+        node = c.nodes[name]
+        if node.proc is not None and node.proc.poll() is not None:
+            return False  # an agent died: not something to paper over
+        if node.proc is None:
+            c.start(name)
+        else:
+            os.kill(node.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + RESTORE_DEADLINE
+    while not at_start_state(c):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.fixture(scope="module")
+def shared_four() -> Iterator[dict[str, Cluster]]:
+    held: dict[str, Cluster] = {}
+    yield held
+    if "c" in held:
+        stop_four(held.pop("c"))
 
 
 @pytest.fixture
-def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = make_cluster(tmp_path, FOUR, extra={
-        "timeouts": {"heartbeat": 0.25, "qos": 1.0, "arbiter": 2.0}})
-    for name in ("arb1", "node2", "dr1", "node1"):
-        c.start(name)
+def four(shared_four: dict[str, Cluster], tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The module's shared cluster, at the start state."""
+    c = shared_four.get("c")
+    if c is not None and not restore_four(c):
+        print("the shared cluster did not come back to the start state; a fresh one")
+        print_logs(c)
+        stop_four(shared_four.pop("c"))
+        c = None
+    if c is None:
+        c = shared_four["c"] = start_four(tmp_path_factory.mktemp("four"))
+    yield c
+    if failed(request):  # whatever it left behind is not for the next test
+        print_logs(c)
+        stop_four(shared_four.pop("c"))
+
+
+@pytest.fixture
+def fresh_four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of this test's own, just started (term 1)."""
+    c = start_four(tmp_path)
     try:
-        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200, "node1 primary")
-        wait_for(lambda: c.mirror("node2").get("connected") and c.mirror("dr1").get("connected"),
-                 "node2 and dr1 connected")
         yield c
     finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(c.dump_logs())
-        for node in c.nodes.values():
-            if node.proc is not None:
-                os.kill(node.proc.pid, signal.SIGCONT)
-        c.stop_all()
+        if failed(request):
+            print_logs(c)
+        stop_four(c)
 
 
 def inventory(c: Cluster) -> Path:
@@ -109,8 +175,6 @@ def test_switchover_refuses_a_disconnected_backup_and_changes_nothing(four: Clus
 
 def test_schedule_and_cancel_by_the_playbook(four: Cluster) -> None:
     c = four
-    import time
-
     at = str(int(time.time()) + 3600)
     result = playbook(c, "switchover.yml", mirrorkit_op_at=at)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -149,10 +213,11 @@ TASKS_FAIL = """
 """
 
 
-def test_maintenance_of_the_primary_switches_away_and_back(four: Cluster) -> None:
+def test_maintenance_of_the_primary_switches_away_and_back(four: Cluster,
+                                                           tmp_path: Path) -> None:
     c = four
-    marker = c.base / "marker"
-    tasks = c.base / "tasks.yml"
+    marker = tmp_path / "marker"  # this test's own: the cluster's base is shared
+    tasks = tmp_path / "tasks.yml"
     tasks.write_text(TASKS_OK.format(marker=marker))
     result = playbook(c, "maintenance.yml", mirrorkit_op_host="node1",
                       mirrorkit_op_tasks=str(tasks), mirrorkit_op_switch_back="true")
@@ -166,9 +231,10 @@ def test_maintenance_of_the_primary_switches_away_and_back(four: Cluster) -> Non
     assert c.mirror("node2")["maintenance"] is False
 
 
-def test_failed_maintenance_tasks_turn_maintenance_off_and_say_so(four: Cluster) -> None:
+def test_failed_maintenance_tasks_turn_maintenance_off_and_say_so(four: Cluster,
+                                                                 tmp_path: Path) -> None:
     c = four
-    tasks = c.base / "tasks.yml"
+    tasks = tmp_path / "tasks.yml"
     tasks.write_text(TASKS_FAIL)
     result = playbook(c, "maintenance.yml", mirrorkit_op_host="node2",
                       mirrorkit_op_tasks=str(tasks))
@@ -212,8 +278,9 @@ def test_migrate_pre_check_against_live_agents(four: Cluster) -> None:
 
 
 
-def test_promote_of_a_backup_that_lost_both_needs_force_and_explains_it(four: Cluster) -> None:
-    c = four
+def test_promote_of_a_backup_that_lost_both_needs_force_and_explains_it(
+        fresh_four: Cluster) -> None:
+    c = fresh_four
     c.stop("node1")
     c.stop("arb1")
     wait_for(lambda: c.mirror("node2").get("connected") is False, "node2 lost node1")

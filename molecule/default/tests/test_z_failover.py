@@ -8,7 +8,7 @@ converge (about 3.5 minutes here); see molecule/README.md.
 Every behaviour starts from the same state (the ``reset`` fixture): every
 host running and thawed, no network fault, maintenance off, mol-node1 the
 writable primary holding the VIP with records-app answering on it, mol-node2
-its active backup. Faults come from `mirrorkit lab stop|start|partition|heal`.
+its active backup, mol-dr1 connected. Faults come from `mirrorkit lab stop|start|partition|heal`.
 
 Expected timing with the inventory's defaults (heartbeat 0.25 s, qos 1 s,
 arbiter 2 s, VRRPv3 advert 0.2 s; docs/architecture.md "Failover timing",
@@ -68,9 +68,22 @@ FIGURES: dict[str, Any] = {}
 # -- plumbing ---------------------------------------------------------------------------
 
 
+# The behaviours poll the agents over SSH hundreds of times: one connection
+# per host, reused (a fresh one was ~0.35 s of each poll). A connection to a
+# restarted host fails at its first use (the new host resets it), one to a
+# host that is gone within ~6 s (ServerAlive): that one command fails, as a
+# fresh connection to a host that is down would, and the next starts a new
+# connection (every call to a host that was restarted is in an `eventually`).
+# Its own ControlPath: these options are the master's, whoever opens it.
+MUX = ("-o", "ControlMaster=auto", "-o", "ControlPersist=30s",
+       "-o", "ControlPath=/tmp/mk-molecule-ha-%C",
+       "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
+
+
 def ssh(host: str, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ssh_command(ADDRESS[host], [command], batch=True, connect_timeout=5),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    argv = ssh_command(ADDRESS[host], [command], batch=True, connect_timeout=5)
+    return subprocess.run([argv[0], *MUX, *argv[1:]], capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def mirrorkit(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -253,7 +266,7 @@ def reset() -> Iterator[None]:
 
 def restore_lab() -> None:
     """mol-node1 primary with the VIP and records-app, mol-node2 its active
-    backup, every host up, no fault, maintenance off."""
+    backup, mol-dr1 connected to it, every host up, no fault, maintenance off."""
     for host in ADDRESS:
         state = subprocess.run(
             ["podman", "inspect", "-f", "{{.State.Status}}", host], capture_output=True,
@@ -280,6 +293,11 @@ def restore_lab() -> None:
         proc = mirrorkit("switchover", str(INVENTORY), "--mirror", MIRROR, "--to", NODE1)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     eventually(failover_members_ready, f"{NODE1} primary and {NODE2} its active backup", 120)
+    # The DR copy too (a behaviour may switch over to it): after a restart of
+    # mol-node1 it reconnects a little after mol-node2 does, and a reset that
+    # polls quickly could end before it has.
+    eventually(lambda: bool((s := agent_status(DR)) and s.get("role") == "async"
+                            and s.get("connected")), f"{DR} follows {NODE1}", 120)
     eventually(lambda: holds_vip(NODE1) and not holds_vip(NODE2), f"the VIP is on {NODE1}")
     eventually(lambda: post(b"reset\n", timeout=2) is not None,
                "records-app answers through the VIP")
