@@ -18,14 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_failover_agents import (
-    DEFAULT_TIMEOUTS,
-    FOUR,
-    control,
-    events,
-    primary_of,
-    write_and_replicate,
-)
+from four_cluster import DEFAULT_TIMEOUTS, FOUR  # type: ignore[import-not-found]
+from test_failover_agents import control, events, primary_of, write_and_replicate
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for
 
 pytestmark = pytest.mark.integration
