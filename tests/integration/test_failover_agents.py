@@ -416,3 +416,14 @@ def test_a_failed_on_promote_is_tried_again(tmp_path: Path) -> None:
         assert [e["exit_status"] for e in hooks][:2] == [1, 0], hooks
     finally:
         c.stop_all()
+
+
+def test_every_member_says_what_it_is_in_status(four: Cluster) -> None:
+    # Seen on the lab: the arbiter and the DR copy showed "not-running" (the
+    # first cycle's "mirror not running: starting") while running fine.
+    c = four
+    expected = {"node1": "primary", "node2": "following", "arb1": "arbiter",
+                "dr1": "async-copy"}
+    wait_for(lambda: {n: c.mirror(n)["ha"]["decision"] for n in expected} == expected,
+             "each member's HA decision names what it is")
+    assert "witnesses" in c.mirror("arb1")["ha"]["reason"]

@@ -305,8 +305,19 @@ class HaLoop:
                 self.dir / "lease-waived.json").exists():
             await asyncio.to_thread(save_lease_waiver, self.dir, None)  # a peer answered
         if not self.failover_member:
-            if roles.role == "primary" and roles.writable:  # a promoted DR member
-                await self._scheduled(worker)
+            # Status says what it is (it stayed "mirror not running: starting",
+            # the decision of the first cycle, for a running arbiter or copy).
+            if roles.role == "primary":  # a promoted DR member
+                self._explain(Decision(Action.NONE, f"primary of term {roles.term} (a DR "
+                                       f"member: an operator promoted it)", "primary"))
+                if roles.writable:
+                    await self._scheduled(worker)
+            elif roles.role == "arbiter":
+                self._explain(Decision(Action.NONE, f"arbiter of term {roles.term}: it "
+                                       f"witnesses, it is never primary", "arbiter"))
+            else:
+                self._explain(Decision(Action.NONE, f"{roles.role} copy: never promoted "
+                                       f"automatically", "async-copy"))
             return
         view = build_view(worker, self.maintenance or self.flag_error is not None)
         self.view = view
