@@ -22,9 +22,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-@pytest.fixture
-def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """node1 primary, node2 backup, arb1 arbiter, dr1 async; hooks write markers."""
+def _own_four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c = start_four(tmp_path)
     try:
         yield c
@@ -32,3 +30,16 @@ def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
         if failed(request):
             print_logs(c)
         stop_four(c)
+
+
+@pytest.fixture
+def four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """node1 primary, node2 backup, arb1 arbiter, dr1 async; hooks write markers."""
+    yield from _own_four(tmp_path, request)
+
+
+@pytest.fixture
+def fresh_four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of this test's own, just started (term 1), also where ``four``
+    is overridden by a shared one (test_ops_playbooks.py)."""
+    yield from _own_four(tmp_path, request)

@@ -100,18 +100,6 @@ def four(shared_four: dict[str, Cluster], tmp_path_factory: pytest.TempPathFacto
         stop_four(shared_four.pop("c"))
 
 
-@pytest.fixture
-def fresh_four(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A cluster of this test's own, just started (term 1)."""
-    c = start_four(tmp_path)
-    try:
-        yield c
-    finally:
-        if failed(request):
-            print_logs(c)
-        stop_four(c)
-
-
 def inventory(c: Cluster) -> Path:
     data = str(c.nodes["node1"].root)
     hosts = {name: {"ansible_host": ADDRESSES[name], "mirrorkit_api_port": node.api_port,
