@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for  # type: ignore[import-not-found]
 
 DEFAULT_TIMEOUTS = {"heartbeat": 0.25, "qos": 1.0, "arbiter": 2.0}
@@ -29,14 +32,17 @@ def hooks_log(c: Cluster) -> Path:
     return c.base / "hooks.log"
 
 
-def start_four(base: Path) -> Cluster:
+def start_four(base: Path, before_start: Callable[[Cluster], None] | None = None) -> Cluster:
     """The four members under ``base``, started: node1 the writable primary,
-    node2 and dr1 connected to it."""
+    node2 and dr1 connected to it. ``before_start`` may rewrite their configs
+    first (:func:`route_through_proxy`)."""
     log = base / "hooks.log"
     hooks = {h: f"echo \"$MIRRORKIT_HOST {h} $MIRRORKIT_ROLE $MIRRORKIT_TERM\" >> {log}"
              for h in ("on_promote", "on_demote", "on_role_change")}
     c = make_cluster(base, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS, "hooks": hooks})
     try:
+        if before_start is not None:
+            before_start(c)
         for name in START_ORDER:
             c.start(name)
         wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200,
@@ -48,6 +54,18 @@ def start_four(base: Path) -> Cluster:
         stop_four(c)
         raise
     return c
+
+
+def route_through_proxy(c: Cluster, name: str, member: str) -> Any:
+    """``name``'s connections to ``member`` go through a netproxy.Proxy (one a
+    test can cut) from now on: call before ``name`` starts."""
+    from netproxy import Proxy  # type: ignore[import-not-found]
+
+    proxy = Proxy(c.nodes[member].port)
+    cfg = yaml.safe_load(c.nodes[name].config.read_text())
+    cfg["mirrors"][MIRROR]["members"][member]["port"] = proxy.port
+    c.nodes[name].config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return proxy
 
 
 def stop_four(c: Cluster) -> None:

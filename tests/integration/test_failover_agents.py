@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from four_cluster import DEFAULT_TIMEOUTS, FOUR, hooks_log  # type: ignore[import-not-found]
+from four_cluster import (  # type: ignore[import-not-found]
+    DEFAULT_TIMEOUTS,
+    failed,
+    hooks_log,
+    print_logs,
+    route_through_proxy,
+    start_four,
+    stop_four,
+)
 from test_loopback import MIRROR, Cluster, make_cluster, wait_for
 
 from mirrorkit.agent.cli.control_client import post
@@ -329,28 +336,23 @@ def test_a_primary_mid_upgrade_is_not_taken_for_dead(four: Cluster) -> None:
 def cut(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Any, Any]]:
     """The four members with two links through a proxy that can be cut:
     node2 -> node1 (replication) and node1 -> arb1 (the primary's arbiter link)."""
-    from netproxy import Proxy  # type: ignore[import-not-found]
+    proxies: list[Any] = []
 
-    c = make_cluster(tmp_path, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS})
-    b_to_p = Proxy(c.nodes["node1"].port)
-    p_to_a = Proxy(c.nodes["arb1"].port)
-    for name, member, proxy in (("node2", "node1", b_to_p), ("node1", "arb1", p_to_a)):
-        cfg = yaml.safe_load(c.nodes[name].config.read_text())
-        cfg["mirrors"][MIRROR]["members"][member]["port"] = proxy.port
-        c.nodes[name].config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for name in ("arb1", "node2", "dr1", "node1"):
-        c.start(name)
+    def route(c: Cluster) -> None:
+        proxies.append(route_through_proxy(c, "node2", "node1"))
+        proxies.append(route_through_proxy(c, "node1", "arb1"))
+
     try:
-        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200
-                 and c.mirror("node2").get("connected"), "node1 primary, node2 connected")
-        yield c, b_to_p, p_to_a
+        c = start_four(tmp_path, route)
+        try:
+            yield c, proxies[0], proxies[1]
+        finally:
+            if failed(request):
+                print_logs(c)
+            stop_four(c)
     finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(c.dump_logs())
-        c.stop_all()
-        b_to_p.close()
-        p_to_a.close()
+        for proxy in proxies:
+            proxy.close()
 
 
 def watch_primaries(c: Cluster, seconds: float) -> list[tuple[float, set[str]]]:

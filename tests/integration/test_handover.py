@@ -10,17 +10,20 @@ promoted itself to term 3 as well.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from four_cluster import DEFAULT_TIMEOUTS, FOUR  # type: ignore[import-not-found]
+from four_cluster import (  # type: ignore[import-not-found]
+    failed,
+    print_logs,
+    route_through_proxy,
+    start_four,
+    stop_four,
+)
 from test_failover_agents import control, events, primary_of, write_and_replicate
-from test_loopback import MIRROR, Cluster, make_cluster, wait_for
+from test_loopback import MIRROR, Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,29 +32,19 @@ pytestmark = pytest.mark.integration
 def node1_arbiter_cut(tmp_path: Path,
                       request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Any]]:
     """The four members; node1's link to the arbiter runs through a proxy."""
-    from netproxy import Proxy  # type: ignore[import-not-found]
-
-    c = make_cluster(tmp_path, FOUR, extra={"timeouts": DEFAULT_TIMEOUTS})
-    proxy = Proxy(c.nodes["arb1"].port)
-    cfg = yaml.safe_load(c.nodes["node1"].config.read_text())
-    cfg["mirrors"][MIRROR]["members"]["arb1"]["port"] = proxy.port
-    c.nodes["node1"].config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for name in ("arb1", "node2", "dr1", "node1"):
-        c.start(name)
+    proxies: list[Any] = []
     try:
-        wait_for(lambda: c.code("node1", f"/primary?mirror={MIRROR}") == 200
-                 and c.mirror("node2").get("connected") and c.mirror("dr1").get("connected"),
-                 "node1 primary, node2 and dr1 connected")
-        yield c, proxy
+        c = start_four(tmp_path, lambda c: proxies.append(
+            route_through_proxy(c, "node1", "arb1")))
+        try:
+            yield c, proxies[0]
+        finally:
+            if failed(request):
+                print_logs(c)
+            stop_four(c)
     finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(c.dump_logs())
-        for node in c.nodes.values():
-            if node.proc is not None:
-                os.kill(node.proc.pid, signal.SIGCONT)
-        c.stop_all()
-        proxy.close()
+        for proxy in proxies:
+            proxy.close()
 
 
 def test_the_arbiter_knows_the_new_term_before_the_new_primary_tells_it(

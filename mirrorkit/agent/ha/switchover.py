@@ -40,6 +40,7 @@ from typing import Any
 from mirrorkit.agent.ha.events import EventLog
 from mirrorkit.agent.state import DEMOTED_ROLE
 from mirrorkit.agent.stream.sender import PrimaryMirror
+from mirrorkit.agent.transport.conn import Connection
 from mirrorkit.agent.transport.frames import Handover
 from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import wait_for
@@ -111,7 +112,7 @@ async def _acked(worker: PrimaryMirror, name: str, lsn: int, timeout: float) -> 
     return True
 
 
-async def _hand_over(worker: PrimaryMirror, conn: Any, name: str, new_term: int,
+async def _hand_over(worker: PrimaryMirror, conn: Connection, name: str, new_term: int,
                      last: int) -> str:
     """After our durable step-down: tell the arbiter, send the HANDOVER, wait
     for the answer (see the module's docstring); the outcome."""
