@@ -52,6 +52,7 @@ ROLES = ("primary", "backup", "arbiter", "async")
 HOOKS = ("on_promote", "on_demote", "on_role_change", "health_check")
 KINDS = ("dr", "reporting")
 MODES = ("sync", "async")
+CAPTURES = ("watch", "mount")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 DEFAULT_LOG_MAX_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 64 << 20
@@ -153,6 +154,10 @@ class MirrorConfig:
     max_lag_on_failover: int = DEFAULT_MAX_LAG_ON_FAILOVER
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT  # seconds; a hook still running is killed
     health: HealthCheck = field(default_factory=HealthCheck)
+    # How the primary captures changes: ``watch`` (inotify) or ``mount``
+    # (mirrorkit-mountd's FUSE mount over ``targets[0]``, its socket below).
+    capture: str = "watch"
+    mount_socket: Path | None = None
 
     @property
     def arbiter_name(self) -> str | None:
@@ -299,9 +304,10 @@ class _Validator:
             return None
         return AgentConfig(host, api_listen, api_port, state_dir, mirrors, control)
 
-    def socket_path(self, value: Any, path: str) -> Path | None:
+    def socket_path(self, value: Any, path: str,
+                    default: str = str(DEFAULT_CONTROL_SOCKET)) -> Path | None:
         expected = (f"an absolute path to a socket file, at most {MAX_SOCKET_PATH} bytes "
-                    "(default /run/mirrorkit/control.sock)")
+                    f"(default {default})")
         if isinstance(value, str) and (value.endswith("/") or value.rstrip("/") == ""):
             self.err(path, f"{value!r} names a directory", expected)
             return None
@@ -322,7 +328,7 @@ class _Validator:
         self.unknown(m, {"role", "kind", "mode", "port", "paths", "exclude", "targets",
                          "timeouts", "tls", "members", "hooks", "listen", "log_max_bytes",
                          "log_segment_bytes", "max_lag_on_failover", "hook_timeout",
-                         "health"}, p)
+                         "health", "capture", "mount_socket"}, p)
         before = len(self.issues)
         role = self.string(m, "role", p, choices=ROLES)
         kind = self.string(m, "kind", p, required=role == "async", choices=KINDS)
@@ -358,6 +364,21 @@ class _Validator:
         hook_timeout = self.seconds(m.get("hook_timeout", DEFAULT_HOOK_TIMEOUT),
                                     f"{p}.hook_timeout", MAX_HOOK_TIMEOUT)
         health = self.health(m.get("health", {}), f"{p}.health")
+        capture = self.string(m, "capture", p, required=False, choices=CAPTURES) or "watch"
+        mount_socket = None
+        if capture == "mount":
+            default_socket = f"/run/mirrorkit/mount-{name}.sock"
+            mount_socket = self.socket_path(m.get("mount_socket", default_socket),
+                                            f"{p}.mount_socket", default_socket)
+            if paths is not None and len(paths) != 1:
+                self.err(f"{p}.paths", f"has {len(paths)} entries with capture: mount",
+                         "exactly one path (one mount per mirror)")
+        elif "mount_socket" in m:
+            self.err(f"{p}.mount_socket", "is set but capture is not 'mount'",
+                     "capture: mount, or no mount_socket")
+        if mode == "sync" and capture != "mount":
+            self.err(f"{p}.mode", "is 'sync' with capture: watch",
+                     "capture: mount (only the mount can make fsync wait for the backup)")
         for hook in hooks:
             if hook not in HOOKS:
                 self.err(f"{p}.hooks.{hook}", "is not a hook", "one of " + ", ".join(HOOKS))
@@ -380,7 +401,7 @@ class _Validator:
         assert hook_timeout is not None and health is not None
         return MirrorConfig(name, role, kind, mode, port, paths, list(exclude), targets,
                             timeouts, tls, members, dict(hooks), listen, log_max, seg,
-                            max_lag, hook_timeout, health)
+                            max_lag, hook_timeout, health, capture, mount_socket)
 
     def seconds(self, value: Any, path: str, limit: float) -> float | None:
         if (isinstance(value, bool) or not isinstance(value, int | float)

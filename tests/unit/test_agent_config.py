@@ -214,3 +214,25 @@ def test_bad_failover_tunables_are_reported_together() -> None:
     paths = {i.split(":")[0] for i in found}
     assert {"mirrors.records.max_lag_on_failover", "mirrors.records.hook_timeout",
             "mirrors.records.health.interval", "mirrors.records.health.failures"} <= paths
+
+
+# -- capture method (issue 9) ---------------------------------------------------------
+
+
+def test_capture_defaults_to_watch_and_mount_gets_its_socket() -> None:
+    assert parse_config(GOOD).mirrors["records"].capture == "watch"
+    m = parse_config(_with(capture="mount", mode="sync")).mirrors["records"]
+    assert (m.capture, m.mode) == ("mount", "sync")
+    assert m.mount_socket == Path("/run/mirrorkit/mount-records.sock")
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"capture": "fanotify"}, "capture"),
+    ({"mode": "sync"}, "capture: mount"),
+    ({"mount_socket": "/run/x.sock"}, "capture is not 'mount'"),
+    ({"capture": "mount", "paths": ["/a", "/b"], "targets": ["/a", "/b"]}, "exactly one path"),
+    ({"capture": "mount", "mount_socket": "run/x.sock"}, "mount_socket"),
+])
+def test_bad_capture_settings_are_reported_clearly(fields: dict[str, Any], problem: str) -> None:
+    found = issues(_with(**fields))
+    assert any(problem in i for i in found), found

@@ -41,9 +41,15 @@ never replayed.
 The agent runs as root; CHMOD/UTIME open the file with ``O_NOFOLLOW`` and act
 on the descriptor.
 
+Ownership: the ``watch`` capture does not replicate it; the ``mount``
+capture sends CHOWN (and xattrs, LINK, FALLOCATE), applied on backups and DR
+copies so a failover target equals the primary.
+
 Reporting copies (``read_only=True``, async members of kind ``reporting``):
 nothing in the replica may be writable by a local user other than the agent.
-Apply never chowns (ownership is not replicated), so what it creates belongs
+Apply never chowns there (CHOWN records are skipped) and sets only ``user.*``
+xattrs (not ``security.*``: file capabilities; not ``trusted.*``; not POSIX
+ACLs, which could grant another user write), so what it creates belongs
 to the agent's user (root); in addition every mode it sets has the group and
 other write bits cleared, and set-user/group-ID cleared on files (a setuid
 file owned by root would be a privilege escalation); an entry it opens that
@@ -55,6 +61,8 @@ copies").
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -63,7 +71,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirrorkit.agent.apply.held_modes import HeldModes, withheld
-from mirrorkit.agent.log.records import Op, OpKind, Record
+from mirrorkit.agent.log.records import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    FALLOCATE_MODES,
+    Op,
+    OpKind,
+    Record,
+    RecordCorrupt,
+    unpack_fallocate,
+    unpack_owner,
+)
 from mirrorkit.agent.util.fs import UnsafePath, safe_parts, show_path, syncfs, syncfs_supported
 from mirrorkit.agent.util.walk import remove_tree
 
@@ -86,6 +105,12 @@ def reporting_mode(mode: int, is_dir: bool) -> int:
 # out of descriptors; what falls out is settled (``Applier._settle``).
 _MAX_CACHED_DIRS = 64
 _MAX_OPEN_FILES = 256
+_XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.posix_acl_access",
+                     "system.posix_acl_default")
+_XATTR_SIZE_MAX = 65536
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc_fallocate = _libc.fallocate
+_libc_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
           errno.ENFILE}
 
@@ -201,8 +226,9 @@ class Applier:
             failed = RecordFailed(record.lsn, _what(op), str(exc), refused=False)
             log.error("%s: %s", self.label, failed)
             raise failed from exc
-        if op.kind is OpKind.RENAME and self.checkpoint is not None:
-            # RENAME is the one op that is not idempotent: never replay it.
+        if op.kind in (OpKind.RENAME, OpKind.LINK) and self.checkpoint is not None:
+            # RENAME is not idempotent, and LINK replayed after its source was
+            # renamed away would fail: never replay either.
             self.flush()
             self.checkpoint(record.lsn)
 
@@ -409,10 +435,16 @@ class Applier:
         if kind is OpKind.RENAME:
             self._rename(op)
             return
+        if kind is OpKind.LINK:
+            self._link(op)
+            return
         d, name, parts = self._entry(op.tree, op.path,
                                      create=kind not in (OpKind.UNLINK, OpKind.RMDIR,
-                                                         OpKind.CHMOD, OpKind.UTIME))
-        if name == "." and kind not in (OpKind.MKDIR, OpKind.CHMOD, OpKind.UTIME):
+                                                         OpKind.CHMOD, OpKind.UTIME,
+                                                         OpKind.CHOWN, OpKind.SETXATTR,
+                                                         OpKind.REMOVEXATTR))
+        if name == "." and kind not in (OpKind.MKDIR, OpKind.CHMOD, OpKind.UTIME,
+                                        OpKind.CHOWN, OpKind.SETXATTR, OpKind.REMOVEXATTR):
             raise PathRefused(f"{kind.name} on the replica root itself")
         if d is None:
             return  # parent absent: nothing to remove or change
@@ -440,6 +472,100 @@ class Applier:
             self._dirty_dirs.add(d)
         elif kind in (OpKind.CHMOD, OpKind.UTIME):
             self._metadata(d, name, op)
+        elif kind is OpKind.CHOWN:
+            self._chown(d, name, op)
+        elif kind in (OpKind.SETXATTR, OpKind.REMOVEXATTR):
+            self._xattr(d, name, op)
+        elif kind is OpKind.FALLOCATE:
+            self._fallocate(self._file(op.tree, parts, d, name), op)
+        else:
+            raise PathRefused(f"record kind {kind.name} is not one this applier knows")
+
+    # -- the mount capture's kinds (LINK, CHOWN, xattrs, FALLOCATE) -----------
+
+    def _link(self, op: Op) -> None:
+        self.flush()  # like RENAME: names change under cached descriptors
+        dst_parts = safe_parts(op.path)
+        src_parts = safe_parts(op.target)
+        sd = self._dir(op.tree, src_parts[:-1], create=False)
+        src_st = self._lstat(sd, src_parts[-1]) if sd is not None else None
+        if sd is None or src_st is None:
+            log.debug("%s: LINK source %r absent; nothing to do", self.label, op.target)
+            return
+        if not stat.S_ISREG(src_st.st_mode):
+            raise OSError(errno.EPERM, f"LINK source {show_path(op.target)} is not a regular "
+                          "file (only files are hard-linked)")
+        dd = self._dir(op.tree, dst_parts[:-1], create=True)
+        assert dd is not None
+        dst_st = self._lstat(dd, dst_parts[-1])
+        if dst_st is not None:
+            if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+                return  # replayed: already that file
+            self._remove(op.tree, dst_parts, dd, dst_parts[-1], dst_st)
+            sd = self._dir(op.tree, src_parts[:-1], create=False)
+            dd = self._dir(op.tree, dst_parts[:-1], create=True)
+            assert sd is not None and dd is not None
+        os.link(src_parts[-1], dst_parts[-1], src_dir_fd=sd, dst_dir_fd=dd,
+                follow_symlinks=False)
+        self._dirty_dirs.update((sd, dd))
+
+    def _chown(self, d: int, name: str, op: Op) -> None:
+        if self.read_only:
+            return  # a reporting copy keeps everything the agent's (module docstring)
+        uid, gid = unpack_owner(op.value)
+        try:
+            os.chown(name, uid, gid, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return  # removed later on the primary; a later record says so
+        self._dirty_dirs.add(d)
+
+    def _xattr(self, d: int, name: str, op: Op) -> None:
+        attr = op.target
+        if not attr.startswith(_XATTR_NAMESPACES) or len(attr.encode()) > 255 \
+                or len(op.data) > _XATTR_SIZE_MAX:
+            raise PathRefused(f"extended attribute {attr[:64]!r} ({len(op.data)} bytes): "
+                              "not a user./trusted./security./POSIX ACL name of at most "
+                              f"255 bytes with a value of at most {_XATTR_SIZE_MAX}")
+        if self.read_only and not attr.startswith("user."):
+            return  # capabilities, ACLs, trusted.*: never on a reporting copy
+        where = f"/proc/self/fd/{d}/{name}" if name != "." else f"/proc/self/fd/{d}"
+        try:
+            if op.kind is OpKind.SETXATTR:
+                os.setxattr(where, attr, op.data, follow_symlinks=False)
+            else:
+                try:
+                    os.removexattr(where, attr, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno != errno.ENODATA:  # absent is fine
+                        raise
+        except FileNotFoundError:
+            return
+        self._dirty_dirs.add(d)
+
+    def _fallocate(self, fd: int, op: Op) -> None:
+        try:
+            length, mode = unpack_fallocate(op.data)
+        except RecordCorrupt as exc:
+            raise PathRefused(str(exc)) from None
+        if mode not in FALLOCATE_MODES or op.value < 0:
+            raise PathRefused(f"fallocate mode {mode:#x} at {op.value} cannot be replayed")
+        if _libc_fallocate(fd, mode, op.value, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err != errno.EOPNOTSUPP:
+            raise OSError(err, os.strerror(err))
+        # This file system lacks the mode: the same bytes and size another way.
+        log.debug("%s: fallocate mode %#x unsupported here; emulated", self.label, mode)
+        end = op.value + length
+        if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            size = os.fstat(fd).st_size
+            stop = min(end, size) if mode & FALLOC_FL_KEEP_SIZE else end
+            pos = op.value
+            zeros = bytes(1 << 20)
+            while pos < stop:
+                pos += os.pwrite(fd, zeros[: min(len(zeros), stop - pos)], pos)
+        elif not mode & FALLOC_FL_KEEP_SIZE and os.fstat(fd).st_size < end:
+            os.ftruncate(fd, end)
 
     def _file(self, tree: int, parts: tuple[str, ...], d: int, name: str) -> int:
         key = (tree, parts)

@@ -151,6 +151,7 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
     log.warning("%s: switchover to %s (%s): not writable; running on_demote, draining",
                 worker.name, name, why)
     await run_hook("on_demote")
+    await worker.drain_capture()
     await _quiet(worker)
     async with worker.emit_lock:  # nothing more is logged from here on
         last = worker.log.last_lsn

@@ -32,7 +32,18 @@ CHMOD      set mode bits (``value & 0o7777``) of ``path``
 UTIME      set mtime of ``path`` to ``value`` nanoseconds
 MARK       no file effect: a position marker (e.g. end of an initial scan);
            ``target`` names the marker
+LINK       hard link ``path`` to the existing regular file ``target``
+           (replacing ``path``; already that inode is fine)
+CHOWN      set owner and group of ``path`` (never through a final symlink):
+           :func:`pack_owner` in ``value``
+SETXATTR   set extended attribute ``target`` of ``path`` to ``data``
+REMOVEXATTR  remove extended attribute ``target`` of ``path``; absent is fine
+FALLOCATE  fallocate(2) on ``path`` at offset ``value``; ``data`` is
+           :func:`pack_fallocate` (length, mode)
 =========  ==========================================================
+
+LINK .. FALLOCATE come from the ``mount`` capture only; their numbers, like
+every other kind's, are on disk and on the wire: never renumber.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import zlib
 from dataclasses import dataclass
 
 __all__ = [
+    "FALLOCATE_MODES",
     "HEADER",
     "MAX_RECORD_BYTES",
     "Op",
@@ -52,6 +64,10 @@ __all__ = [
     "decode_body",
     "decode_record",
     "encode_record",
+    "pack_fallocate",
+    "pack_owner",
+    "unpack_fallocate",
+    "unpack_owner",
 ]
 
 
@@ -67,6 +83,49 @@ class OpKind(enum.IntEnum):
     CHMOD = 9
     UTIME = 10
     MARK = 11
+    LINK = 12
+    CHOWN = 13
+    SETXATTR = 14
+    REMOVEXATTR = 15
+    FALLOCATE = 16
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+# The fallocate modes a FALLOCATE may carry: they replay to the same bytes
+# and size (collapse and insert shift data: replayed twice they would not).
+FALLOCATE_MODES = frozenset({0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                             FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE})
+_U32 = (1 << 32) - 1
+_FALLOCATE = struct.Struct(">QI")
+
+
+def pack_owner(uid: int, gid: int) -> int:
+    """A CHOWN's ``value``: ``uid << 32 | gid`` as a signed 64-bit integer
+    (both u32: the full range round-trips)."""
+    if not (0 <= uid <= _U32 and 0 <= gid <= _U32):
+        raise ValueError(f"owner {uid}:{gid} is not two 32-bit ids")
+    v = (uid << 32) | gid
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def unpack_owner(value: int) -> tuple[int, int]:
+    v = value & ((1 << 64) - 1)
+    return v >> 32, v & _U32
+
+
+def pack_fallocate(length: int, mode: int) -> bytes:
+    """A FALLOCATE's ``data``: ``>QI`` (length, mode)."""
+    return _FALLOCATE.pack(length, mode)
+
+
+def unpack_fallocate(data: bytes) -> tuple[int, int]:
+    """(length, mode) of a FALLOCATE's ``data``; RecordCorrupt if malformed."""
+    if len(data) != _FALLOCATE.size:
+        raise RecordCorrupt("FALLOCATE data must be 12 bytes (length, mode)")
+    length, mode = _FALLOCATE.unpack(data)
+    return int(length), int(mode)
 
 
 @dataclass(frozen=True, slots=True)

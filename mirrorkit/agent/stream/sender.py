@@ -39,7 +39,8 @@ import logging
 import time
 from typing import Any
 
-from mirrorkit.agent.capture import Capture, Unmirrorable, new_capture
+from mirrorkit.agent.capture import Capture, MountParams, Unmirrorable, new_capture
+from mirrorkit.agent.capture.mount.capture import MountCapture, MountMark, parse_mark
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
@@ -212,7 +213,9 @@ class PrimaryMirror(MirrorWorker):
         backoff = Backoff(1.0, 30.0)
         while True:
             self._capture = new_capture(list(self.cfg.targets), list(self.cfg.exclude),
-                                        self.index_path, unmirrorable=self.unmirrorable)
+                                        self.index_path, self.cfg.capture,
+                                        unmirrorable=self.unmirrorable,
+                                        mount=self._mount_params())
             self.capture.started()
             if self.capture.restarts:
                 log.warning("%s: capture restarting (restart %d); healthy again once its "
@@ -231,6 +234,59 @@ class PrimaryMirror(MirrorWorker):
                           "restarting in %.1fs", self.name, exc, delay,
                           exc_info=exc if not isinstance(exc, CaptureError) else None)
                 await asyncio.sleep(delay)
+
+    async def drain_capture(self) -> None:
+        """A switchover stopped writes: with the ``mount`` capture, fence the
+        mount and wait until all it made is logged (exact); ``watch`` has no
+        such barrier (the switchover waits for a quiet log instead)."""
+        if isinstance(self._capture, MountCapture) and not await self._capture.drain():
+            log.warning("%s: the mount did not confirm its fence in time; the switchover "
+                        "relies on the quiet period", self.name)
+
+    def _mount_params(self) -> MountParams | None:
+        if self.cfg.capture != "mount":
+            return None
+        assert self.cfg.mount_socket is not None
+        return MountParams(self.cfg.mount_socket, self.host, self._last_mount_mark,
+                           self._write_lease_left, self.cfg.timeouts.heartbeat)
+
+    def _write_lease_left(self) -> float:
+        """How long the mount may stay writable: this member's own lease (the
+        configured qos without one: a member with no peer to echo it)."""
+        if not self.roles.writable or self.roles.role != "primary" \
+                or self.roles.term != self.own_term:
+            return 0.0
+        lease = self.roles.lease
+        if lease is None or lease.waived:
+            return self.cfg.timeouts.qos
+        return max(0.0, lease.remaining())
+
+    async def _last_mount_mark(self) -> MountMark | None:
+        return await asyncio.to_thread(self._find_mount_mark)
+
+    def _find_mount_mark(self) -> MountMark | None:
+        """The newest ``mount`` resume mark in the retained log (windows read
+        backwards from its end: the last batch normally holds it)."""
+        end = self.log.last_lsn
+        window = 8192
+        while end >= self.log.first_lsn:
+            start = max(self.log.first_lsn, end - window + 1)
+            found: MountMark | None = None
+            lsn = start
+            while lsn <= end:
+                records = self.log.read(lsn, 4 << 20)
+                if not records:
+                    break
+                for record in records:
+                    if record.lsn > end:
+                        break
+                    if record.op.kind is OpKind.MARK:
+                        found = parse_mark(record.op.target) or found
+                lsn = records[-1].lsn + 1
+            if found is not None:
+                return found
+            end = start - 1
+        return None
 
     async def _capture_emit(self, ops: list[Op]) -> None:
         await self.emit(ops)

@@ -1,0 +1,203 @@
+"""The ``mount`` capture on a real FUSE mount (issue 9): mirrorkit-mountd as
+its own process, the agent's MountCapture on its socket, a replica applied
+from what it emits with the real Applier.
+
+Nothing asserts speed; every wait is a poll with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from mountd_proc import Mountd, needs_fuse, running  # type: ignore[import-not-found]
+
+from mirrorkit.agent.log.records import OpKind
+
+pytestmark = [pytest.mark.integration, needs_fuse]
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
+    """path -> (type+mode, uid, gid, mtime ns, contents or link target)."""
+    out: dict[str, tuple[int, int, int, int, bytes | str]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            full = Path(dirpath, name)
+            st = full.lstat()
+            rel = str(full.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                body: bytes | str = os.readlink(full)
+            elif stat.S_ISREG(st.st_mode):
+                body = full.read_bytes()
+            else:
+                body = b""
+            mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns  # dir mtimes: not kept
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, mtime, body)
+    return out
+
+
+def test_the_mount_is_read_only_until_the_agent_grants_it(tmp_path: Path) -> None:
+    mountd = Mountd(tmp_path)
+    mountd.start()
+    try:
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "f").write_bytes(b"x")
+        assert err.value.errno == errno.EROFS
+        assert not (mountd.backing / "f").exists()
+    finally:
+        mountd.stop()
+
+
+def test_changes_reach_the_replica_in_order_with_their_metadata(tmp_path: Path) -> None:
+    with running(tmp_path) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        m = mountd.mnt
+        (m / "d").mkdir(mode=0o750)
+        (m / "d" / "a").write_bytes(b"hello")
+        os.chmod(m / "d" / "a", 0o640)
+        os.chown(m / "d" / "a", 1000, 1001)
+        (m / "d" / "a").rename(m / "b")
+        os.symlink("b", m / "s")
+        with open(m / "big", "wb") as f:
+            f.truncate(3 * 1024 * 1024)
+            f.seek(1024 * 1024)
+            f.write(b"z" * 100_000)
+            os.fsync(f.fileno())
+        os.utime(m / "b", ns=(1_000_000_000, 2_000_000_000))
+        h.barrier()
+        assert tree(h.replica) == tree(mountd.backing)
+        assert (h.replica / "b").stat().st_uid == 1000
+        seen = [(op.kind, op.path) for op in h.log]
+        assert (seen.index((OpKind.MKDIR, "d")) < seen.index((OpKind.CREATE, "d/a"))
+                < seen.index((OpKind.WRITE, "d/a")) < seen.index((OpKind.CHOWN, "d/a"))
+                < seen.index((OpKind.RENAME, "d/a")) < seen.index((OpKind.SYMLINK, "s")))
+
+
+def test_concurrent_writers_leave_a_replica_equal_to_the_primary(tmp_path: Path) -> None:
+    with running(tmp_path) as (mountd, h):
+        h.start()
+        h.wait_writable()
+
+        def writer(n: int) -> None:
+            fd = os.open(mountd.mnt / f"w{n}", os.O_CREAT | os.O_WRONLY, 0o644)
+            try:
+                for i in range(200):
+                    os.pwrite(fd, bytes([n]) * 512, (i * 7919 % 256) * 512)
+                    if i % 50 == 0:
+                        os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        h.barrier()
+        assert tree(h.replica) == tree(mountd.backing)
+
+
+def test_fence_makes_writes_fail_at_once_and_nothing_after_it_changes(tmp_path: Path) -> None:
+    with running(tmp_path) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        (mountd.mnt / "before").write_bytes(b"1")
+        h.writable = False  # the agent stops renewing...
+        assert h.capture is not None
+        last = h.call(h.capture.fence)  # ...and fences (a demotion)
+        assert last is not None and last >= 1
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "after").write_bytes(b"2")
+        assert err.value.errno == errno.EROFS
+        assert not (mountd.backing / "after").exists()
+        assert (mountd.mnt / "before").read_bytes() == b"1"  # reads go on
+
+
+def test_writes_fail_once_the_agent_is_gone_longer_than_its_lease(tmp_path: Path) -> None:
+    with running(tmp_path, lease=0.5) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        h.crash()
+        deadline_ok = False
+        for _ in range(200):
+            try:
+                (mountd.mnt / "x").write_bytes(b"x")
+            except OSError as exc:
+                assert exc.errno == errno.EROFS
+                deadline_ok = True
+                break
+            threading.Event().wait(0.05)
+        assert deadline_ok, "writes still succeed long after the agent's lease ran out"
+
+
+def test_a_restarted_agent_resumes_exactly_where_the_log_ends(tmp_path: Path) -> None:
+    with running(tmp_path, lease=30) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        for i in range(20):
+            (mountd.mnt / f"f{i}").write_bytes(bytes([i]) * 100)
+        h.barrier()
+        h.crash()  # the lease (30 s) still runs: writes go on into mountd's journal
+        for i in range(20, 40):
+            (mountd.mnt / f"f{i}").write_bytes(bytes([i]) * 100)
+        before = len(h.log)
+        h.start()  # a new agent: the same log, the same mountd session
+        h.barrier()
+        new = [op for op in h.log[before:] if op.kind is not OpKind.MARK]
+        created = [op.path for op in new if op.kind is OpKind.CREATE]
+        assert created[:20] == [f"f{i}" for i in range(20, 40)]  # nothing twice, nothing lost
+        assert tree(h.replica) == tree(mountd.backing)
+
+
+def test_a_dead_mountd_is_enotconn_then_a_new_one_rescans(tmp_path: Path) -> None:
+    with running(tmp_path, lease=30) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        (mountd.mnt / "kept").write_bytes(b"k")
+        h.barrier()
+        mountd.kill()
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "kept").read_bytes()
+        assert err.value.errno == errno.ENOTCONN
+        # What the dead mountd made but never handed over lives only on the
+        # backing store: stand-in, a file written there behind its back.
+        (mountd.backing / "unlogged").write_bytes(b"u")
+        h.crash()
+        mountd.start()  # clears the dead mount first
+        h.start()
+        h.wait_writable()
+        h.barrier()
+        assert (h.replica / "unlogged").read_bytes() == b"u"
+        assert tree(h.replica) == tree(mountd.backing)
+        assert any(op.kind is OpKind.MARK and op.target == "scan-complete" for op in h.log)
+
+
+def test_links_xattrs_and_holes_reach_the_replica(tmp_path: Path) -> None:
+    with running(tmp_path) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        m = mountd.mnt
+        (m / "f").write_bytes(b"x" * 200_000)
+        os.link(m / "f", m / "g")
+        os.setxattr(m / "f", "user.note", b"kept")
+        os.setxattr(m / "f", "user.gone", b"soon")
+        os.removexattr(m / "f", "user.gone")
+        fd = os.open(m / "f", os.O_WRONLY)
+        try:
+            # punch a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+            assert os.system(f"fallocate -p -o 4096 -l 65536 {m / 'f'}") == 0
+        finally:
+            os.close(fd)
+        h.barrier()
+        assert tree(h.replica) == tree(mountd.backing)
+        r = h.replica
+        assert (r / "f").stat().st_ino == (r / "g").stat().st_ino  # one file, two names
+        assert os.getxattr(r / "f", "user.note") == b"kept"
+        assert "user.gone" not in os.listxattr(r / "f")
+        assert (r / "f").read_bytes()[4096:4096 + 65536] == bytes(65536)
+        assert any(op.kind is OpKind.FALLOCATE for op in h.log)
