@@ -225,6 +225,9 @@ class RoleOwner:
         # shipping to its receivers) but no longer writable (VIP released,
         # on_demote has run), until the handover or its abort.
         self._draining = False
+        # The drain's on_demote is still running: the VIP stays until it has
+        # ended (see keeps_vip).
+        self._keep_vip = False
         # Set by ha when the mirror has a backup and an arbiter: writable
         # only while a peer's echo renews it (util/lease.py). None: no lease
         # (no one could take over automatically, so there is nothing to fence for).
@@ -281,16 +284,41 @@ class RoleOwner:
     def draining(self) -> bool:
         return self._draining
 
-    def begin_drain(self) -> None:
-        """Stop being writable for a switchover (announced at once, like a step-down)."""
+    def begin_drain(self, *, keep_vip: bool = False) -> None:
+        """Stop being writable for a switchover (announced at once, like a
+        step-down). ``keep_vip``: the VIP stays until :meth:`release_vip`
+        (see :attr:`keeps_vip`)."""
         if self._draining:
             return
         self._draining = True
+        self._keep_vip = keep_vip
         self._announce_step_down()
+
+    def release_vip(self) -> None:
+        """The drain's ``on_demote`` has ended: the VIP goes now (announced)."""
+        if self._keep_vip:
+            self._keep_vip = False
+            self._announce_step_down()
 
     def end_drain(self) -> None:
         """The switchover was abandoned: writable again (if the lease allows)."""
         self._draining = False
+        self._keep_vip = False
+
+    @property
+    def keeps_vip(self) -> bool:
+        """Draining for a switchover whose ``on_demote`` is still running,
+        and still the one primary of its term with a valid lease: the VIP
+        may stay here until the application has stopped, so that requests
+        in flight are answered over it (released at once, a request in
+        flight never gets its answer: the reply's source address is gone).
+        Nobody else can hold it meanwhile: the HANDOVER comes after. Not
+        writable all the same: ``GET /primary`` and the primary file say
+        "not primary" (the tracking script releases the VIP after its
+        ``interval * fall`` should ``on_demote`` hang); a lost lease or a
+        higher term ends it at once."""
+        return (self._keep_vip and self._draining and self.holds_primary
+                and (self.lease is None or self.lease.valid()))
 
     async def observe_term(self, term: int, primary: str | None, source: str) -> bool:
         """A message from ``source`` carried ``term``. A higher term than ours
@@ -402,6 +430,7 @@ class RoleOwner:
         self._state = new
         self._stepping_down = False
         self._draining = False
+        self._keep_vip = False
         level = logging.WARNING if old.role != new.role else logging.INFO
         log.log(level, "%s: role %s -> %s, term %d -> %d, primary %s -> %s: %s",
                 self.store.directory.name, old.role, new.role, old.term, new.term,

@@ -55,7 +55,8 @@ def rss_kib(c: Cluster) -> int:
 def bash_check(tmp_path: Path) -> Path:
     path = tmp_path / "mirrorkit-primary-check"
     path.write_text(jinja2.Template(TEMPLATE.read_text(), keep_trailing_newline=True).render(
-        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS))
+        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS,
+        mirrorkit_vip_check_wait=0.8))
     path.chmod(0o755)
     return path
 

@@ -8,16 +8,19 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pytest
+import yaml
 
 from mirrorkit.agent.api.primary_publisher import PrimaryPublisher
+from mirrorkit.agent.capture.inotify import Inotify
 from mirrorkit.agent.cli.probe import DEFAULT_RUNTIME_DIR, runtime_dir_from
 from mirrorkit.agent.cli.probe import main as probe_main
-from mirrorkit.agent.util import primary_file
+from mirrorkit.agent.util import primary_file, vrrp_file
 from mirrorkit.agent.util.primary_file import (
     STALE_SECONDS,
     boottime,
@@ -29,6 +32,10 @@ from mirrorkit.agent.util.primary_file import (
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles/mirrorkit_vip/templates/mirrorkit-primary-check.j2"
 ROLES = {"records": "primary", "orders": "backup"}
+CHECK_WAIT = yaml.safe_load((REPO / "roles/mirrorkit_vip/defaults/main.yml").read_text())[
+    "mirrorkit_vip_check_wait"]
+VIP = "198.18.7.100"
+IN_CLOSE_NOWRITE = 0x10
 
 
 def status() -> dict[str, Any]:
@@ -47,7 +54,8 @@ def probe(directory: Path, mirror: str, *args: str) -> subprocess.CompletedProce
 @pytest.fixture
 def bash_check(tmp_path: Path) -> Path:
     text = jinja2.Template(TEMPLATE.read_text(), keep_trailing_newline=True).render(
-        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS)
+        ansible_managed="test", mirrorkit_vip_check_stale_seconds=STALE_SECONDS,
+        mirrorkit_vip_check_wait=CHECK_WAIT)
     path = tmp_path / "mirrorkit-primary-check"
     path.write_text(text)
     path.chmod(0o755)
@@ -258,3 +266,165 @@ def test_the_publisher_writes_the_primary_file_first_on_a_promotion(
     order.clear()
     publisher.publish()
     assert order == ["track 1", "primary-file 0"]
+
+
+# --- the check's wait for a promotion (roles/mirrorkit_vip, "VIP timing") ---------
+#
+# keepalived runs the check once a second and keeps a backup in FAULT until a run
+# passes, so the check waits (bounded) inside a run for the primary file to say
+# "primary". The trie argument is a FIFO here: the check opens it only once it
+# has read a fresh "not primary" and asks whether this host holds the VIP, so the
+# test knows where the check is without timing it.
+
+TRIE_WITHOUT_VIP = """Main:
+  +-- 198.18.7.0/24 2 0 2
+     |-- 198.18.7.11
+        /32 host LOCAL
+     |-- 198.18.7.255
+        /32 link BROADCAST
+"""
+TRIE_WITH_VIP = TRIE_WITHOUT_VIP.replace(
+    "     |-- 198.18.7.255", f"     |-- {VIP}\n        /32 host LOCAL\n     |-- 198.18.7.255")
+
+
+def start_check(bash: Path, run: Path, trie: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(bash), "records", str(run), VIP, str(trie)])
+
+
+def feed_trie(fifo: Path, proc: subprocess.Popen[bytes], text: str) -> bool:
+    """Write TEXT into the FIFO once the check opens it; False if it ended
+    without opening it (it did not get as far as the VIP question)."""
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.005)
+            continue
+        try:
+            os.set_blocking(fd, True)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        return True
+
+
+def write_verdict(run: Path, ok: bool, at: float | None = None) -> None:
+    (run / "records.primary").write_bytes(render(ok, 4, "test", boottime() if at is None
+                                                  else at))
+    (run / "records.primary").chmod(0o600)
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fib_trie"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_backup_passes_as_soon_as_it_is_promoted_within_the_run(
+        tmp_path: Path, bash_check: Path, fifo: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_verdict(run, False)  # a live backup
+    proc = start_check(bash_check, run, fifo)
+    assert feed_trie(fifo, proc, TRIE_WITHOUT_VIP)  # it read "not primary", is waiting
+    write_verdict(run, True)  # the agent promoted during the run
+    assert proc.wait(timeout=60) == 0
+
+
+def test_a_backup_still_not_promoted_fails_when_the_wait_ends(
+        tmp_path: Path, bash_check: Path, fifo: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_verdict(run, False)
+    proc = start_check(bash_check, run, fifo)
+    assert feed_trie(fifo, proc, TRIE_WITHOUT_VIP)
+    while proc.poll() is None:  # the agent stays alive and says "not primary"
+        write_verdict(run, False)
+        time.sleep(0.05)
+    assert proc.returncode == 1
+
+
+def test_a_host_holding_the_vip_never_waits(tmp_path: Path, bash_check: Path,
+                                            fifo: Path) -> None:
+    # A demoted host whose keepalived missed the track file: only the script
+    # releases its VIP, at interval * fall, never a wait later.
+    run = tmp_path / "run"
+    run.mkdir()
+    write_verdict(run, False)
+    proc = start_check(bash_check, run, fifo)
+    assert feed_trie(fifo, proc, TRIE_WITH_VIP)
+    write_verdict(run, True)  # too late: it has decided
+    assert proc.wait(timeout=60) == 1
+
+
+def promote_after_first_read(run: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Say "primary" once the check has read the file once (inotify: closed
+    after reading), while it runs: a check that waits would then pass."""
+    with Inotify() as ino:
+        ino.add_watch(run / "records.primary", IN_CLOSE_NOWRITE)
+        while proc.poll() is None and not ino.read_now():
+            time.sleep(0.002)
+    write_verdict(run, True)
+
+
+@pytest.mark.parametrize("trie", ["missing", "no-vip-argument"])
+def test_without_knowing_whether_it_holds_the_vip_it_does_not_wait(
+        tmp_path: Path, bash_check: Path, trie: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_verdict(run, False)
+    args = [str(bash_check), "records", str(run)]
+    args += [VIP, str(tmp_path / "nosuch")] if trie == "missing" else []
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(args, stderr=err)
+        promote_after_first_read(run, proc)
+        assert proc.wait(timeout=60) == 1
+    assert (tmp_path / "stderr").read_bytes() == b""
+
+
+@pytest.mark.parametrize("state", ["stale", "missing", "foreign"])
+def test_a_dead_agent_fails_at_once_without_waiting(tmp_path: Path, bash_check: Path,
+                                                    fifo: Path, state: str) -> None:
+    # The dead-agent detection (interval * fall) is not made slower by the wait.
+    run = tmp_path / "run"
+    run.mkdir()
+    if state == "stale":
+        write_verdict(run, False, at=boottime() - STALE_SECONDS - 1)
+    elif state == "foreign":
+        (run / "records.primary").write_text("something else 0 4 1.00\n")
+    proc = start_check(bash_check, run, fifo)
+    assert proc.wait(timeout=60) == 1
+    assert not feed_trie(fifo, proc, TRIE_WITHOUT_VIP)  # it never got to waiting
+
+
+def test_a_file_that_goes_bad_during_the_wait_fails(tmp_path: Path, bash_check: Path,
+                                                    fifo: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_verdict(run, False)
+    proc = start_check(bash_check, run, fifo)
+    assert feed_trie(fifo, proc, TRIE_WITHOUT_VIP)
+    (run / "records.primary").unlink()  # the agent stopped
+    assert proc.wait(timeout=60) == 1
+
+
+def test_the_publisher_keeps_the_vip_while_a_switchovers_on_demote_runs(
+        tmp_path: Path) -> None:
+    entry: dict[str, Any] = {"role": "primary", "term": 4, "fenced": False, "alive": True}
+
+    def status_now() -> dict[str, Any]:
+        return {"host": "node1", "mirrors": {"records": dict(entry)}}
+
+    publisher = PrimaryPublisher(lambda: tmp_path, status_now)
+    publisher.publish()
+    assert vrrp_file.read_value(tmp_path, "records") == "0"
+    entry.update(fenced=True, keeps_vip=True)  # draining, on_demote running
+    publisher.publish()
+    assert read_verdict(tmp_path, "records")[0] is False  # not writable: the file says so
+    assert vrrp_file.read_value(tmp_path, "records") == "0"  # the VIP stays meanwhile
+    del entry["keeps_vip"]  # on_demote ended
+    publisher.publish()
+    assert vrrp_file.read_value(tmp_path, "records") == "1"

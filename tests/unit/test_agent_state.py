@@ -172,3 +172,21 @@ def test_a_promotion_never_lands_in_a_term_another_member_took(tmp_path: Path) -
 
     asyncio.run(go())
     assert owner.state == MirrorState(3, "primary", "node2")
+
+
+def test_a_switchover_drain_keeps_the_vip_until_released(tmp_path: Path) -> None:
+    # A request in flight when the VIP leaves never gets its answer (its reply's
+    # source address is gone): a switchover releases the VIP after on_demote.
+    owner = RoleOwner.load(StateStore(tmp_path / "records"), "failover", "primary", "node1")
+    announced: list[bool] = []
+    owner.step_down_listeners.append(lambda: announced.append(owner.keeps_vip))
+    owner.begin_drain(keep_vip=True)
+    assert not owner.writable and owner.keeps_vip and announced == [True]
+    owner.release_vip()
+    assert not owner.keeps_vip and announced == [True, False]  # announced: the VIP goes now
+    owner.release_vip()
+    assert announced == [True, False]
+    owner.end_drain()
+    owner.begin_drain(keep_vip=True)
+    asyncio.run(owner.observe_term(5, "node2", "node2"))  # a higher term: no hold
+    assert not owner.keeps_vip

@@ -22,7 +22,9 @@ once and at once. A mirror still starting (its state or log not read
 yet) has no verdict for it: its track file keeps the value it had (the
 previous agent's), so a restart of the primary's agent does not drop the
 VIP at once; if the start takes too long, the script (the primary file says
-"starting") releases it after its ``interval * fall``, as before.
+"starting") releases it after its ``interval * fall``, as before. The same
+holds for a switchover's drain while its ``on_demote`` runs (``keeps_vip``
+in the status): the VIP goes when the hook has ended.
 :meth:`publish` is cheap (one ``stat`` per mirror when
 nothing changed): call it whenever writability may have changed. A mirror
 that disappears from ``status()`` (or a ``status()`` that fails) gets ``1``.
@@ -96,14 +98,18 @@ class PrimaryPublisher:
                 term = mirrors[name].get("term") if isinstance(mirrors[name], dict) else None
                 # On a step-down the track file first: it is what releases the
                 # VIP at once. On a promotion the primary file first: the
-                # tracking script passes a live non-primary only while the
-                # track file says 1, so the two never disagree in its favour.
-                starting = isinstance(mirrors[name], dict) and mirrors[name].get("starting")
+                # tracking script, waiting for it, passes as the track file
+                # turns 0.
+                entry = mirrors[name] if isinstance(mirrors[name], dict) else {}
+                # A switchover's on_demote still running keeps the VIP until
+                # the application has answered its requests in flight
+                # (RoleOwner.keeps_vip); starting: no verdict yet.
+                hold = entry.get("starting") or entry.get("keeps_vip") is True
                 if code == 200:
                     primary_file.write(directory, name, True, term, reason)
                     self._track(directory, name, True)
                 else:
-                    if not starting:
+                    if not hold:
                         self._track(directory, name, False)
                     primary_file.write(directory, name, False, term, reason)
                 wanted.add((directory, name))

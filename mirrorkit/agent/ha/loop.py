@@ -186,6 +186,7 @@ class HaLoop:
         self.maintenance = False
         self.schedule: Scheduled | None = None
         self._writable: bool | None = None
+        self._keeps_vip = False
         self._logged_at = 0.0
         self._health_failures = 0
         self._health_task: asyncio.Task[None] | None = None
@@ -336,6 +337,13 @@ class HaLoop:
 
     def _writability(self, roles: RoleOwner) -> None:
         writable = roles.writable
+        keeps_vip = roles.keeps_vip
+        if keeps_vip != self._keeps_vip:
+            # A drain's hold on the VIP ended (a lost lease, a higher term):
+            # the track file says so now, not at the publisher's next round.
+            self._keeps_vip = keeps_vip
+            if writable == self._writable and self.on_writable_change is not None:
+                self.on_writable_change()
         if writable != self._writable:
             first = self._writable is None
             self._writable = writable

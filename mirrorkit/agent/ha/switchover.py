@@ -5,8 +5,11 @@ writable primaries:
 
 1. refuse unless we are the writable primary, the backup is connected,
    not resyncing, not stopped on an apply failure and not far behind;
-2. stop being writable (VIP released at once) and run ``on_demote``, which
-   stops the application: no new writes;
+2. stop being writable and run ``on_demote``, which stops the application:
+   no new writes; the VIP is released when ``on_demote`` has ended (the
+   application answered its requests in flight over it; a request in
+   flight when the VIP goes never gets its answer), or at once if the lease
+   is lost meanwhile (``RoleOwner.keeps_vip``);
 3. let the capture log what the application wrote last (``QUIET`` seconds
    with no new record, at most ``QUIET_MAX``), then hold the log's append
    lock: nothing more is logged;
@@ -145,13 +148,16 @@ async def switch_over(worker: PrimaryMirror, to: str | None, events: EventLog,
     roles = worker.roles
     term = roles.term
     started = clock.now()
-    roles.begin_drain()
+    roles.begin_drain(keep_vip=True)
     events.record("switchover", f"switchover to {name} ({why}): writes stopped, draining",
                   term, to=name)
     log.warning("%s: switchover to %s (%s): not writable; running on_demote, draining",
                 worker.name, name, why)
-    await run_hook("on_demote")
-    await worker.drain_capture()
+    try:
+        await run_hook("on_demote")
+    finally:
+        roles.release_vip()  # the application has stopped (or its hook failed): the VIP goes
+    await worker.drain_capture()  # mount: fenced now, and all it made is logged
     await _quiet(worker)
     async with worker.emit_lock:  # nothing more is logged from here on
         last = worker.log.last_lsn

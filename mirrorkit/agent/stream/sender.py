@@ -253,8 +253,11 @@ class PrimaryMirror(MirrorWorker):
     def _write_lease_left(self) -> float:
         """How long the mount may stay writable: this member's own lease (the
         configured qos without one: a member with no peer to echo it)."""
-        if not self.roles.writable or self.roles.role != "primary" \
-                or self.roles.term != self.own_term:
+        # While a switchover's on_demote runs (keeps_vip) the application may
+        # still write as it shuts down: the mount stays open until the hook
+        # ends, then the drain fences it.
+        if not (self.roles.writable or self.roles.keeps_vip) \
+                or self.roles.role != "primary" or self.roles.term != self.own_term:
             return 0.0
         lease = self.roles.lease
         if lease is None or lease.waived:

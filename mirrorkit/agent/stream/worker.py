@@ -190,6 +190,8 @@ class MirrorWorker:
             "fenced": self.state.role == "primary" and not self.roles.writable,
             "alive": self.alive(),
         }
+        if self.roles.keeps_vip:
+            out["keeps_vip"] = True  # a switchover's on_demote is running (state.py)
         reason = self.error()
         if reason:
             out["error"] = reason
