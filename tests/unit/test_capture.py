@@ -539,7 +539,9 @@ async def test_stop_during_initial_scan_returns_promptly_then_resumes(tmp_path: 
 def test_the_factory_builds_a_watch_capture_and_refuses_other_methods(tmp_path: Path) -> None:
     cap = new_capture([tmp_path], ["*.tmp"], tmp_path / "index.db")
     assert isinstance(cap, WatchCapture) and cap.exclude == ["*.tmp"]
-    with pytest.raises(ValueError, match="unknown capture method 'mount'"):
+    with pytest.raises(ValueError, match="unknown capture method 'fanotify'"):
+        new_capture([tmp_path], [], tmp_path / "index.db", method="fanotify")
+    with pytest.raises(ValueError, match="needs its MountParams"):
         new_capture([tmp_path], [], tmp_path / "index.db", method="mount")
 
 
