@@ -376,9 +376,12 @@ class _Validator:
         elif "mount_socket" in m:
             self.err(f"{p}.mount_socket", "is set but capture is not 'mount'",
                      "capture: mount, or no mount_socket")
-        if mode == "sync" and capture != "mount":
-            self.err(f"{p}.mode", "is 'sync' with capture: watch",
-                     "capture: mount (only the mount can make fsync wait for the backup)")
+        if mode == "sync":
+            # The mount capture exists, but the agent does not yet tell it what
+            # the backup acknowledged: a sync fsync would wait for ever.
+            self.err(f"{p}.mode", "is 'sync', which this version does not provide yet",
+                     "mode: async (with capture: watch or mount); sync mode needs the "
+                     "backup's acknowledgements on the mount, not built yet")
         for hook in hooks:
             if hook not in HOOKS:
                 self.err(f"{p}.hooks.{hook}", "is not a hook", "one of " + ", ".join(HOOKS))

@@ -11,6 +11,7 @@ import pytest
 from mirrorkit.agent.capture.mount import wire
 from mirrorkit.agent.capture.mount.journal import Journal
 from mirrorkit.agent.log.records import Op, OpKind, decode_record
+from mirrorkit.agent.util import clock
 
 
 def test_control_frames_round_trip() -> None:
@@ -20,6 +21,7 @@ def test_control_frames_round_trip() -> None:
     assert wire.parse_resume(wire.resume("s", 7)[wire.HEADER.size:]) == ("s", 7)
     assert wire.parse_seq(wire.seq_frame(wire.Kind.DURABLE, 2**40)[wire.HEADER.size:]) == 2**40
     assert wire.parse_mode(wire.mode(True, 1.25)[wire.HEADER.size:]) == (True, 1.25)
+    assert wire.parse_mode(wire.mode(False, 9.0)[wire.HEADER.size:]) == (False, 0.0)
     assert n > 0
 
 
@@ -39,7 +41,7 @@ def test_frame_headers_are_bounded() -> None:
     with pytest.raises(wire.WireError, match="unknown frame kind"):
         wire.decode_header(wire.HEADER.pack(99, 0))
     with pytest.raises(wire.WireError):
-        wire.parse_mode(b"\x02\x00\x00\x00\x00")
+        wire.parse_mode(b"\x02" + bytes(8))
 
 
 def test_the_journal_is_read_only_until_leased_and_after_the_lease() -> None:
@@ -47,7 +49,7 @@ def test_the_journal_is_read_only_until_leased_and_after_the_lease() -> None:
     with pytest.raises(OSError) as err, j.mutation():
         pass
     assert err.value.errno == errno.EROFS
-    j.set_writable(0.2)
+    j.set_writable(clock.now() + 0.2)
     with j.mutation() as m:
         m.log(Op(OpKind.CREATE, 0, "a", value=0o644))
     time.sleep(0.3)
@@ -58,7 +60,7 @@ def test_the_journal_is_read_only_until_leased_and_after_the_lease() -> None:
 
 def test_records_are_numbered_in_order_and_freed_when_durable() -> None:
     j = Journal()
-    j.set_writable(30)
+    j.set_writable(clock.now() + 30)
     for i in range(5):
         with j.mutation() as m:
             m.log(Op(OpKind.WRITE, 0, "f", value=i, data=b"x"))
@@ -74,7 +76,7 @@ def test_records_are_numbered_in_order_and_freed_when_durable() -> None:
 
 def test_fence_waits_for_a_mutation_in_flight_and_stops_later_ones() -> None:
     j = Journal()
-    j.set_writable(30)
+    j.set_writable(clock.now() + 30)
     inside, release = threading.Event(), threading.Event()
 
     def slow() -> None:
@@ -101,7 +103,7 @@ def test_fence_waits_for_a_mutation_in_flight_and_stops_later_ones() -> None:
 
 def test_a_full_journal_holds_writers_back_until_the_agent_catches_up() -> None:
     j = Journal(max_bytes=200)
-    j.set_writable(30)
+    j.set_writable(clock.now() + 30)
     with j.mutation(100) as m:
         m.log(Op(OpKind.WRITE, 0, "f", data=b"x" * 100))
     done = threading.Event()
@@ -119,7 +121,7 @@ def test_a_full_journal_holds_writers_back_until_the_agent_catches_up() -> None:
 
 def test_fsync_waits_for_durable_or_fails_when_fenced() -> None:
     j = Journal()
-    j.set_writable(30)
+    j.set_writable(clock.now() + 30)
     with j.mutation() as m:
         seq = m.log(Op(OpKind.CREATE, 0, "a"))
     threading.Timer(0.1, j.set_durable, args=(seq,)).start()

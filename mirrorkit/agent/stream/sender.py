@@ -220,6 +220,9 @@ class PrimaryMirror(MirrorWorker):
             if self.capture.restarts:
                 log.warning("%s: capture restarting (restart %d); healthy again once its "
                             "scan completes", self.name, self.capture.restarts)
+            fence_now = getattr(self._capture, "fence_now", None)
+            if fence_now is not None:  # mount: read-only the moment we step down
+                self.roles.step_down_listeners.append(fence_now)
             try:
                 await self._capture.run(self._capture_emit)
                 return
@@ -234,6 +237,10 @@ class PrimaryMirror(MirrorWorker):
                           "restarting in %.1fs", self.name, exc, delay,
                           exc_info=exc if not isinstance(exc, CaptureError) else None)
                 await asyncio.sleep(delay)
+            finally:
+                if fence_now is not None:
+                    with contextlib.suppress(ValueError):
+                        self.roles.step_down_listeners.remove(fence_now)
 
     async def drain_capture(self) -> None:
         """A switchover stopped writes: with the ``mount`` capture, fence the

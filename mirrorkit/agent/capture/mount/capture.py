@@ -35,6 +35,7 @@ from mirrorkit.agent.capture.base import Emit, scan_full
 from mirrorkit.agent.capture.mount import wire
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import HEADER, Op, OpKind, RecordCorrupt, decode_body
+from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import wait_for
 
 __all__ = ["MARK_PREFIX", "MountCapture", "MountMark", "parse_mark"]
@@ -76,8 +77,10 @@ class MountCapture:
 
     ``lease_left()`` is how long this member may still write (the writable
     primary's own lease; 0 when it may not): every ``renew_seconds`` mountd
-    is told the same, so the mount is never writable after the member's
-    lease ran out, even if the agent stalls or dies. ``backing`` is the tree
+    is given the same deadline on the shared CLOCK_BOOTTIME, so the mount is
+    never writable after the member's lease ran out, even if the agent
+    stalls or dies. :meth:`fence_now` (a step-down listener) closes it
+    without waiting for the next renewal. ``backing`` is the tree
     (the mount's backing store) the full pass reads."""
 
     def __init__(self, socket_path: Path, backing: Path, exclude: list[str], host: str,
@@ -144,7 +147,11 @@ class MountCapture:
         except (asyncio.IncompleteReadError, ConnectionError, wire.WireError) as exc:
             if self._stopping.is_set():
                 return
+            self.fence_now()  # a capture that failed must not leave the mount open
             raise CaptureError(f"lost mirrorkit-mountd ({exc})") from None
+        except BaseException:
+            self.fence_now()
+            raise
         finally:
             self._stopped.set()
             if self._writer is not None:
@@ -169,10 +176,16 @@ class MountCapture:
                  f"{last.host} {last.session} {last.seq}" if last else "none",
                  "resuming exactly" if how == "resume" else "fencing and rescanning the "
                  "backing store")
+        if how == "resume" and not first_held - 1 <= after <= next_seq - 1:
+            # The log's mark names changes mountd no longer holds (or never
+            # made): the log and the journal disagree; trust neither, rescan.
+            log.warning("mount capture: the log resumes after %d but mountd holds %d..%d: "
+                        "rescanning", after, first_held, next_seq - 1)
+            how, after = "rescan", 0
         await self._send(wire.resume(session if how == "resume" else "", after))
         if how == "rescan":
             # Fence first: nothing may change while the pass reads the tree.
-            await self._send(wire.mode(False, 0))
+            await self._send(wire.mode(False, 0.0))
             fenced = None
             while fenced is None:
                 kind, payload = await wait_for(self._frame(reader), _FENCE_TIMEOUT)
@@ -209,13 +222,13 @@ class MountCapture:
 
     async def _renew(self) -> None:
         writable_sent = False
-        while True:
+        while not self._stopping.is_set():
             left = self.lease_left()
             if left > 0:
-                await self._send(wire.mode(True, left))
+                await self._send(wire.mode(True, clock.now() + left))
                 writable_sent = True
             elif writable_sent:
-                await self._send(wire.mode(False, 0))
+                await self._send(wire.mode(False, 0.0))
                 writable_sent = False
             await asyncio.sleep(self.renew_seconds)
 
@@ -247,6 +260,15 @@ class MountCapture:
         self.emitted_seq = last_seq
         await self._send(wire.seq_frame(wire.Kind.DURABLE, last_seq))
 
+    def fence_now(self) -> None:
+        """Step-down: tell mountd to go read-only at once (synchronous write;
+        the FENCED answer is not awaited here)."""
+        if self.lease_left() > 0:
+            return  # still the writable primary (a switchover's on_demote still runs)
+        if self._writer is not None and not self._stopped.is_set():
+            with contextlib.suppress(Exception):
+                self._writer.write(wire.mode(False, 0.0))
+
     async def fence(self) -> int | None:
         """Make the mount read-only now; the last change mountd made, or None
         when mountd did not answer within the bound."""
@@ -254,7 +276,7 @@ class MountCapture:
             return None
         self._fenced_at = asyncio.get_running_loop().create_future()
         try:
-            await self._send(wire.mode(False, 0))
+            await self._send(wire.mode(False, 0.0))
             return await wait_for(asyncio.shield(self._fenced_at), _FENCE_TIMEOUT)
         except (OSError, TimeoutError):
             return None
@@ -274,7 +296,7 @@ class MountCapture:
 
     async def stop(self) -> None:
         """Fence the mount, emit what it made up to the fence, and end ``run``."""
-        self._stopping.set()
+        self._stopping.set()  # _renew grants nothing more from here on
         fenced = await self.fence()
         if fenced is not None and fenced > self.emitted_seq:
             with contextlib.suppress(TimeoutError):

@@ -31,7 +31,14 @@ from collections.abc import Iterator
 
 from mirrorkit.agent.log.records import Op, Record, encode_record
 
-__all__ = ["Journal", "JournalClosed"]
+__all__ = ["MAX_GRANT", "Journal", "JournalClosed"]
+
+MAX_GRANT = 60.0
+
+
+def _now() -> float:
+    # The primary's lease clock (util/clock.py): runs through a suspend.
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class JournalClosed(Exception):
@@ -55,7 +62,7 @@ class Journal:
     # -- the application's side (FUSE handler threads) -----------------------
 
     def writable(self) -> bool:
-        return time.monotonic() < self._writable_until
+        return _now() < self._writable_until
 
     @contextlib.contextmanager
     def mutation(self, room: int = 0) -> Iterator[_Mutation]:
@@ -145,9 +152,13 @@ class Journal:
                 self.acked = seq
                 self._cond.notify_all()
 
-    def set_writable(self, lease_seconds: float) -> None:
+    def set_writable(self, deadline: float) -> None:
+        """Writable until ``deadline`` (CLOCK_BOOTTIME seconds; at most
+        :data:`MAX_GRANT` from now: a confused sender cannot open it for long)."""
         with self._cond:
-            self._writable_until = time.monotonic() + lease_seconds
+            if self._closed:
+                return
+            self._writable_until = min(deadline, _now() + MAX_GRANT)
             self._cond.notify_all()
 
     def fence(self) -> int:

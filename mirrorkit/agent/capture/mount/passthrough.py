@@ -269,16 +269,24 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
 
     @_errno_of
     def create(self, path: str, mode: int, flags: int) -> int:
-        backing_flags = ((flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC)
+        # O_EXCL: two creates that both saw "no such file" must not both set
+        # owner and mode (the second caller would take the first one's file),
+        # nor journal a CREATE that would empty it on the replicas.
+        backing_flags = ((flags & ~(os.O_NOCTTY | os.O_APPEND)) | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW | os.O_CLOEXEC)
         perm = stat.S_IMODE(mode)
         with self.journal.mutation() as m, self._parent(path) as (d, name):
             owner = self._caller_owner(d)
+            # Lost a race with another create (both saw "no such file"): EEXIST,
+            # never an open of that file as root, which would skip the
+            # kernel's permission check on it (rare; the caller may retry).
             fd = os.open(name, backing_flags, perm, dir_fd=d)
             try:
-                os.fchmod(fd, perm)  # exactly what was asked (the umask is the kernel's)
                 m.log(self._op(OpKind.CREATE, path, value=perm))
-                self._owned(m, path, d, name, owner)
+                self._owned(m, path, d, name, owner)  # chown first: it clears set-id bits
+                os.fchmod(fd, perm)  # exactly what was asked (the umask is the kernel's)
+                if perm & (stat.S_ISUID | stat.S_ISGID) and owner != (0, 0):
+                    m.log(self._op(OpKind.CHMOD, path, value=perm))
                 self._touch(fd)
             except BaseException:
                 os.close(fd)
@@ -452,6 +460,9 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         # mfusepy's names: ``target`` is the new name, ``source`` the existing file.
         with self.journal.mutation() as m, self._parent(source) as (d1, n1), \
                 self._parent(target) as (d2, n2):
+            if not stat.S_ISREG(os.lstat(n1, dir_fd=d1).st_mode):
+                # Replicas hard-link regular files only (apply refuses the rest).
+                raise OSError(errno.EPERM, "only regular files can be hard-linked here")
             os.link(n1, n2, src_dir_fd=d1, dst_dir_fd=d2, follow_symlinks=False)
             m.log(self._op(OpKind.LINK, target, target=self._rel(source)))
         return 0
@@ -488,9 +499,10 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
                 now = time.time_ns()
                 pair = []
                 for value, current in zip(times, (st.st_atime_ns, st.st_mtime_ns), strict=True):
-                    nsec = value % 1_000_000_000
-                    pair.append(now if nsec == _UTIME_NOW else
-                                current if nsec == _UTIME_OMIT else value)
+                    # mfusepy hands tv_sec * 1e9 + tv_nsec; libfuse passes
+                    # UTIME_NOW / UTIME_OMIT as tv_sec 0 with that tv_nsec.
+                    pair.append(now if value == _UTIME_NOW else
+                                current if value == _UTIME_OMIT else value)
                 os.utime(name, ns=(pair[0], pair[1]), dir_fd=d, follow_symlinks=False)
             mtime = os.lstat(name, dir_fd=d).st_mtime_ns
             m.log(self._op(OpKind.UTIME, path, value=mtime))

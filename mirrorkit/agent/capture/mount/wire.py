@@ -17,8 +17,11 @@ The agent sends:
   holds when the session is not its own).
 * ``DURABLE`` u64: changes up to there are durable in the primary's log.
 * ``ACKED``   u64: ... and on the active backup (what ``sync`` waits for).
-* ``MODE``    ``u8 writable, u32 lease_ms``: writable for that long unless
-  renewed; ``writable = 0`` fences at once.
+* ``MODE``    ``u8 writable, f64 deadline``: writable until ``deadline``
+  (CLOCK_BOOTTIME seconds: the host's one clock for both processes, and it
+  keeps running through a suspend, as the primary's lease does), unless
+  renewed; ``writable = 0`` fences at once. Absolute, so a frame that waited
+  in a buffer cannot extend the grant.
 
 Nothing here does I/O: both ends frame and parse with these functions.
 """
@@ -37,7 +40,7 @@ __all__ = ["MAX_PAYLOAD", "Frame", "Kind", "WireError", "decode_header", "encode
 
 HEADER = struct.Struct(">BI")
 _U64 = struct.Struct(">Q")
-_MODE = struct.Struct(">BI")
+_MODE = struct.Struct(">Bd")
 # One OPS frame carries at most a few MiB of records (the sender cuts there);
 # a single record may be up to records.MAX_RECORD_BYTES (16 MiB) plus overhead.
 MAX_PAYLOAD = 32 * 1024 * 1024
@@ -133,15 +136,15 @@ def parse_seq(payload: bytes) -> int:
     return int(seq)
 
 
-def mode(writable: bool, lease_seconds: float) -> bytes:
-    ms = max(0, min(int(lease_seconds * 1000), 3_600_000))
-    return encode(Kind.MODE, _MODE.pack(1 if writable else 0, ms))
+def mode(writable: bool, deadline: float) -> bytes:
+    return encode(Kind.MODE, _MODE.pack(1 if writable else 0, deadline if writable else 0.0))
 
 
 def parse_mode(payload: bytes) -> tuple[bool, float]:
+    """(writable, deadline in CLOCK_BOOTTIME seconds)."""
     if len(payload) != _MODE.size:
-        raise WireError("a MODE frame carries exactly 5 bytes")
-    writable, ms = _MODE.unpack(payload)
-    if writable not in (0, 1) or ms > 3_600_000:
+        raise WireError("a MODE frame carries exactly 9 bytes")
+    writable, deadline = _MODE.unpack(payload)
+    if writable not in (0, 1) or not 0.0 <= deadline < 2.0**53:
         raise WireError("MODE out of range")
-    return bool(writable), ms / 1000.0
+    return bool(writable), float(deadline)
