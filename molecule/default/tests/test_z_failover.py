@@ -375,6 +375,51 @@ def test_switchover_pauses_writes_briefly(reset: None) -> None:
     assert role(NODE1) == "backup"
 
 
+MAINTENANCE_TASKS = """
+- name: Molecule maintenance | leave a marker on the member
+  ansible.builtin.copy:
+    dest: /tmp/mk-maintained
+    content: "maintained {{ inventory_hostname }}\\n"
+    mode: "0644"
+"""
+
+
+def test_maintenance_run_of_the_primary_switches_away_and_back(reset: None,
+                                                                tmp_path: Path) -> None:
+    """`mirrorkit maintenance run --host mol-node1 --tasks F --switch-back`:
+    mol-node1 hands over to mol-node2, the tasks run on mol-node1 (a marker
+    file), it catches up and the switch-back makes it primary again with the
+    VIP; every write acknowledged before and during is on it."""
+    ssh(NODE1, "rm -f /tmp/mk-maintained")
+    tasks = tmp_path / "tasks.yml"
+    tasks.write_text(MAINTENANCE_TASKS)
+    with Writer() as writer:
+        time.sleep(1)
+        start = time.time()
+        proc = mirrorkit("maintenance", "run", str(INVENTORY), "--mirror", MIRROR,
+                         "--host", NODE1, "--tasks", str(tasks), "--switch-back", timeout=600)
+        end = time.time()
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        eventually(lambda: bool(writer.acked(NODE1, end)),
+                   f"a write through the VIP is acknowledged by {NODE1} after the switch-back")
+        time.sleep(1)
+    assert ssh(NODE1, "cat /tmp/mk-maintained").stdout == f"maintained {NODE1}\n", \
+        "the operator's tasks did not run on the member under maintenance"
+    assert writer.acked(NODE2, start), f"no write was acknowledged by {NODE2} while away"
+    assert is_writable_primary(NODE1) and holds_vip(NODE1), f"{NODE1} is not primary again"
+    assert role(NODE2) == "backup"
+    assert agent_status(NODE1)["maintenance"] is False  # type: ignore[index]
+    assert agent_status(NODE2)["maintenance"] is False  # type: ignore[index]
+    acked = {w.id for w in writer.acked()}
+    eventually(lambda: acked <= records_on(NODE1), f"every acknowledged record is on {NODE1}",
+               30)
+    record("maintenance_run_switch_back", {
+        "command_s": round(end - start, 2),
+        "client_write_pause_s": round(writer.longest_pause(start, end), 3),
+        "acked": len(acked),
+    })
+
+
 def test_maintenance_mode_blocks_failover_until_off(reset: None) -> None:
     """Maintenance on, kill mol-node1: no failover for 4 x arbiter, and
     mol-node2's events say why; maintenance off: failover (~3 s)."""
