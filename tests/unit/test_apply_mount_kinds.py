@@ -95,3 +95,19 @@ def test_fallocate_punches_holes_and_refuses_modes_it_cannot_replay(tmp_path: Pa
     assert len(body) == 100_000 and body[8192:8192 + 16384] == bytes(16384)
     with pytest.raises(RecordFailed, match="cannot be replayed"):
         apply(tmp_path, Op(OpKind.FALLOCATE, 0, "f", data=pack_fallocate(10, 0x08)))  # collapse
+
+
+def test_rename_noreplace_refuses_to_replace_and_renames_otherwise(tmp_path: Path) -> None:
+    from mirrorkit.agent.util.fs import rename_noreplace
+
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            rename_noreplace(fd, "a", fd, "b")
+        assert (tmp_path / "b").read_text() == "b"
+        rename_noreplace(fd, "a", fd, "c")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "c").read_text() == "a" and not (tmp_path / "a").exists()

@@ -61,8 +61,6 @@ copies").
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -83,7 +81,14 @@ from mirrorkit.agent.log.records import (
     unpack_fallocate,
     unpack_owner,
 )
-from mirrorkit.agent.util.fs import UnsafePath, safe_parts, show_path, syncfs, syncfs_supported
+from mirrorkit.agent.util.fs import (
+    UnsafePath,
+    fallocate,
+    safe_parts,
+    show_path,
+    syncfs,
+    syncfs_supported,
+)
 from mirrorkit.agent.util.walk import remove_tree
 
 __all__ = ["Applier", "ApplyError", "PathRefused", "RecordFailed"]
@@ -108,9 +113,6 @@ _MAX_OPEN_FILES = 256
 _XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.posix_acl_access",
                      "system.posix_acl_default")
 _XATTR_SIZE_MAX = 65536
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc_fallocate = _libc.fallocate
-_libc_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _FATAL = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE,
           errno.ENFILE}
 
@@ -549,11 +551,12 @@ class Applier:
             raise PathRefused(str(exc)) from None
         if mode not in FALLOCATE_MODES or op.value < 0:
             raise PathRefused(f"fallocate mode {mode:#x} at {op.value} cannot be replayed")
-        if _libc_fallocate(fd, mode, op.value, length) == 0:
+        try:
+            fallocate(fd, mode, op.value, length)
             return
-        err = ctypes.get_errno()
-        if err != errno.EOPNOTSUPP:
-            raise OSError(err, os.strerror(err))
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
         # This file system lacks the mode: the same bytes and size another way.
         log.debug("%s: fallocate mode %#x unsupported here; emulated", self.label, mode)
         end = op.value + length

@@ -12,10 +12,12 @@ __all__ = [
     "NAME_MAX",
     "PATH_MAX",
     "UnsafePath",
+    "fallocate",
     "length_problem",
     "open_dir_nofollow",
     "open_file_nofollow",
     "private_file",
+    "rename_noreplace",
     "safe_parts",
     "show_path",
     "syncfs",
@@ -28,6 +30,19 @@ PATH_MAX = 4096
 NAME_MAX = 255
 
 
+def _libc_call(name: str, argtypes: list[type]) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's ``name`` with ``argtypes``; None where this libc lacks it (the
+    agent must still start: only the mount capture's paths call these)."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                 use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """libc's ``syncfs(int)``, only on Linux >= 5.8: older kernels return 0 from
     ``syncfs`` even when writeback failed, so it could not replace fsync there."""
@@ -37,14 +52,7 @@ def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
     if os.uname().sysname != "Linux" or (major, minor) < (5, 8):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    return _libc_call("syncfs", [ctypes.c_int])
 
 
 _SYNCFS = _load_syncfs()
@@ -58,11 +66,36 @@ def syncfs(fd: int) -> None:
     """``syncfs(2)``: write back and commit everything dirty on ``fd``'s file
     system, and report (once per descriptor, like fsync) any writeback error
     on it since ``fd`` was opened or last synced. Raises :class:`OSError`."""
-    if _SYNCFS is None:
-        raise OSError(38, "syncfs not available")  # ENOSYS
-    if _SYNCFS(fd) != 0:
+    _call(_SYNCFS, "syncfs", fd)
+
+
+_RENAME_NOREPLACE = 1
+
+
+_FALLOCATE = _libc_call("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                      ctypes.c_int64])
+_RENAMEAT2 = _libc_call("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                      ctypes.c_char_p, ctypes.c_uint])
+
+
+def _call(fn: ctypes._CFuncPtr | None, name: str, *args: object) -> None:  # type: ignore[name-defined]
+    if fn is None:
+        raise OSError(errno.ENOSYS, f"{name} not available")
+    if fn(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(2)`` with its ``mode`` (os.posix_fallocate has only mode 0).
+    Raises :class:`OSError` (EOPNOTSUPP where the file system lacks the mode)."""
+    _call(_FALLOCATE, "fallocate", fd, mode, offset, length)
+
+
+def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    """``renameat2(..., RENAME_NOREPLACE)``: EEXIST instead of replacing ``dst``."""
+    _call(_RENAMEAT2, "renameat2", src_dir_fd, src.encode("utf-8", "surrogateescape"),
+          dst_dir_fd, dst.encode("utf-8", "surrogateescape"), _RENAME_NOREPLACE)
 
 
 class UnsafePath(ValueError):

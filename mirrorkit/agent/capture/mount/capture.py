@@ -34,7 +34,8 @@ from pathlib import Path
 from mirrorkit.agent.capture.base import Emit, scan_full
 from mirrorkit.agent.capture.mount import wire
 from mirrorkit.agent.capture.reconcile import CaptureError
-from mirrorkit.agent.log.records import HEADER, Op, OpKind, RecordCorrupt, decode_body
+from mirrorkit.agent.log.records import Op, OpKind, RecordCorrupt
+from mirrorkit.agent.log.segments import decode_all
 from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import wait_for
 
@@ -114,23 +115,10 @@ class MountCapture:
 
     @staticmethod
     def _records(payload: bytes) -> list[tuple[int, Op]]:
-        out: list[tuple[int, Op]] = []
-        pos = 0
-        view = memoryview(payload)
-        while pos < len(payload):
-            if len(payload) - pos < HEADER.size:
-                raise wire.WireError("truncated record in an OPS frame")
-            length, crc = HEADER.unpack_from(view, pos)
-            end = pos + HEADER.size + length
-            if end > len(payload):
-                raise wire.WireError("truncated record in an OPS frame")
-            try:
-                record = decode_body(bytes(view[pos + HEADER.size:end]), crc)
-            except RecordCorrupt as exc:
-                raise wire.WireError(f"bad record from mountd: {exc}") from None
-            out.append((record.lsn, record.op))
-            pos = end
-        return out
+        try:
+            return [(r.lsn, r.op) for r in decode_all(payload)]
+        except RecordCorrupt as exc:
+            raise wire.WireError(f"bad record from mountd: {exc}") from None
 
     # -- run -----------------------------------------------------------------
 
@@ -172,16 +160,16 @@ class MountCapture:
             how, after = "resume", next_seq - 1
         else:
             how, after = "rescan", 0
-        log.info("mount capture: mountd session %s, last mark %s: %s", session,
-                 f"{last.host} {last.session} {last.seq}" if last else "none",
-                 "resuming exactly" if how == "resume" else "fencing and rescanning the "
-                 "backing store")
         if how == "resume" and not first_held - 1 <= after <= next_seq - 1:
             # The log's mark names changes mountd no longer holds (or never
             # made): the log and the journal disagree; trust neither, rescan.
             log.warning("mount capture: the log resumes after %d but mountd holds %d..%d: "
                         "rescanning", after, first_held, next_seq - 1)
             how, after = "rescan", 0
+        log.info("mount capture: mountd session %s, last mark %s: %s", session,
+                 f"{last.host} {last.session} {last.seq}" if last else "none",
+                 "resuming exactly" if how == "resume" else "fencing and rescanning the "
+                 "backing store")
         await self._send(wire.resume(session if how == "resume" else "", after))
         if how == "rescan":
             # Fence first: nothing may change while the pass reads the tree.

@@ -43,8 +43,6 @@ refused with EPERM.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import functools
 import logging
@@ -63,6 +61,7 @@ import mfusepy
 
 from mirrorkit.agent.capture.mount.journal import Journal
 from mirrorkit.agent.log.records import FALLOCATE_MODES, Op, OpKind, pack_fallocate, pack_owner
+from mirrorkit.agent.util.fs import fallocate, rename_noreplace
 
 __all__ = ["MirrorFS", "MirrorFUSE"]
 
@@ -70,7 +69,6 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Flags the backing open must not get: creation is create()'s job; O_APPEND
 # is resolved by the kernel, which passes the offset to write.
@@ -79,10 +77,6 @@ _SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_uint]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,10 +95,6 @@ def _errno_of(func: F) -> F:
             log.exception("mount handler %s failed", func.__name__)
             raise mfusepy.FuseOSError(errno.EIO) from None
     return inner  # type: ignore[return-value]
-
-
-def _enc(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
 
 
 class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
@@ -331,9 +321,7 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         if mode not in FALLOCATE_MODES:
             raise OSError(errno.EOPNOTSUPP, "this fallocate mode cannot be mirrored")
         with self.journal.mutation() as m:
-            if _libc.fallocate(fh, mode, offset, size) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+            fallocate(fh, mode, offset, size)
             if path is not None:
                 m.log(self._op(OpKind.FALLOCATE, path, value=offset,
                                data=pack_fallocate(size, mode)))
@@ -447,9 +435,7 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         with self.journal.mutation() as m, self._parent(old) as (d1, n1), \
                 self._parent(new) as (d2, n2):
             if flags & RENAME_NOREPLACE:
-                if _libc.renameat2(d1, _enc(n1), d2, _enc(n2), RENAME_NOREPLACE) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                rename_noreplace(d1, n1, d2, n2)
             else:
                 os.rename(n1, n2, src_dir_fd=d1, dst_dir_fd=d2)
             m.log(self._op(OpKind.RENAME, old, target=self._rel(new)))
