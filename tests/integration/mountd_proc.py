@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from mirrorkit.agent.apply.applier import Applier
-from mirrorkit.agent.capture.mount.capture import MountCapture, MountMark, parse_mark
+from mirrorkit.agent.capture.mount.capture import MountCapture
+from mirrorkit.agent.capture.mount.marks import LoggedMark, parse_mark
 from mirrorkit.agent.log.records import Op, OpKind, Record
 
 __all__ = ["Harness", "Mountd", "needs_fuse"]
@@ -97,6 +98,7 @@ class Harness:
         self.host = host
         self.lease = lease
         self.log: list[Op] = []
+        self.resyncs: list[str] = []  # why the capture asked for a resync of the peers
         self.writable = True
         self.applier = Applier([replica], label="test-apply")
         self.loop = asyncio.new_event_loop()
@@ -106,16 +108,18 @@ class Harness:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    async def _emit(self, ops: list[Op]) -> None:
+    async def _emit(self, ops: list[Op]) -> int:
         first = len(self.log) + 1
         self.log.extend(ops)
         records = [Record(first + i, 1, op) for i, op in enumerate(ops)]
         await asyncio.to_thread(self.applier.apply_batch, records)
+        return len(self.log)
 
-    async def _last_mark(self) -> MountMark | None:
-        for op in reversed(self.log):
+    async def _last_mark(self) -> LoggedMark | None:
+        for i in range(len(self.log) - 1, -1, -1):
+            op = self.log[i]
             if op.kind is OpKind.MARK and (mark := parse_mark(op.target)) is not None:
-                return mark
+                return LoggedMark.at(mark, i + 1, len(self.log) - (i + 1))
         return None
 
     def start(self) -> None:
@@ -125,7 +129,8 @@ class Harness:
         async def go() -> None:
             self.capture = MountCapture(
                 self.mountd.socket, self.mountd.backing, [], self.host, self._last_mark,
-                lease_left=lambda: self.lease if self.writable else 0.0, renew_seconds=0.1)
+                lease_left=lambda: self.lease if self.writable else 0.0, renew_seconds=0.1,
+                resync_peers=self.resyncs.append)
             self.task = asyncio.current_task()
             try:
                 await self.capture.run(self._emit)

@@ -29,6 +29,8 @@ class MountParams:
     last_mark: LastMark
     lease_left: Callable[[], float]
     renew_seconds: float
+    resync_peers: Callable[[str], object] | None = None
+    stall_limit: float = 30.0
 
 
 def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
@@ -42,5 +44,6 @@ def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
         if mount is None or len(trees) != 1:
             raise ValueError("the mount capture needs its MountParams and exactly one tree")
         return MountCapture(mount.socket, trees[0], exclude, mount.host, mount.last_mark,
-                            lease_left=mount.lease_left, renew_seconds=mount.renew_seconds)
+                            lease_left=mount.lease_left, renew_seconds=mount.renew_seconds,
+                            resync_peers=mount.resync_peers, stall_limit=mount.stall_limit)
     raise ValueError(f"unknown capture method {method!r} (this agent has 'watch' and 'mount')")

@@ -2,7 +2,8 @@
 :func:`scan_full` (the ops that recreate the trees on an empty replica).
 
 Implementations: :class:`~mirrorkit.agent.capture.watch.WatchCapture`
-(``watch``); ``mount`` later. The factory is
+(``watch``) and :class:`~mirrorkit.agent.capture.mount.capture.MountCapture`
+(``mount``). The factory is
 :func:`mirrorkit.agent.capture.new_capture`.
 """
 
@@ -19,11 +20,14 @@ from mirrorkit.agent.log.records import Op
 
 __all__ = ["Capture", "Emit", "scan_full"]
 
-Emit = Callable[[list[Op]], Awaitable[None]]
+# Logs the ops durably; returns the LSN of the last one (None where the
+# caller has no log, as in some tests). The mount capture maps it to
+# mountd's numbering for sync mode's acknowledgements.
+Emit = Callable[[list[Op]], Awaitable[int | None]]
 
 
 class Capture(Protocol):
-    """A capture method for one mirror (``watch`` today, ``mount`` later).
+    """A capture method for one mirror (``watch`` or ``mount``).
 
     Contract:
 

@@ -40,7 +40,8 @@ import time
 from typing import Any
 
 from mirrorkit.agent.capture import Capture, MountParams, Unmirrorable, new_capture
-from mirrorkit.agent.capture.mount.capture import MountCapture, MountMark, parse_mark
+from mirrorkit.agent.capture.mount.capture import MountCapture
+from mirrorkit.agent.capture.mount.marks import LoggedMark, find_last_mark
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, Record
 from mirrorkit.agent.log.segments import LogError, MirrorLog
@@ -255,7 +256,24 @@ class PrimaryMirror(MirrorWorker):
             return None
         assert self.cfg.mount_socket is not None
         return MountParams(self.cfg.mount_socket, self.host, self._last_mount_mark,
-                           self._write_lease_left, self.cfg.timeouts.heartbeat)
+                           self._write_lease_left, self.cfg.timeouts.heartbeat,
+                           resync_peers=self._resync_peers_of_mount,
+                           stall_limit=self.cfg.timeouts.qos)
+
+    def _resync_peers_of_mount(self, why: str) -> None:
+        """The mount's log is not a faithful history of its backing store any
+        more (capture/mount/capture.py, the "lost" start): every receiver of
+        the mirror, connected yet or not, gets a checksum resync against the
+        tree itself (a peer that connects later finds it pending)."""
+        started = []
+        for name, peer in self.peers.items():  # every receiver, from the config
+            if peer.resyncing and peer.resync is not None and peer.resync.mode == "checksum":
+                continue  # a checksum resync that runs now compares the tree as it is
+            peer.pending = peer.resync = self._new_progress("checksum", "mount", False)
+            peer.acked_event.set()  # wake its send loop, if it has one
+            started.append(f"{name} id {peer.pending.id}")
+        log.warning("%s: %s; checksum resync of every receiver (%s)", self.name, why,
+                    ", ".join(started) or "none configured")
 
     def _write_lease_left(self) -> float:
         """How long the mount may stay writable: this member's own lease (the
@@ -271,40 +289,17 @@ class PrimaryMirror(MirrorWorker):
             return self.cfg.timeouts.qos
         return max(0.0, lease.remaining())
 
-    async def _last_mount_mark(self) -> MountMark | None:
-        return await asyncio.to_thread(self._find_mount_mark)
+    async def _last_mount_mark(self) -> LoggedMark | None:
+        return await asyncio.to_thread(find_last_mark, self.log)
 
-    def _find_mount_mark(self) -> MountMark | None:
-        """The newest ``mount`` resume mark in the retained log (windows read
-        backwards from its end: the last batch normally holds it)."""
-        end = self.log.last_lsn
-        window = 8192
-        while end >= self.log.first_lsn:
-            start = max(self.log.first_lsn, end - window + 1)
-            found: MountMark | None = None
-            lsn = start
-            while lsn <= end:
-                records = self.log.read(lsn, 4 << 20)
-                if not records:
-                    break
-                for record in records:
-                    if record.lsn > end:
-                        break
-                    if record.op.kind is OpKind.MARK:
-                        found = parse_mark(record.op.target) or found
-                lsn = records[-1].lsn + 1
-            if found is not None:
-                return found
-            end = start - 1
-        return None
-
-    async def _capture_emit(self, ops: list[Op]) -> None:
-        await self.emit(ops)
+    async def _capture_emit(self, ops: list[Op]) -> int:
+        lsn = await self.emit(ops)
         if any(op.kind is OpKind.MARK and op.target == "scan-complete" for op in ops):
             was = self.capture.state
             self.capture.scan_complete()
             if was == "restarting":
                 log.info("%s: capture works again (scan complete)", self.name)
+        return lsn
 
     def alive(self) -> bool:
         return super().alive() and self.capture.healthy
@@ -312,7 +307,7 @@ class PrimaryMirror(MirrorWorker):
     def error(self) -> str | None:
         return super().error() or self.capture.reason()
 
-    async def emit(self, ops: list[Op]) -> None:
+    async def emit(self, ops: list[Op]) -> int:
         """Durably log ``ops`` (group commit), enforce retention, wake the senders.
 
         Capture and repair both emit: ``emit_lock`` keeps appends one at a
@@ -320,12 +315,13 @@ class PrimaryMirror(MirrorWorker):
         re-sending a whole file) holds the lock and calls :meth:`emit_held`.
         """
         async with self.emit_lock:
-            await self.emit_held(ops)
+            return await self.emit_held(ops)
 
-    async def emit_held(self, ops: list[Op]) -> None:
-        """:meth:`emit` for a caller that already holds ``emit_lock``."""
+    async def emit_held(self, ops: list[Op]) -> int:
+        """:meth:`emit` for a caller that already holds ``emit_lock``; the
+        LSN of the last record (the log's end when ``ops`` is empty)."""
         if not ops:
-            return
+            return self.log.last_lsn
         now = time.time()
         records = await asyncio.to_thread(self._append, ops, self._retention_floor())
         # Forget what every peer acknowledged first, so that the history's
@@ -335,6 +331,7 @@ class PrimaryMirror(MirrorWorker):
         self._times.append(records[0].lsn, now)
         self._new_data.set()
         self._new_data = asyncio.Event()
+        return records[-1].lsn
 
     def _append(self, ops: list[Op], floor: int) -> list[Record]:
         # One worker thread at a time (capture awaits emit), so append and

@@ -1,76 +1,70 @@
 """The ``mount`` capture method, the agent's half: :class:`MountCapture`
 reads mountd's journal from its Unix socket and emits it, in its order,
-into the mirror log; it tells mountd what is durable and keeps the mount's
-write lease while this member is the writable primary.
+into the mirror log; it tells mountd what is durable (and, for sync mode,
+what the active backup has) and keeps the mount's write lease while this
+member is the writable primary.
 
-Exactly once, across agent restarts: every emitted batch ends with
-``MARK "mount <host> <session> <seq>"``, in the same durable append. At start
-the last such mark in the log (``last_mark``) says where to resume:
+Exactly once, across agent restarts: every emitted batch starts with a mark
+naming the mountd changes it carries (:mod:`.marks`, which says why the mark
+leads). At start the newest mark in the log says where to resume:
 
-* **our host, mountd's current session**: resume after ``seq`` (mountd still
-  holds everything after it: it frees only what the agent called durable);
-* **our host, another session** (mountd died and restarted: what it made
-  but never handed over is on the backing store only), **or no mark at
-  all** (the first start: the initial mirror): fence the mount, drop what
-  mountd holds, emit a full pass over the backing store, then open it;
-* **another host** (this member was a replica, the backing store is exactly
-  what it applied): resume after whatever mountd holds — nothing, it was
-  read-only — or, if it holds changes anyway, the full pass as above.
+* **our host, mountd's current session**: resume after what the log holds
+  of that session (mountd still holds everything after it: it frees only
+  what the agent called durable);
+* **no mark at all** (the first start: the initial mirror): fence the
+  mount, emit a full pass over the backing store, then call what mountd
+  held durable (the pass covers it) and open the mount;
+* **our host's clean stop** (``mount-fenced``) **or another host's mark**
+  (this member was a replica: the backing store is what it applied), and
+  mountd holds nothing: resume after whatever mountd numbers next;
+* **anything else** — our own mark of another session (mountd died while
+  this member was primary: what it made but never handed over is on the
+  backing store only), a mark naming changes mountd no longer holds, or
+  changes held that no mark explains: the log is not a faithful history of
+  the backing store any more. Fence, mark the log, and ask for a checksum
+  resync of every peer (``resync_peers``): it compares each replica with the
+  backing store itself, so deletes, renames, owners, xattrs and links the
+  log missed are found too (a full pass of writes would miss them).
 
-The contract of :class:`~mirrorkit.agent.capture.base.Capture` holds; the
-full pass ends with ``MARK scan-complete``, and so does an exact resume
-(nothing to rescan: the replica is current once the log drains).
+The contract of :class:`~mirrorkit.agent.capture.base.Capture` holds; every
+start's batch ends with ``MARK scan-complete``.
+
+Bounds: when the log has not taken a batch for ``stall_limit`` seconds (a
+full or failing disk), no lease is granted until it does: the mount turns
+read-only when the current one runs out, and an fsync waiting on the stalled
+change fails with EIO instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorkit.agent.capture.base import Emit, scan_full
 from mirrorkit.agent.capture.mount import wire
+from mirrorkit.agent.capture.mount.marks import LoggedMark, MountMark
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, RecordCorrupt
 from mirrorkit.agent.log.segments import decode_all
 from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import wait_for
 
-__all__ = ["MARK_PREFIX", "MountCapture", "MountMark", "parse_mark"]
+__all__ = ["MountCapture"]
 
 log = logging.getLogger(__name__)
 
-MARK_PREFIX = "mount "
 _CONNECT_TIMEOUT = 5.0
 _FENCE_TIMEOUT = 5.0
 # Ops per emit: one group commit; mountd's frames are cut at 4 MiB.
 _MAX_BATCH = 4096
+# LSN -> mountd change pairs kept for sync acknowledgements (one per batch).
+_MAX_ACK_MAP = 65536
 
-
-@dataclass(frozen=True, slots=True)
-class MountMark:
-    host: str
-    session: str
-    seq: int
-
-    def op(self) -> Op:
-        return Op(OpKind.MARK, 0, "", target=f"{MARK_PREFIX}{self.host} {self.session} {self.seq}")
-
-
-def parse_mark(target: str) -> MountMark | None:
-    """The mount mark a MARK record's target holds, or None."""
-    if not target.startswith(MARK_PREFIX):
-        return None
-    parts = target[len(MARK_PREFIX):].split(" ")
-    if len(parts) != 3 or not parts[2].isdigit():
-        return None
-    return MountMark(parts[0], parts[1], int(parts[2]))
-
-
-LastMark = Callable[[], Awaitable[MountMark | None]]
+LastMark = Callable[[], Awaitable[LoggedMark | None]]
 
 
 class MountCapture:
@@ -82,11 +76,15 @@ class MountCapture:
     never writable after the member's lease ran out, even if the agent
     stalls or dies. :meth:`fence_now` (a step-down listener) closes it
     without waiting for the next renewal. ``backing`` is the tree
-    (the mount's backing store) the full pass reads."""
+    (the mount's backing store) the full pass reads. ``resync_peers(why)``
+    asks for a checksum resync of every peer (the "lost" start);
+    ``stall_limit`` bounds how long a batch may wait for the log while the
+    mount stays writable (the mirror's qos)."""
 
     def __init__(self, socket_path: Path, backing: Path, exclude: list[str], host: str,
                  last_mark: LastMark, *, lease_left: Callable[[], float],
-                 renew_seconds: float) -> None:
+                 renew_seconds: float, resync_peers: Callable[[str], object] | None = None,
+                 stall_limit: float = 30.0) -> None:
         self.socket_path = socket_path
         self.backing = backing
         self.exclude = exclude
@@ -94,12 +92,22 @@ class MountCapture:
         self.last_mark = last_mark
         self.lease_left = lease_left
         self.renew_seconds = renew_seconds
+        self.resync_peers = resync_peers
+        self.stall_limit = stall_limit
         self._writer: asyncio.StreamWriter | None = None
+        self._emit: Emit | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._fenced_at: asyncio.Future[int] | None = None
+        self._emit_since: float | None = None  # clock.now() when the pending emit began
+        self._stalled = False
+        # (LSN of a batch's last record, the last mountd change in it), oldest
+        # first: what an acknowledged LSN means in mountd's numbering.
+        self._ack_map: collections.deque[tuple[int, int]] = collections.deque()
+        self._acked_seq = 0
         self.session = ""
         self.emitted_seq = 0
+        self.how = ""  # the start's decision: resume | initial | lost
 
     # -- framing -----------------------------------------------------------
 
@@ -123,6 +131,7 @@ class MountCapture:
     # -- run -----------------------------------------------------------------
 
     async def run(self, emit: Emit) -> None:
+        self._emit = emit
         try:
             reader, self._writer = await wait_for(
                 asyncio.open_unix_connection(str(self.socket_path)), _CONNECT_TIMEOUT)
@@ -146,6 +155,32 @@ class MountCapture:
                 with contextlib.suppress(Exception):
                     self._writer.close()
 
+    def _decide(self, last: LoggedMark | None, session: str, first_held: int,
+                next_seq: int) -> tuple[str, int, str]:
+        """(how, resume after, why): see the module docstring."""
+        holds = first_held < next_seq
+        if last is None:
+            return "initial", 0, "no mount mark in the log: the initial full pass"
+        m = last.mark
+        ours = m.host == self.host
+        if ours and m.session == session:
+            if not first_held - 1 <= last.after <= next_seq - 1:
+                return "lost", 0, (f"the log holds changes up to {last.after} of this mountd "
+                                   f"session, but mountd holds {first_held}..{next_seq - 1}")
+            torn = f" (the log kept {m.first}..{last.after} of a torn batch "\
+                   f"{m.first}..{m.last})" if last.torn else ""
+            return "resume", last.after, f"resuming after change {last.after}{torn}"
+        if not holds and (m.fenced or not ours):
+            whose = "our clean stop" if ours else f"{m.host}'s (we applied it as a replica)"
+            return "resume", next_seq - 1, f"the newest mark is {whose} and mountd holds " \
+                "nothing: the backing store is what the log says"
+        if ours and not m.fenced:
+            return "lost", 0, (f"mountd restarted (session {m.session} -> {session}) while "
+                               "this member was primary: changes it made but never handed "
+                               "over may be missing from the log")
+        return "lost", 0, f"mountd holds changes {first_held}..{next_seq - 1} that no mark " \
+            "of this member explains"
+
     async def _run(self, reader: asyncio.StreamReader, emit: Emit) -> None:
         kind, payload = await wait_for(self._frame(reader), _CONNECT_TIMEOUT)
         if kind is not wire.Kind.HELLO:
@@ -153,42 +188,29 @@ class MountCapture:
         session, first_held, next_seq = wire.parse_hello(payload)
         self.session = session
         last = await self.last_mark()
-        holds = first_held < next_seq
-        if last is not None and last.host == self.host and last.session == session:
-            how, after = "resume", last.seq
-        elif last is not None and last.host != self.host and not holds:
-            how, after = "resume", next_seq - 1
-        else:
-            how, after = "rescan", 0
-        if how == "resume" and not first_held - 1 <= after <= next_seq - 1:
-            # The log's mark names changes mountd no longer holds (or never
-            # made): the log and the journal disagree; trust neither, rescan.
-            log.warning("mount capture: the log resumes after %d but mountd holds %d..%d: "
-                        "rescanning", after, first_held, next_seq - 1)
-            how, after = "rescan", 0
-        log.info("mount capture: mountd session %s, last mark %s: %s", session,
-                 f"{last.host} {last.session} {last.seq}" if last else "none",
-                 "resuming exactly" if how == "resume" else "fencing and rescanning the "
-                 "backing store")
+        how, after, why = self._decide(last, session, first_held, next_seq)
+        self.how = how
+        (log.info if how == "resume" else log.warning)(
+            "mount capture: mountd session %s, newest mark %s: %s%s", session,
+            "none" if last is None else last.mark.op().target, why,
+            "" if how == "resume" else "; fencing the mount first")
         await self._send(wire.resume(session if how == "resume" else "", after))
-        if how == "rescan":
-            # Fence first: nothing may change while the pass reads the tree.
-            await self._send(wire.mode(False, 0.0))
-            fenced = None
-            while fenced is None:
-                kind, payload = await wait_for(self._frame(reader), _FENCE_TIMEOUT)
-                if kind is wire.Kind.FENCED:
-                    fenced = wire.parse_seq(payload)
-                elif kind is not wire.Kind.OPS:
-                    raise wire.WireError(f"unexpected {kind.name} from mountd")
-            # What mountd held is on the backing store: the pass covers it.
-            await self._send(wire.seq_frame(wire.Kind.DURABLE, fenced))
-            after = fenced
-            await self._full_pass(emit, MountMark(self.host, session, fenced))
-        else:
-            await emit([MountMark(self.host, session, after).op(),
+        if how != "resume":
+            # Fence first: nothing may change while we make the log whole.
+            after = await self._fence_for_start(reader)
+            if how == "initial":
+                await self._full_pass(emit)
+            await emit([MountMark(self.host, session, after + 1, after).op(),
                         Op(OpKind.MARK, 0, "", target="scan-complete")])
-        self.emitted_seq = after
+            # Only now is what mountd held covered in the log (by the pass,
+            # or by the peers' resync against the backing store): release it.
+            await self._send(wire.seq_frame(wire.Kind.DURABLE, after))
+            if how == "lost" and self.resync_peers is not None:
+                self.resync_peers(why)
+        else:
+            await emit([MountMark(self.host, session, after + 1, after).op(),
+                        Op(OpKind.MARK, 0, "", target="scan-complete")])
+        self.emitted_seq = self._acked_seq = after
         renew = asyncio.create_task(self._renew())
         try:
             await self._stream(reader, emit)
@@ -197,7 +219,16 @@ class MountCapture:
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
 
-    async def _full_pass(self, emit: Emit, mark: MountMark) -> None:
+    async def _fence_for_start(self, reader: asyncio.StreamReader) -> int:
+        await self._send(wire.mode(False, 0.0))
+        while True:
+            kind, payload = await wait_for(self._frame(reader), _FENCE_TIMEOUT)
+            if kind is wire.Kind.FENCED:
+                return wire.parse_seq(payload)
+            if kind is not wire.Kind.OPS:
+                raise wire.WireError(f"unexpected {kind.name} from mountd")
+
+    async def _full_pass(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
         ops_iter = scan_full([self.backing], self.exclude)
 
@@ -206,12 +237,13 @@ class MountCapture:
 
         while batch := await loop.run_in_executor(None, next_batch):
             await emit(batch)
-        await emit([mark.op(), Op(OpKind.MARK, 0, "", target="scan-complete")])
 
     async def _renew(self) -> None:
         writable_sent = False
         while not self._stopping.is_set():
             left = self.lease_left()
+            if left > 0 and self._emit_stalled():
+                left = 0.0
             if left > 0:
                 await self._send(wire.mode(True, clock.now() + left))
                 writable_sent = True
@@ -219,6 +251,21 @@ class MountCapture:
                 await self._send(wire.mode(False, 0.0))
                 writable_sent = False
             await asyncio.sleep(self.renew_seconds)
+
+    def _emit_stalled(self) -> bool:
+        since = self._emit_since
+        stalled = since is not None and clock.now() - since > self.stall_limit
+        if stalled != self._stalled:
+            self._stalled = stalled
+            if stalled:
+                log.error("mount capture: the mirror log has not taken the mount's changes "
+                          "for %.0f s (stall limit): no more write lease until it does; the "
+                          "mount turns read-only and waiting fsyncs fail with EIO",
+                          self.stall_limit)
+            else:
+                log.warning("mount capture: the mirror log takes changes again: the mount's "
+                            "write lease resumes")
+        return stalled
 
     async def _stream(self, reader: asyncio.StreamReader, emit: Emit) -> None:
         while True:
@@ -230,23 +277,41 @@ class MountCapture:
                 await self._emit_frame(payload, emit)
             else:
                 raise wire.WireError(f"unexpected {kind.name} from mountd")
-            if self._stopping.is_set() and self._fenced_at is not None \
-                    and self._fenced_at.done() and self.emitted_seq >= self._fenced_at.result():
-                return
 
     async def _emit_frame(self, payload: bytes, emit: Emit) -> None:
         records = self._records(payload)
         if not records:
             return
         expected = self.emitted_seq + 1
-        if records[0][0] != expected:
-            raise wire.WireError(f"mountd sent change {records[0][0]}, expected {expected}")
-        last_seq = records[-1][0]
-        if last_seq - records[0][0] + 1 != len(records):
+        first_seq, last_seq = records[0][0], records[-1][0]
+        if first_seq != expected:
+            raise wire.WireError(f"mountd sent change {first_seq}, expected {expected}")
+        if last_seq - first_seq + 1 != len(records):
             raise wire.WireError("mountd's changes are not consecutive")
-        await emit([*(op for _, op in records), MountMark(self.host, self.session, last_seq).op()])
+        self._emit_since = clock.now()
+        try:
+            lsn = await emit([MountMark(self.host, self.session, first_seq, last_seq).op(),
+                              *(op for _, op in records)])
+        finally:
+            self._emit_since = None
         self.emitted_seq = last_seq
+        if isinstance(lsn, int):
+            if len(self._ack_map) >= _MAX_ACK_MAP:
+                self._ack_map.popleft()  # bounded; an older entry only delays an ACKED
+            self._ack_map.append((lsn, last_seq))
         await self._send(wire.seq_frame(wire.Kind.DURABLE, last_seq))
+
+    def on_acked(self, lsn: int) -> None:
+        """The active backup (sync mode's acknowledger) has everything up to
+        ``lsn``: tell mountd which of its changes that covers (a sync fsync
+        waits for it). Called on the loop; never blocks."""
+        seq = self._acked_seq
+        while self._ack_map and self._ack_map[0][0] <= lsn:
+            seq = max(seq, self._ack_map.popleft()[1])
+        if seq > self._acked_seq and self._writer is not None and not self._stopped.is_set():
+            self._acked_seq = seq
+            with contextlib.suppress(Exception):
+                self._writer.write(wire.seq_frame(wire.Kind.ACKED, seq))
 
     def fence_now(self) -> None:
         """Step-down: tell mountd to go read-only at once (synchronous write;
@@ -283,12 +348,22 @@ class MountCapture:
         return True
 
     async def stop(self) -> None:
-        """Fence the mount, emit what it made up to the fence, and end ``run``."""
+        """Fence the mount, emit what it made up to the fence, mark the clean
+        stop in the log (``mount-fenced``), and end ``run``."""
         self._stopping.set()  # _renew grants nothing more from here on
         fenced = await self.fence()
-        if fenced is not None and fenced > self.emitted_seq:
-            with contextlib.suppress(TimeoutError):
-                await wait_for(self._stopped.wait(), _FENCE_TIMEOUT)
+        if fenced is not None:
+            deadline = asyncio.get_running_loop().time() + _FENCE_TIMEOUT
+            while self.emitted_seq < fenced and not self._stopped.is_set() \
+                    and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            if self.emitted_seq >= fenced and self._emit is not None \
+                    and not self._stopped.is_set():
+                # Every batch up to the fence is logged and none can follow it.
+                with contextlib.suppress(Exception):
+                    await wait_for(self._emit([MountMark(self.host, self.session, fenced + 1,
+                                                         fenced, fenced=True).op()]),
+                                   _FENCE_TIMEOUT)
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
