@@ -105,3 +105,27 @@ def test_a_killed_agent_fences_the_mount_and_its_restart_resumes_it(
     wait_for(lambda: same(c, mountd), "dr1 to equal node1 tree", 60)
     for name in written:  # nothing the dead agent never logged is lost
         assert (c.nodes["dr1"].root / name).exists()
+
+
+def test_a_restarted_mountd_gets_every_receiver_resynced_deletes_and_renames_too(
+        mounted: tuple[Cluster, Mountd]) -> None:
+    """mountd dies while node1 is primary: what it made but never handed over
+    is on the backing store only, and the log cannot say what that was. Not
+    a pass of writes (it misses deletes and renames): a checksum resync of
+    dr1 against the backing store."""
+    c, mountd = mounted
+    wait_for(lambda: writable(mountd.mnt), "node1's mount to become writable", 60)
+    for i in range(10):
+        (mountd.mnt / f"f{i}").write_bytes(os.urandom(2000))
+    wait_for(lambda: same(c, mountd), "dr1 to equal node1 tree", 60)
+    mountd.kill()
+    # Stand-ins for changes the dead mountd made but never handed over.
+    (mountd.backing / "f1").unlink()
+    (mountd.backing / "f2").rename(mountd.backing / "f2-renamed")
+    (mountd.backing / "new").write_bytes(b"new")
+    os.chmod(mountd.backing / "f3", 0o600)
+    mountd.start()
+    wait_for(lambda: writable(mountd.mnt), "the new mountd's mount to become writable", 90)
+    wait_for(lambda: same(c, mountd), "dr1 to equal the backing store after the resync", 90)
+    assert not (c.nodes["dr1"].root / "f1").exists()
+    assert "checksum resync of every receiver" in c.nodes["node1"].log_text()

@@ -221,3 +221,40 @@ def test_touch_sets_the_time_now_not_1970(tmp_path: Path) -> None:
         h.barrier()
         assert (mountd.backing / "t").stat().st_mtime_ns > 10**18  # 2001 or later
         assert tree(h.replica) == tree(mountd.backing)
+
+
+def test_a_rejoining_member_quarantines_what_its_mount_never_logged(tmp_path: Path) -> None:
+    """The agent dies within its lease; the application's writes go on into
+    mountd's journal and the backing store. Starting as a replica, the
+    member takes them (fencing the mount), writes them to quarantine with a
+    report, and only then has mountd drop them (stream/mount_rejoin.py)."""
+    import asyncio
+
+    from mirrorkit.agent.stream.mount_rejoin import MountRejoin
+
+    with running(tmp_path, lease=30) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        m = mountd.mnt
+        (m / "a").write_bytes(b"a")
+        h.barrier()
+        h.crash()
+        (m / "late").write_bytes(b"written after the agent died")
+        (m / "a").rename(m / "a2")
+        last = h.call(h._last_mark)
+        found: list[str] = []
+        rejoin = MountRejoin(mountd.socket, "t", "node1", tmp_path / "quarantine",
+                             lambda: last, found.append)
+        asyncio.run(rejoin.check())
+        assert len(found) == 1 and "never reached the log" in found[0], found
+        assert rejoin.report is not None
+        report = (rejoin.report / "REPORT.txt").read_text()
+        assert "'late'" in report and "RENAME tree 0 'a' -> a2" in report
+        assert b"written after the agent died" in (rejoin.report / "changes.log").read_bytes()
+        with pytest.raises(OSError) as err:  # fenced: the dead agent's lease no longer counts
+            (m / "more").write_bytes(b"m")
+        assert err.value.errno == errno.EROFS
+        again: list[str] = []
+        asyncio.run(MountRejoin(mountd.socket, "t", "node1", tmp_path / "quarantine",
+                                lambda: last, again.append).check())
+        assert again == []  # taken once: mountd dropped them after the report was durable

@@ -51,10 +51,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirrorkit.agent.apply.applier import RecordFailed
+from mirrorkit.agent.capture.mount.marks import find_last_mark
+from mirrorkit.agent.capture.mount.wire import WireError
 from mirrorkit.agent.log.records import Record
 from mirrorkit.agent.log.terms import last_shared
 from mirrorkit.agent.resync.receiver import ReceiverResync
 from mirrorkit.agent.state import MirrorState
+from mirrorkit.agent.stream.apply_failure import ApplyFailure
+from mirrorkit.agent.stream.mount_rejoin import MountRejoin
 from mirrorkit.agent.stream.replica import Replica
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -120,6 +124,8 @@ class ReceiverMirror(Replica):
         self.received_records = 0  # since this process started
         self._manifest_task: asyncio.Task[None] | None = None
         self._resync_at: int | None = None  # this session's resync: its snapshot LSN
+        self._conn: Connection | None = None  # the session's, while one runs
+        self.mount_rejoin: MountRejoin | None = None
         # util/clock.now() when we last heard the primary (read off the
         # socket, not when handled: a long apply must not look like silence),
         # and the newest stamp it sent, which our heartbeats echo.
@@ -161,8 +167,35 @@ class ReceiverMirror(Replica):
                                         server_context(self.cfg.tls), self._not_primary,
                                         self.name, self.sessions,
                                         member_sources=self.member_sources()))
+        if self.cfg.capture == "mount" and self.cfg.mount_socket is not None:
+            await self._check_mount()
         self.spawn(self._connect_loop(), "receive")
         self.start_companions()
+
+    async def _check_mount(self) -> None:
+        """Changes the mount made that the log never got (stream/mount_rejoin.py):
+        asked once now, before the first session, and retried meanwhile if
+        mountd does not answer."""
+        assert self.cfg.mount_socket is not None
+        self.mount_rejoin = MountRejoin(
+            self.cfg.mount_socket, self.name, self.host, self.mirror_dir() / "quarantine",
+            lambda: find_last_mark(self.log), self._mount_unlogged)
+        try:
+            await self.mount_rejoin.check()
+        except (OSError, TimeoutError, WireError) as exc:
+            log.warning("%s: cannot ask mirrorkit-mountd yet whether the mount holds "
+                        "changes the log never got (%s); retrying in the background",
+                        self.name, exc)
+            self.spawn(self.mount_rejoin.run(), "mount-rejoin")
+
+    def _mount_unlogged(self, why: str) -> None:
+        # Records from the primary are dropped until its checksum resync has
+        # brought every path to its version (apply_failure.py's resync path).
+        self.failure = ApplyFailure(0, f"{why}; asking the primary for a checksum resync",
+                                    True)
+        conn = self._conn
+        if conn is not None:  # a session runs: the next one reports it (APPLY_FAILED)
+            asyncio.get_running_loop().create_task(conn.close("checksum resync needed"))
 
     def _hello(self) -> Hello:
         return Hello(self.cfg.name, self.host, self.state.role, self.state.term,
@@ -211,6 +244,7 @@ class ReceiverMirror(Replica):
                     continue
                 started = time.monotonic()
                 await run_guarded(conn, self._session, self.name)
+                self._conn = None
                 if self.connected:
                     lag = self.primary_lsn > self.applied
                     self.lost_at = time.time()
@@ -239,6 +273,7 @@ class ReceiverMirror(Replica):
                 self.last_heard_primary = clock.now()
             raise
         conn.term_fn = lambda: self.term
+        self._conn = conn
         if hello.role != "primary":
             log.info("%s: %s is %s, not the primary; trying the next member", self.name,
                      hello.member, hello.role)
