@@ -91,13 +91,18 @@ class Harness:
     into ``log`` and applying to ``replica``; ``writable`` drives the lease."""
 
     def __init__(self, mountd: Mountd, replica: Path, *, host: str = "node1",
-                 lease: float = 1.0) -> None:
+                 lease: float = 1.0, stall_limit: float = 30.0,
+                 renew_seconds: float = 0.1) -> None:
         self.mountd = mountd
         self.replica = replica
         replica.mkdir(exist_ok=True)
         self.host = host
         self.lease = lease
         self.log: list[Op] = []
+        self.stall_limit = stall_limit
+        self.renew_seconds = renew_seconds
+        self.gate = threading.Event()  # cleared: the "log" stalls (a full disk)
+        self.gate.set()
         self.resyncs: list[str] = []  # why the capture asked for a resync of the peers
         self.writable = True
         self.applier = Applier([replica], label="test-apply")
@@ -109,6 +114,8 @@ class Harness:
         self.thread.start()
 
     async def _emit(self, ops: list[Op]) -> int:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
         first = len(self.log) + 1
         self.log.extend(ops)
         records = [Record(first + i, 1, op) for i, op in enumerate(ops)]
@@ -129,8 +136,9 @@ class Harness:
         async def go() -> None:
             self.capture = MountCapture(
                 self.mountd.socket, self.mountd.backing, [], self.host, self._last_mark,
-                lease_left=lambda: self.lease if self.writable else 0.0, renew_seconds=0.1,
-                resync_peers=self.resyncs.append)
+                lease_left=lambda: self.lease if self.writable else 0.0,
+                renew_seconds=self.renew_seconds,
+                resync_peers=self.resyncs.append, stall_limit=self.stall_limit)
             self.task = asyncio.current_task()
             try:
                 await self.capture.run(self._emit)

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,77 @@ def test_a_rejoining_member_quarantines_what_its_mount_never_logged(tmp_path: Pa
         asyncio.run(MountRejoin(mountd.socket, "t", "node1", tmp_path / "quarantine",
                                 lambda: last, again.append).check())
         assert again == []  # taken once: mountd dropped them after the report was durable
+
+
+def test_a_stalled_log_closes_the_mount_and_fails_the_waiting_fsync(tmp_path: Path) -> None:
+    """The log stops taking batches (say, a full disk): past the stall limit
+    no lease is granted, the mount turns read-only when the current one ends
+    and the fsync waiting for its change fails with EIO instead of hanging."""
+    with running(tmp_path, lease=1.0, stall_limit=0.5) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        h.gate.clear()
+        result: dict[str, int] = {}
+
+        def write_and_fsync() -> None:
+            fd = os.open(mountd.mnt / "db", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b"a row")
+                os.fsync(fd)
+                result["ok"] = 1
+            except OSError as exc:
+                result["errno"] = exc.errno or 0
+            finally:
+                os.close(fd)
+
+        t = threading.Thread(target=write_and_fsync)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the fsync hung on a stalled log"
+        assert result == {"errno": errno.EIO}
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "more").write_bytes(b"m")
+        assert err.value.errno == errno.EROFS
+        h.gate.set()  # the log takes changes again: so does the mount
+        h.wait_writable()
+        h.barrier()
+        assert (h.replica / "db").read_bytes() == b"a row"
+
+
+def test_step_down_fences_at_once_not_at_the_next_renewal(tmp_path: Path) -> None:
+    """fence_now (the sender's step-down listener) closes the mount the
+    moment the member stops being the writable primary: the lease mountd
+    holds (minutes here) and the next renewal (a minute away) do not count."""
+    with running(tmp_path, lease=120, renew_seconds=60) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        h.writable = False
+        assert h.capture is not None
+        h.loop.call_soon_threadsafe(h.capture.fence_now)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                (mountd.mnt / "x").write_bytes(b"x")
+            except OSError as exc:
+                assert exc.errno == errno.EROFS
+                break
+            assert time.monotonic() < deadline, "the mount stayed writable after step-down"
+            time.sleep(0.05)
+
+
+def test_drain_returns_once_everything_made_on_the_mount_is_logged(tmp_path: Path) -> None:
+    """A switchover's drain (sender.drain_capture): fence, then every change
+    made before the fence is in the log when drain returns — no barrier."""
+    with running(tmp_path, lease=30) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        for i in range(50):
+            (mountd.mnt / f"d{i}").write_bytes(b"d" * i)
+        assert h.capture is not None
+        h.writable = False  # the switchover holds writes (lease_left is 0), then drains
+        assert h.call(h.capture.drain) is True
+        created = {op.path for op in h.log if op.kind is OpKind.CREATE}
+        assert {f"d{i}" for i in range(50)} <= created
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "late").write_bytes(b"l")
+        assert err.value.errno == errno.EROFS
