@@ -17,7 +17,10 @@ The backup promotes (term + 1) only when *all* hold:
    so the fault is between us: no failover, we are not active, we reconnect);
 4. it is *active*: it was connected to the primary since it started, is not
    resyncing nor stopped on an apply failure, and was at most
-   ``max_lag_on_failover`` bytes behind (0 in sync mode) when it lost it.
+   ``max_lag_on_failover`` bytes behind (0 in sync mode) when it lost it;
+   and the arbiter's answer does not say that the primary of our term runs
+   without it (sync mode's ``backup_out``: the primary may have acknowledged
+   writes this backup never received).
 
 Lost both the primary and the arbiter: no automatic failover (an operator
 may force one). A primary's own fencing is not decided here: it is its
@@ -78,6 +81,10 @@ class View:
     arbiter_sees: str | None = None
     arbiter_primary_silence: float | None = None
     arbiter_answer_age: float | None = None
+    # With that answer (sync mode): the term whose primary the arbiter
+    # confirmed to run without this backup (0: none), and from which LSN.
+    arbiter_backup_out: int = 0
+    arbiter_backup_out_lsn: int = 0
 
 
 def _none(situation: str, reason: str) -> Decision:
@@ -86,6 +93,11 @@ def _none(situation: str, reason: str) -> Decision:
 
 def active(v: View) -> tuple[bool, str]:
     """Is this backup *active* (fit to be promoted automatically), and why (not)."""
+    if v.arbiter_backup_out and v.arbiter_backup_out == v.term:
+        return False, (f"is out of sync: arbiter {v.arbiter} confirmed that primary "
+                       f"{v.primary or '?'} runs without it from LSN "
+                       f"{v.arbiter_backup_out_lsn} (term {v.term}), so writes acknowledged "
+                       f"after it may be missing here")
     if not v.ever_connected:
         return False, "has not been connected to a primary since it started"
     if v.resyncing:

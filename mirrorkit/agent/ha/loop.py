@@ -258,7 +258,14 @@ class HaLoop:
                 roles.lease.waive()
         if isinstance(worker, ReceiverMirror):
             worker.on_handover = self._accept_handover
+        if isinstance(worker, PrimaryMirror):
+            worker.sync.on_event = self._sync_event
         self.wake()
+
+    def _sync_event(self, kind: str, message: str, extra: dict[str, Any]) -> None:
+        """A sync-mode decision of the primary (stream/sync_ack.py, which has
+        logged it): an event."""
+        self.events.record(kind, message, self._term(), **extra)
 
     def on_role_change(self, old: MirrorState, new: MirrorState, why: str) -> None:
         self.events.record("role", f"role {old.role} -> {new.role}, term {old.term} -> "
