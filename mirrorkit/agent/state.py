@@ -81,6 +81,9 @@ DEMOTED_ROLE = {"failover": "backup", "async": "async"}
 RECOVERY_DOC = "docs/architecture.md, 'Damaged or missing state'"
 
 
+_SYNC_FLAGS = ("backup_out", "backup_out_lsn", "primary_lost")
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorState:
     term: int
@@ -176,7 +179,7 @@ class StateStore:
             raise StateUnreadable(f"{self.state_path}: primary must be a member name or "
                                   f"null, found {primary!r}")
         flags = []
-        for key in ("backup_out", "backup_out_lsn", "primary_lost"):
+        for key in _SYNC_FLAGS:
             value = raw.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise StateUnreadable(f"{self.state_path}: {key} must be an integer >= 0 "
@@ -185,7 +188,10 @@ class StateStore:
         return MirrorState(term, str(role), primary, *flags)
 
     def save(self, state: MirrorState) -> None:
-        atomic_write_json(self.state_path, asdict(state))
+        # The sync flags only when set: the file of a member that never uses
+        # them stays what earlier versions wrote and read.
+        atomic_write_json(self.state_path, {k: v for k, v in asdict(state).items()
+                                            if k not in _SYNC_FLAGS or v})
 
     def load_applied(self) -> int:
         """The receiver's last durably applied LSN (0 when never written).

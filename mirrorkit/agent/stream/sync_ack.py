@@ -132,8 +132,12 @@ class SyncAck:
             self._stall_since = now
         self._stall_received = received
         if self.state == "alone":
+            # Back: streaming again, and either all there or close behind and
+            # moving (a paused backup's connection may look open, silent).
+            moving = self._stall_since is not None and now - self._stall_since < self.qos
             if peer.connected and not peer.resyncing and peer.pending is None and (
-                    not pending or self._bytes_between(received + 1, end) <= REJOIN_BYTES):
+                    not pending or (moving and self._bytes_between(received + 1, end)
+                                    <= REJOIN_BYTES)):
                 self.high = max(self.high, self._acked)
                 self._enter("rejoining")
                 self._tell(logging.WARNING, f"sync: backup {member} caught up (LSN {received} "
@@ -191,7 +195,7 @@ class SyncAck:
 
     def sent(self, stamp: float) -> None:
         """A heartbeat stamped ``stamp`` carrying :meth:`request` went out."""
-        if self.state in ("asking", "clearing") and not self._asked_stamp:
+        if self.state != "sync" and not self._asked_stamp:
             self._asked_stamp = stamp
 
     def arbiter_says(self, backup_out: int, echo: float) -> None:
