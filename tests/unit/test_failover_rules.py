@@ -108,3 +108,9 @@ def test_a_backup_the_sync_primary_runs_without_is_not_active() -> None:
     # a flag of an older term means nothing in ours; cleared, it promotes again
     assert decide(replace(out, arbiter_backup_out=2)).action is Action.PROMOTE
     assert decide(replace(out, arbiter_backup_out=0)).action is Action.PROMOTE
+
+
+def test_the_flag_is_named_while_the_fault_is_between_primary_and_backup() -> None:
+    d = decide(replace(BACKUP, mode="sync", arbiter_primary_silence=0.2, arbiter_backup_out=3))
+    assert d.situation == "arbiter-sees-primary"
+    assert "not active (this backup is out of sync: arbiter arb1 confirmed" in d.reason

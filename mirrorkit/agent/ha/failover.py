@@ -169,9 +169,11 @@ def _backup(v: View) -> Decision:
                      f"{v.primary or '?'}: reconnecting")
     if silence < v.arbiter_timeout:
         sees = v.arbiter_sees or "no primary"
+        ok, why = active(v)
         return _none("arbiter-sees-primary", f"no failover: {lost}, but arbiter {v.arbiter} "
                      f"heard {sees} {silence:.2f} s ago (< {v.arbiter_timeout:g} s): the "
-                     f"fault is between us; not active, reconnecting")
+                     f"fault is between us; not active{'' if ok else f' (this backup {why})'}"
+                     f", reconnecting")
     ok, why = active(v)
     if not ok:
         return _none("not-active", f"no failover: {lost} and arbiter {v.arbiter} has not "
