@@ -161,3 +161,16 @@ def test_heartbeat_sync_fields_are_checked(value: object) -> None:
                               frames.MsgType.HEARTBEAT, len(body)) + body
     with pytest.raises(ProtocolError, match=r"HEARTBEAT\.backup_out"):
         decode_frame(frame)
+
+
+def test_a_backup_that_would_not_promote_is_told_the_primary_is_lost_freely(
+        tmp_path: Path) -> None:
+    # e.g. at bring-up: the backup has never been connected to a primary,
+    # or it is in maintenance mode: its answer rules nothing out
+    a = arbiter(tmp_path)
+    a.guard.silence = lambda heard: 12.0  # type: ignore[method-assign]
+    backup = SeenMember("backup", term=TERM, no_promote=True)
+    asyncio.run(a._before_answer(backup, "node2"))
+    assert a.state.primary_lost == 0
+    asyncio.run(a._sync_request(*ask()))
+    assert a.state.backup_out == TERM

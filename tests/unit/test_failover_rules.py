@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from mirrorkit.agent.ha.failover import Action, View, active, decide
+from mirrorkit.agent.ha.failover import Action, View, active, decide, may_promote
 
 BACKUP = View(member="node2", role="backup", term=3, heartbeat=0.25, qos=1.0,
               arbiter_timeout=2.0, mode="async", max_lag=1 << 20, maintenance=False,
@@ -114,3 +114,17 @@ def test_the_flag_is_named_while_the_fault_is_between_primary_and_backup() -> No
     d = decide(replace(BACKUP, mode="sync", arbiter_primary_silence=0.2, arbiter_backup_out=3))
     assert d.situation == "arbiter-sees-primary"
     assert "not active (this backup is out of sync: arbiter arb1 confirmed" in d.reason
+
+
+def test_only_an_answer_built_after_the_arbiter_knew_we_may_promote_counts() -> None:
+    d = decide(replace(BACKUP, arbiter_knows_promotable=False))
+    assert d.action is Action.NONE and d.situation == "arbiter-catching-up"
+    assert "predates" in d.reason
+
+
+def test_what_the_backup_tells_the_arbiter_about_promoting() -> None:
+    assert may_promote(BACKUP)
+    assert not may_promote(replace(BACKUP, maintenance=True))
+    assert not may_promote(replace(BACKUP, resyncing=True))
+    assert not may_promote(replace(BACKUP, arbiter_backup_out=3))
+    assert not may_promote(replace(BACKUP, role="primary"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -56,6 +57,13 @@ class ArbiterLink:
         # With it: (the term whose primary runs without its backup, 0 none;
         # from which LSN): sync mode's "the backup is out".
         self.backup_out: tuple[int, int] = (0, 0)
+        # On a backup (set by the HA loop each cycle): would it promote on a
+        # "primary lost" answer now? Our heartbeats say so (no_promote), and
+        # an answer counts for a promotion only if it echoes a heartbeat
+        # that said it (promotable_stamp): then the arbiter knew, and has
+        # ruled out the primary running without us in this term first.
+        self.promotable = False
+        self.promotable_stamp = 0.0
         self._conn: Connection | None = None  # while connected
         self._heard = asyncio.Event()  # set on each heartbeat from the arbiter
         self.heard_echo = 0.0  # the newest stamp of ours the arbiter echoed
@@ -135,7 +143,24 @@ class ArbiterLink:
                        backup_back=back)
         if sync is not None:
             sync.sent(hb.stamp)
+        if w.state.role == "backup":
+            hb = dataclasses.replace(hb, no_promote=0 if self.promotable else 1)
+            if self.promotable and not self.promotable_stamp:
+                self.promotable_stamp = hb.stamp
         return hb
+
+    def set_promotable(self, ok: bool) -> None:
+        """The HA loop's word (backup): would it promote now if the arbiter
+        said the primary is lost? A change is told at the next heartbeat."""
+        if ok != self.promotable:
+            self.promotable = ok
+            self.promotable_stamp = 0.0
+
+    def answer_knows_promotable(self) -> bool:
+        """Was the arbiter's latest answer built after it heard that we may
+        promote (it echoes a heartbeat of ours that said so)?"""
+        return (self.answer is not None and self.promotable_stamp > 0
+                and self.answer[2] >= self.promotable_stamp)
 
     async def _listen(self, conn: Connection) -> None:
         while True:

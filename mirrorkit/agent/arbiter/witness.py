@@ -71,6 +71,7 @@ class SeenMember:
     last_heard: float = 0.0  # util/clock.now()
     last_heard_as_primary: float = 0.0  # ... while it claimed primary of our term
     stamp_in: float = 0.0  # its newest stamp, echoed back
+    no_promote: bool = False  # a backup's word: it would not promote now
     task: asyncio.Task[Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # send a heartbeat now
 
@@ -117,8 +118,8 @@ class ArbiterMirror(MirrorWorker):
         """Before an answer tells a backup that the primary has been silent
         for the arbiter timeout (it may promote on it), persist that we did:
         no ``backup_out`` is confirmed in this term from then on."""
-        if m.role != "backup" or member == self.roles.primary:
-            return
+        if m.role != "backup" or member == self.roles.primary or m.no_promote:
+            return  # (a backup that would not promote echoes nothing it acts on)
         primary, silence = self.primary_view()
         state = self.state
         if primary and silence >= self.cfg.timeouts.arbiter and state.primary_lost != state.term:
@@ -222,6 +223,7 @@ class ArbiterMirror(MirrorWorker):
         m.task = asyncio.current_task()
         m.role, m.term, m.lsn, m.connected = hello.role, hello.term, hello.last_lsn, True
         m.stamp_in = 0.0
+        m.no_promote = False  # until it says otherwise
         conn.term_fn = lambda: self.roles.term
         await self._learn(hello.term, hello.role, hello.member)
         self._heard(m, hello.member, hello.role, hello.term, 0.0)
@@ -242,6 +244,7 @@ class ArbiterMirror(MirrorWorker):
             if isinstance(msg, Heartbeat):
                 announced = msg.term > m.term  # e.g. a primary stepping down
                 m.term, m.lsn = msg.term, msg.lsn
+                m.no_promote = bool(msg.no_promote)
                 if msg.role in ("primary", "backup"):
                     m.role = msg.role
                 await self._learn(msg.term, msg.role, member)

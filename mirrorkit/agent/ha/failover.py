@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Action", "Decision", "View", "decide"]
+__all__ = ["Action", "Decision", "View", "active", "decide", "may_promote"]
 
 
 class Action(enum.Enum):
@@ -85,6 +85,9 @@ class View:
     # confirmed to run without this backup (0: none), and from which LSN.
     arbiter_backup_out: int = 0
     arbiter_backup_out_lsn: int = 0
+    # The answer was built after the arbiter heard that this backup may
+    # promote (arbiter/link.py): only such an answer lets it promote.
+    arbiter_knows_promotable: bool = True
 
 
 def _none(situation: str, reason: str) -> Decision:
@@ -110,6 +113,13 @@ def active(v: View) -> tuple[bool, str]:
     if v.lag_bytes > limit:
         return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)"
     return True, f"was {v.lag_bytes} B behind (<= {limit} B)"
+
+
+def may_promote(v: View) -> bool:
+    """Would this backup promote if the arbiter said the primary is lost?
+    (What its heartbeats tell the arbiter: ``no_promote``.)"""
+    return (v.role == "backup" and v.partner is not None and v.arbiter is not None
+            and not v.maintenance and active(v)[0])
 
 
 def decide(v: View) -> Decision:
@@ -178,6 +188,11 @@ def _backup(v: View) -> Decision:
     if not ok:
         return _none("not-active", f"no failover: {lost} and arbiter {v.arbiter} has not "
                      f"heard it for {silence:.1f} s, but this backup {why}")
+    if not v.arbiter_knows_promotable:
+        return _none("arbiter-catching-up", f"no failover yet: {lost} and arbiter "
+                     f"{v.arbiter} has not heard it for {silence:.1f} s, but that answer "
+                     f"predates our telling the arbiter this backup may promote; waiting "
+                     f"for its next")
     return Decision(Action.PROMOTE, f"promoting to term {v.term + 1}: {lost}; arbiter "
                     f"{v.arbiter} has not heard it for {silence:.1f} s "
                     f"(>= {v.arbiter_timeout:g} s); this backup {why}", "promote")

@@ -180,6 +180,11 @@ class Heartbeat:
     backup_out: int = 0
     backup_out_lsn: int = 0
     backup_back: int = 0
+    # From a backup: 1 = it would not promote itself now (not active,
+    # maintenance): the arbiter may tell it the primary is lost without
+    # ruling out ``backup_out`` for the term (witness.py). 0 (also: a
+    # backup of the previous release) = it might.
+    no_promote: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +382,8 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
                                     "lag_seconds": _seconds, "stamp": _seconds,
                                     "echo": _seconds, "primary": _member_or_empty,
                                     "primary_silence": _seconds, "backup_out": _u64,
-                                    "backup_out_lsn": _u64, "backup_back": _u64}),
+                                    "backup_out_lsn": _u64, "backup_back": _u64,
+                                    "no_promote": _flag}),
     MsgType.HANDOVER: (Handover, {"term": _u64, "lsn": _u64, "member": _MEMBER}),
     MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
     MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),
@@ -399,7 +405,8 @@ _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
 # for its backup), and a backup that cannot read the arbiter's flag loses
 # the arbiter, so it does not fail over automatically.
 ADDED_FIELDS: dict[MsgType, frozenset[str]] = {
-    MsgType.HEARTBEAT: frozenset({"backup_out", "backup_out_lsn", "backup_back"}),
+    MsgType.HEARTBEAT: frozenset({"backup_out", "backup_out_lsn", "backup_back",
+                                  "no_promote"}),
 }
 _REQUIRED: dict[MsgType, frozenset[str]] = {
     t: frozenset(f.name for f in dataclasses.fields(cls)
