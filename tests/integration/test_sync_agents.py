@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def go_alone(c: Cluster, mountd: Mountd, name: str) -> int:
     (after qos, the arbiter confirming) follow the log's end. Returns the
     LSN node2 had."""
     had = sync_of(c)["acked"]
-    write(mountd, name, os.urandom(20_000))
+    # In a thread: once the mount waits for sync_acked_lsn, this fsync
+    # returns only after the arbiter confirmed.
+    writer = threading.Thread(target=write, args=(mountd, name, os.urandom(20_000)))
+    writer.start()
     wait_for(lambda: sync_of(c)["lsn"] > had, "node1 logs the write")
     samples: list[dict[str, Any]] = []
 
@@ -128,6 +132,8 @@ def go_alone(c: Cluster, mountd: Mountd, name: str) -> int:
         return s.get("state") == "alone"
 
     wait_for(alone, "node1 to run without node2 (arbiter confirmed)", timeout=60, interval=0.05)
+    writer.join(60)
+    assert not writer.is_alive(), "the fsync did not return once running alone"
     waiting = [s for s in samples if s.get("state") in ("sync", "asking")]
     assert waiting, samples  # it did wait, and while it waited ...
     assert all(s["acked"] == had for s in waiting), waiting  # ... acknowledged nothing new

@@ -145,16 +145,16 @@ class SyncAck:
             return
         if self.state == "rejoining" and received >= self.high:
             self._enter("clearing")
-            log.info("%s: sync: backup %s has everything acknowledged without it (LSN %d): "
-                     "asking arbiter %s to clear its flag", self.name, member, self.high,
-                     self.arbiter)
+            self._tell(logging.INFO, f"sync: backup {member} has everything acknowledged "
+                       f"without it (LSN {self.high}): asking arbiter {self.arbiter} to clear "
+                       f"its flag", backup=member, lsn=self.high)
             return
         if self.state == "asking" and not pending:
             # It answered after all. The request may have reached the arbiter:
             # clear it there before the backup counts as active again.
             self._enter("clearing" if self._asked_stamp else "sync")
-            log.info("%s: sync: backup %s acknowledged again before the arbiter confirmed",
-                     self.name, member)
+            self._tell(logging.INFO, f"sync: backup {member} acknowledged again before arbiter "
+                       f"{self.arbiter} confirmed: fsync goes on waiting for it", backup=member)
             return
         stalled = self._stall_since is not None and now - self._stall_since >= self.qos
         if self.state in ("sync", "rejoining", "clearing") and stalled:
@@ -169,10 +169,10 @@ class SyncAck:
             self._enter("asking")
             self._asked_at = now
             self._refusal_told = False
-            log.warning("%s: sync: backup %s has not acknowledged for %g s (LSN %d of %d): "
-                        "asking arbiter %s to confirm running without it (term %d)",
-                        self.name, member, self.qos, received, end, self.arbiter,
-                        self._term())
+            self._tell(logging.WARNING, f"sync: backup {member} has not acknowledged for "
+                       f"{self.qos:g} s (LSN {received} of {end}): fsync waits; asking arbiter "
+                       f"{self.arbiter} to confirm running without it (term {self._term()})",
+                       backup=member, lsn=received)
         elif self.state == "asking" and now - self._asked_at >= self.qos \
                 and not self._refusal_told:
             self._refusal_told = True
@@ -232,9 +232,10 @@ class SyncAck:
             # acknowledged then, at most all our log holds.
             self.high = max(self.high, self._durable_end())
             self._enter("rejoining")
-            log.warning("%s: sync: arbiter %s holds that this primary runs without backup %s "
-                        "(term %d, from before a restart): it is cleared once the backup has "
-                        "LSN %d", self.name, self.arbiter, member, term, self.high)
+            self._tell(logging.WARNING, f"sync: arbiter {self.arbiter} holds that this "
+                       f"primary runs without backup {member} (term {term}, from before a "
+                       f"restart): fsync waits for the backup; the flag is cleared once it has "
+                       f"LSN {self.high}", backup=member, lsn=self.high)
             self.update()
 
     # -- helpers ----------------------------------------------------------------
