@@ -39,8 +39,12 @@ pytestmark = [pytest.mark.integration, needs_fuse]
 MEMBERS = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbiter", None)}
 
 
-def _sync_cluster(base: Path, proxy_backup: bool) -> tuple[Cluster, Mountd, Any]:
+def _sync_cluster(base: Path, proxy_backup: bool,
+                  prepare: Callable[[Cluster], None] | None = None
+                  ) -> tuple[Cluster, Mountd, Any]:
     c = make_cluster(base, MEMBERS, extra={"mode": "sync", "timeouts": DEFAULT_TIMEOUTS})
+    if prepare is not None:
+        prepare(c)
     mountd = Mountd(base / "mountd", backing=c.nodes["node1"].root)
     for name in ("node1", "node2"):
         # Both failover members: sync needs the mount (node2 has none here:
@@ -60,8 +64,11 @@ def _sync_cluster(base: Path, proxy_backup: bool) -> tuple[Cluster, Mountd, Any]
 @pytest.fixture(params=[False], ids=["direct"])
 def sync_cluster(tmp_path: Path, request: pytest.FixtureRequest
                  ) -> Iterator[tuple[Cluster, Mountd, Any]]:
-    proxy_backup = bool(getattr(request, "param", False))
-    c, mountd, proxy = _sync_cluster(tmp_path, proxy_backup)
+    # param: True (node2 reaches node1 through a proxy a test can cut), or a
+    # function that prepares the cluster before it starts
+    param = getattr(request, "param", False)
+    c, mountd, proxy = _sync_cluster(tmp_path, param is True,
+                                     param if callable(param) else None)
     try:
         yield c, mountd, proxy
     finally:
@@ -203,3 +210,39 @@ def test_a_backup_the_primary_ran_without_is_not_promoted_when_the_primary_dies(
     assert "is out of sync" in reason and f"from LSN {had}" in reason
     assert reason in events(c, "node2", "decision")
     assert "is out of sync" in c.nodes["node2"].log_text()
+
+
+def _arbiter_told_backup_primary_lost(c: Cluster) -> None:
+    """arb1's state as after telling node2, in term 1, that node1 had been
+    silent for the arbiter timeout (node2 might have promoted on it)."""
+    d = c.nodes["arb1"].state_dir / MIRROR
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "state.json").write_text(json.dumps(
+        {"term": 1, "role": "arbiter", "primary": "node1", "primary_lost": 1}))
+
+
+@pytest.mark.parametrize("sync_cluster", [_arbiter_told_backup_primary_lost],
+                         ids=["arbiter-refuses"], indirect=True)
+def test_without_the_arbiters_confirmation_fsync_keeps_waiting(
+        sync_cluster: tuple[Cluster, Mountd, Any]) -> None:
+    c, mountd, _ = sync_cluster
+    wait_for(lambda: writable(mountd.mnt), "node1's mount to become writable", 60)
+    write(mountd, "before", b"in sync")
+    wait_for(synced(c), "node2 to acknowledge the first write")
+    had = sync_of(c)["acked"]
+    os.kill(c.nodes["node2"].proc.pid, signal.SIGSTOP)
+    writer = threading.Thread(target=write, args=(mountd, "waits", b"not acknowledged alone"))
+    writer.start()
+    wait_for(lambda: any("has not confirmed running without it" in m
+                         for m in events(c, "node1", "sync")),
+             "node1 to say the arbiter does not confirm")
+    s = sync_of(c)
+    assert s["state"] == "asking" and s["acked"] == had < s["lsn"], s
+    assert arbiter_flag(c) is None
+    assert "refused" in c.nodes["arb1"].log_text()
+    # the backup returns: what waited is acknowledged through it
+    os.kill(c.nodes["node2"].proc.pid, signal.SIGCONT)
+    wait_for(synced(c), "node1 back in sync with node2", timeout=90)
+    writer.join(60)
+    assert not writer.is_alive()
+    assert (c.nodes["node2"].root / "waits").read_bytes() == b"not acknowledged alone"
