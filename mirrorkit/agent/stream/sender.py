@@ -148,7 +148,7 @@ class PrimaryMirror(MirrorWorker):
                                         member_sources=self.member_sources()))
         log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
         self.spawn(self._capture_loop(), "capture")
-        self.spawn(self.sync.run(self.cfg.timeouts.heartbeat / 4), "sync-ack")
+        self.spawn(self._sync_loop(), "sync-ack")
         self.start_companions()
 
     async def stop(self) -> None:
@@ -345,7 +345,6 @@ class PrimaryMirror(MirrorWorker):
         self._times.append(records[0].lsn, now)
         self._new_data.set()
         self._new_data = asyncio.Event()
-        self.sync.update()
 
     def _append(self, ops: list[Op], floor: int) -> list[Record]:
         # One worker thread at a time (capture awaits emit), so append and
@@ -401,6 +400,18 @@ class PrimaryMirror(MirrorWorker):
         which the arbiter confirmed and persisted first (stream/sync_ack.py).
         ``mode: async`` (or no backup): the log's durable end. Never goes back."""
         return self.sync.value()
+
+    async def _sync_loop(self) -> None:
+        # At each append (the senders' wake-up; the log's end is published
+        # only once durable) and a few times a heartbeat (a silent backup
+        # sends no ACK that would move anything). No await between the check
+        # and taking the event: an append cannot slip in between unseen.
+        seen = -1
+        while True:
+            if self._durable_end() == seen:
+                await _wait(self._new_data, self.cfg.timeouts.heartbeat / 4)
+            seen = self._durable_end()
+            self.sync.update()
 
     def _durable_end(self) -> int:
         return self.log.last_lsn if hasattr(self, "log") else 0

@@ -38,7 +38,6 @@ backup has everything it logged. A new term clears the flag at the arbiter.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -252,13 +251,6 @@ class SyncAck:
                 self.on_event("sync", message, {"state": self.state, **extra})
             except Exception:
                 log.exception("%s: recording a sync event failed", self.name)
-
-    async def run(self, interval: float) -> None:
-        """Re-evaluate every ``interval`` seconds (a silent backup sends no
-        ACK that would)."""
-        while True:
-            await asyncio.sleep(interval)
-            self.update()
 
     def status(self) -> dict[str, Any]:
         """``/status``'s ``sync`` of a primary: the value, and in sync mode
