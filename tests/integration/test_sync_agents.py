@@ -45,7 +45,7 @@ def _sync_cluster(base: Path, proxy_backup: bool,
     c = make_cluster(base, MEMBERS, extra={"mode": "sync", "timeouts": DEFAULT_TIMEOUTS})
     if prepare is not None:
         prepare(c)
-    mountd = Mountd(base / "mountd", backing=c.nodes["node1"].root)
+    mountd = Mountd(base / "mountd", backing=c.nodes["node1"].root, sync=True)
     for name in ("node1", "node2"):
         # Both failover members: sync needs the mount (node2 has none here:
         # promoted, its capture would fail; these tests promote no one).
@@ -134,8 +134,9 @@ def go_alone(c: Cluster, mountd: Mountd, name: str) -> int:
     samples: list[dict[str, Any]] = []
 
     def alone() -> bool:
+        still_waiting = writer.is_alive()  # read before the state: see below
         s = sync_of(c)
-        samples.append(s)
+        samples.append({**s, "fsync_waiting": still_waiting})
         return s.get("state") == "alone"
 
     wait_for(alone, "node1 to run without node2 (arbiter confirmed)", timeout=60, interval=0.05)
@@ -144,6 +145,9 @@ def go_alone(c: Cluster, mountd: Mountd, name: str) -> int:
     waiting = [s for s in samples if s.get("state") in ("sync", "asking")]
     assert waiting, samples  # it did wait, and while it waited ...
     assert all(s["acked"] == had for s in waiting), waiting  # ... acknowledged nothing new
+    # mountd --sync: the application's fsync had not returned while the
+    # primary still waited for node2 (it returned only once running alone).
+    assert all(s["fsync_waiting"] for s in waiting), waiting
     wait_for(lambda: sync_of(c)["acked"] == sync_of(c)["lsn"],
              "sync_acked_lsn to follow the log's end")
     confirmed = [m for m in events(c, "node1", "sync") if "confirms: continuing without" in m]

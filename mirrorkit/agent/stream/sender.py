@@ -234,6 +234,9 @@ class PrimaryMirror(MirrorWorker):
             fence_now = getattr(self._capture, "fence_now", None)
             if fence_now is not None:  # mount: read-only the moment we step down
                 self.roles.step_down_listeners.append(fence_now)
+            on_acked = getattr(self._capture, "on_acked", None)
+            if on_acked is not None:  # mount: a sync fsync waits for this
+                self.sync_ack_listeners.append(on_acked)
             try:
                 await self._capture.run(self._capture_emit)
                 return
@@ -252,6 +255,9 @@ class PrimaryMirror(MirrorWorker):
                 if fence_now is not None:
                     with contextlib.suppress(ValueError):
                         self.roles.step_down_listeners.remove(fence_now)
+                if on_acked is not None:
+                    with contextlib.suppress(ValueError):
+                        self.sync_ack_listeners.remove(on_acked)
 
     async def drain_capture(self) -> None:
         """A switchover stopped writes: with the ``mount`` capture, fence the
@@ -268,7 +274,7 @@ class PrimaryMirror(MirrorWorker):
         return MountParams(self.cfg.mount_socket, self.host, self._last_mount_mark,
                            self._write_lease_left, self.cfg.timeouts.heartbeat,
                            resync_peers=self._resync_peers_of_mount,
-                           stall_limit=self.cfg.timeouts.qos)
+                           stall_limit=self.cfg.timeouts.qos, acked_lsn=self.sync_acked_lsn)
 
     def _resync_peers_of_mount(self, why: str) -> None:
         """The mount's log is not a faithful history of its backing store any
