@@ -16,8 +16,9 @@ The backup promotes (term + 1) only when *all* hold:
    ``timeouts.arbiter`` seconds (else: the arbiter still sees the primary,
    so the fault is between us: no failover, we are not active, we reconnect);
 4. it is *active*: it was connected to the primary since it started, is not
-   resyncing nor stopped on an apply failure, and was at most
-   ``max_lag_on_failover`` bytes behind (0 in sync mode) when it lost it;
+   resyncing nor stopped on an apply failure, and (async) was at most
+   ``max_lag_on_failover`` bytes behind when it lost it (sync mode has no
+   lag limit: what the backup lacks was never acknowledged);
    and the arbiter's answer does not say that the primary of our term runs
    without it (sync mode's ``backup_out``: the primary may have acknowledged
    writes this backup never received).
@@ -107,9 +108,17 @@ def active(v: View) -> tuple[bool, str]:
         return False, "is resyncing (its replica is incomplete)"
     if v.apply_failed:
         return False, "stopped on a record it could not apply"
+    if v.mode == "sync":
+        # Sync: the primary acknowledges an fsync only once this backup has it,
+        # or after the arbiter confirmed it runs without us (checked above).
+        # What we lack now (lag) was never acknowledged: a lag limit here
+        # would only refuse failovers of a primary that died under load.
+        lag = "unknown lag" if v.lag_bytes is None else f"{v.lag_bytes} B behind"
+        return True, (f"holds every write the primary acknowledged (sync mode, no "
+                      f"out-of-sync flag at arbiter {v.arbiter}; {lag}, never acknowledged)")
     if v.lag_bytes is None:
         return False, "does not know its lag"
-    limit = 0 if v.mode == "sync" else v.max_lag
+    limit = v.max_lag
     if v.lag_bytes > limit:
         return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)"
     return True, f"was {v.lag_bytes} B behind (<= {limit} B)"
