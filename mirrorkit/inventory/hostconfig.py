@@ -103,13 +103,17 @@ def _mirror_config(inventory: Inventory, mirror: Mirror, host: str) -> dict[str,
 def mount_units(inventory: Inventory, host: str) -> list[dict[str, str]]:
     """One mirrorkit-mountd@<mirror> instance per `capture: mount` mirror of
     `host` (every member but the arbiter): where it mounts, what it serves,
-    its socket."""
+    its socket, and its flags (``--sync`` on the failover members of a
+    `mode: sync` mirror: an fsync there waits for the backup)."""
     out: list[dict[str, str]] = []
     for mirror in inventory.mirrors_of(host):
         mount = mirror.mount_for(host)
         if mount is not None:
+            # Sync mode is between the failover members; async members stay async.
+            sync = mirror.mode == "sync" and mirror.members().get(host) in ("primary", "backup")
             out.append({"mirror": mirror.name, "mountpoint": mount[0], "backing": mount[1],
-                        "socket": MOUNT_SOCKET.format(mirror=mirror.name)})
+                        "socket": MOUNT_SOCKET.format(mirror=mirror.name),
+                        "flags": "--sync" if sync else ""})
     return out
 
 

@@ -313,13 +313,14 @@ def _check_mode(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
     # `sync` promises that data the application fsync'ed on the primary is on
     # the backup before fsync returns. Only the `mount` capture method (the
     # agent in the write path) can keep that promise; `watch` sees changes
-    # after the fact. Accepting `sync` now would silently deliver async.
-    if spec.get("mode") == "sync":
+    # after the fact. Accepting `sync` with it would silently deliver async.
+    if spec.get("mode") == "sync" and spec.get("capture") != "mount":
         ctx.add(
             name, None, _f(name, "mode"),
-            "mode 'sync' needs the 'mount' capture method, which this version of "
-            "mirrorkit does not provide yet (only 'watch', which is asynchronous)",
-            "use mode: async for now; sync mode arrives with mount capture",
+            "mode 'sync' needs capture: mount (an fsync on the mount waits for the "
+            "backup); the 'watch' capture (the default) sees changes only after the "
+            "fact, so it is asynchronous",
+            "add capture: mount to this mirror, or use mode: async",
         )
 
 

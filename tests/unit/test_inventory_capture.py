@@ -75,9 +75,21 @@ def test_inside_the_path_names_the_default_as_the_fix() -> None:
     assert "backing: /srv/.records.mirrorkit (the default)" in err.fix
 
 
-def test_sync_stays_refused_with_mount() -> None:
-    err = one(check(mount(mode="sync")), F + "mode")
-    assert "use mode: async for now" in err.fix
+def test_sync_is_accepted_with_mount_and_gives_the_failover_members_mountd_sync() -> None:
+    v = mount(mode="sync")
+    assert check(v) == []
+    inv = model(v)
+    assert mount_units(inv, "node1")[0]["flags"] == "--sync"
+    assert mount_units(inv, "node2")[0]["flags"] == "--sync"
+    records(v)["async"] = [{"host": "dr1", "kind": "dr"}]
+    assert mount_units(model(v), "dr1")[0]["flags"] == ""  # async members stay async
+
+
+def test_sync_with_watch_is_refused() -> None:
+    v = base()
+    records(v)["mode"] = "sync"
+    err = one(check(v), F + "mode")
+    assert "needs capture: mount" in err.problem and "capture: mount" in err.fix
 
 
 def test_backing_shared_between_mirrors_on_a_host() -> None:
@@ -116,7 +128,7 @@ def test_each_member_gets_the_backing_as_target_and_a_mountd() -> None:
         assert mount_units(inv, host) == [{
             "mirror": "records", "mountpoint": "/srv/records",
             "backing": "/srv/.records.mirrorkit",
-            "socket": "/run/mirrorkit/mount-records.sock"}]
+            "socket": "/run/mirrorkit/mount-records.sock", "flags": ""}]
         parse_config(host_config(inv, host))  # the agent accepts it
     # an async member with a root: both the mount and the backing move under it
     cfg = host_config(inv, "dr1")["mirrors"]["records"]

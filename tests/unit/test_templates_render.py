@@ -193,7 +193,7 @@ def test_mountd_unit_with_its_dropin_verifies(tmp_path: Path) -> None:
     env = next(x for x in dropin.splitlines() if x.startswith("Environment="))
     assert env == "Environment=" + systemd_words([
         "MIRRORKIT_MOUNTPOINT=/srv/my 100% data", "MIRRORKIT_BACKING=/srv/.my 100% data.mirrorkit",
-        "MIRRORKIT_SOCKET=/run/mirrorkit/mount-records.sock"])
+        "MIRRORKIT_SOCKET=/run/mirrorkit/mount-records.sock", "MIRRORKIT_MOUNTD_FLAGS="])
     text = unit.replace("[Service]\n", "[Service]\n" + env + "\n", 1)
     output = verify_unit(tmp_path, text)
     assert "Environment" not in output and "ExecStart" not in output, output
