@@ -116,6 +116,18 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         self._dirty: set[int] = set()
         self._fh_lock = threading.Lock()
 
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # Every hard link is a node of its own in libfuse's path API, so the
+        # kernel caches each name's attributes apart: with the default 1 s,
+        # a chmod, a write or a truncate through one name leaves the other
+        # names' size, nlink and mode stale for a second (a read stops at
+        # the old size, a permission check passes on the old mode). No
+        # attribute caching: the kernel asks (GETATTR) whenever it needs
+        # them; a write or fsync through an open descriptor does not.
+        if config is not None:
+            config.attr_timeout = 0.0
+            config.ac_attr_timeout_set = 0
+
     # -- resolution ------------------------------------------------------------
 
     @contextmanager
@@ -223,6 +235,12 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         return os.pread(fh, size, offset)
 
     @_errno_of
+    def lseek(self, path: str | None, offset: int, whence: int, fh: int) -> int:
+        # Only SEEK_DATA/SEEK_HOLE reach us (the kernel does the rest): the
+        # backing store's extents, so sparse files look sparse on the mount.
+        return os.lseek(fh, offset, whence)
+
+    @_errno_of
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         with self._parent(path) as (d, final):
             return os.getxattr(f"/proc/self/fd/{d}/{final}", name, follow_symlinks=False)
@@ -238,6 +256,32 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
 
     # -- descriptors -----------------------------------------------------------
 
+    @staticmethod
+    def _open_file(name: str, flags: int, d: int, mode: int = 0o600) -> int:
+        """The backing file ``name`` of ``d``, never blocking: the kernel sends
+        opens of files it knows as regular; one replaced by a FIFO (or a
+        device) on the backing store behind the mount's back would block
+        this thread for ever, and a writing open holds the journal's op
+        lock, so every writer on the mount would wait with it. O_NONBLOCK
+        makes such an open return; anything but a regular file is then
+        refused with ESTALE (the kernel looks the name up again once and
+        finds what is really there)."""
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=d)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO with no reader (a regular file never)
+                raise OSError(errno.ESTALE, "not a regular file on the backing store") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.ESTALE, "not a regular file on the backing store")
+            if not flags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _remember(self, fd: int, flags: int) -> int:
         with self._fh_lock:
             self._fh_flags[fd] = flags
@@ -249,9 +293,9 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         backing_flags = (flags & ~_OPEN_STRIP) | os.O_NOFOLLOW | os.O_CLOEXEC
         if not writing and not flags & os.O_TRUNC:
             with self._parent(path) as (d, name):
-                return self._remember(os.open(name, backing_flags, dir_fd=d), flags)
+                return self._remember(self._open_file(name, backing_flags, d), flags)
         with self.journal.mutation() as m, self._parent(path) as (d, name):
-            fd = os.open(name, backing_flags, dir_fd=d)
+            fd = self._open_file(name, backing_flags, d)
             if flags & os.O_TRUNC:
                 m.log(self._op(OpKind.TRUNCATE, path, value=0))
                 self._touch(fd)
@@ -307,7 +351,13 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
             else:
                 assert path is not None
                 with self._parent(path) as (d, name):
-                    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                    try:
+                        fd = self._open_file(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                             d)
+                    except OSError as exc:
+                        if exc.errno == errno.ESTALE:
+                            raise OSError(errno.EINVAL, "not a regular file") from None
+                        raise
                     try:
                         os.ftruncate(fd, length)
                         m.log(self._op(OpKind.TRUNCATE, path, value=length))
@@ -515,9 +565,23 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
 
 
 class MirrorFUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy's FUSE, passing rename's flags on (mfusepy 3.1 drops them, which
-    would turn RENAME_NOREPLACE into a silent replace)."""
+    """mfusepy's FUSE, passing on what mfusepy 3.1 drops: rename's flags (which
+    would turn RENAME_NOREPLACE into a silent replace), ftruncate's
+    descriptor, and lseek (SEEK_DATA/SEEK_HOLE)."""
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return int(self.operations.rename(old.decode(self.encoding, self.errors),
                                           new.decode(self.encoding, self.errors), flags))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        # mfusepy 3.1 drops the descriptor of ftruncate(2): without it an
+        # ftruncate of an open, unlinked file (no path) could not be made.
+        return int(self.operations.truncate(
+            None if path is None else path.decode(self.encoding, self.errors), length,
+            fip.contents.fh if fip else None))
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+        # mfusepy 3.1 declares libfuse's lseek but has no wrapper for it.
+        return int(self.operations.lseek(
+            None if path is None else path.decode(self.encoding, self.errors),
+            offset, whence, fip.contents.fh))
