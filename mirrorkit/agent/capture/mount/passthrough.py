@@ -38,7 +38,31 @@ passes no path) is made and not journalled: that file is gone from the tree.
 descriptor sync the backing store, then wait until everything journalled so
 far is durable in the primary's log (``async``) or on the active backup
 (``sync``). FIFOs, sockets and device nodes cannot be mirrored: mknod is
-refused with EPERM.
+refused with EPERM. Every open of a backing file is ``O_NONBLOCK`` and
+anything but a regular file is refused (ESTALE): a FIFO put on the backing
+store behind the mount's back must not block a handler for ever, least of all
+one holding the journal's op lock (every writer would wait).
+
+**Permissions: the handlers run as root; the kernel checks.** The mount has
+``default_permissions``: the kernel checks modes, owners, the sticky bit and
+set-id rules against the attributes we return, exactly as for a local file
+system (tests/integration/test_mount_posix.py runs the EACCES/EPERM cases as
+uid 1000 on the mount and on a plain directory: the same answers). That is
+only as good as those attributes are fresh, and libfuse's path API gives each
+hard link a node of its own, so the kernel's cached attributes of one name go
+stale when the file changes through another (a read stopped at the old size;
+the mode the kernel checks is cached the same way): attribute caching is off
+(:meth:`MirrorFS.init_with_config`, ``attr_timeout=0``; stat() through the
+mount costs a GETATTR each time, 5-8x fewer stats/s, creates about 20% slower;
+writes through a descriptor are unaffected). Running each handler with the
+caller's fsuid/fsgid was measured and not taken: the switch and its undo
+(setfsuid/setfsgid, plus the raw setgroups syscall: glibc's setgroups is
+process-wide) cost ~20 µs in Python and the caller's supplementary groups
+another ~30 µs (read from /proc/<pid>/status, racy when the caller exits),
+25-35% more per path operation, and with fresh attributes it would change
+nothing the kernel does not already refuse. What it would add is POSIX ACLs
+on the backing store, which the kernel does not evaluate on this mount (no
+FUSE_POSIX_ACL): ACLs are not supported on mount-captured trees.
 """
 
 from __future__ import annotations
