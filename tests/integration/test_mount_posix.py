@@ -504,6 +504,9 @@ def test_permissions_as_a_user(world: World) -> None:
         r.call("access private", os.access, r / "private", os.R_OK, keep=True)
         r.call("access everyone", os.access, r / "everyone", os.W_OK, keep=True)
     both(world, "perms", scenario, as_user=True, setup=_owned_setup)
+    # dr1 holds the set-id bits back and remembers them (replica privilege)
+    assert _held_modes(world).get("perms/mine/f") == 0o4750
+    assert stat.S_IMODE(os.stat(world.replica / "perms/mine/f").st_mode) == 0o750
 
 
 def test_permissions_and_ownership_as_root(world: World) -> None:
@@ -802,6 +805,22 @@ def test_utimes(world: World) -> None:
         r.note("a read leaves mtime", os.stat(r / "w").st_mtime_ns)
         os.utime(r / "ud", ns=(10**9, 2 * 10**9))
     both(world, "utimes", scenario, times=True)
+    # The replica comparison is not vacuous: a changed mtime, owner or mode
+    # on dr1 is a difference.
+    u = world.replica / "utimes" / "u"
+    st = u.stat()
+    for change, undo in (
+            (lambda: os.utime(u, ns=(st.st_atime_ns, st.st_mtime_ns + 1)),
+             lambda: os.utime(u, ns=(st.st_atime_ns, st.st_mtime_ns))),
+            (lambda: os.chown(u, 4242, -1), lambda: os.chown(u, st.st_uid, -1)),
+            (lambda: os.chmod(u, 0o600), lambda: os.chmod(u, stat.S_IMODE(st.st_mode)))):
+        change()
+        try:
+            assert replica_equals_primary(world, "utimes")
+        finally:
+            undo()
+            os.utime(u, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not replica_equals_primary(world, "utimes")
 
 
 def test_documented_deviations(world: World) -> None:
