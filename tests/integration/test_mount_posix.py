@@ -823,6 +823,67 @@ def test_utimes(world: World) -> None:
     assert not replica_equals_primary(world, "utimes")
 
 
+def _utimensat(path: Path, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """utimensat(2) itself: os.utime cannot leave one of the two times alone."""
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    times = (Timespec * 2)(Timespec(*atime), Timespec(*mtime))
+    if libc.utimensat(-100, os.fsencode(path), times, 0x100) != 0:  # AT_SYMLINK_NOFOLLOW
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def test_more_descriptor_semantics(world: World) -> None:
+    def scenario(r: Rec) -> None:
+        _write(r / "o", b"o" * 10)
+        os.utime(r / "o", ns=(10**9, 2 * 10**9))
+        r.call("omit mtime", _utimensat, r / "o", (50, 0), (0, UTIME_OMIT))
+        r.note("mtime kept", os.stat(r / "o").st_mtime_ns)
+        r.call("omit atime", _utimensat, r / "o", (0, UTIME_OMIT), (70, 123))
+        r.note("mtime set", os.stat(r / "o").st_mtime_ns)
+        # a descriptor keeps the access it was opened with
+        fd = os.open(r / "o", os.O_RDWR)
+        os.chmod(r / "o", 0o444)
+        r.call("write after chmod 0444", os.pwrite, fd, b"still", 0, keep=True)
+        os.close(fd)
+        os.utime(r / "o", ns=(10**9, 3 * 10**9))
+        # O_SYNC / O_DSYNC writes
+        for flag, name in ((os.O_SYNC, "sync"), (os.O_DSYNC, "dsync")):
+            fd = os.open(r / name, os.O_CREAT | os.O_WRONLY | flag, 0o644)
+            r.call(f"{name} write", os.write, fd, b"durable " * 100, keep=True)
+            os.close(fd)
+        # a directory renamed while a file in it is open
+        os.mkdir(r / "dir1")
+        fd = os.open(r / "dir1/f", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.rename(r / "dir1", r / "dir2")
+        r.call("write after the dir moved", os.pwrite, fd, b"moved", 0, keep=True)
+        os.close(fd)
+        r.note("dir2/f", (r / "dir2/f").read_bytes())
+        # copy_file_range between two files on the same tree
+        _write(r / "src", bytes(range(256)) * 64)
+        src = os.open(r / "src", os.O_RDONLY)
+        dst = os.open(r / "dst", os.O_CREAT | os.O_WRONLY, 0o644)
+        r.call("copy_file_range", os.copy_file_range, src, dst, 10000, 100, 50, keep=True)
+        os.close(src)
+        os.close(dst)
+        r.note("dst", (r / "dst").read_bytes())
+        # one write larger than a FUSE request (1 MiB)
+        _write(r / "big", os.urandom(0) + b"B" * (3 * 1024 * 1024 + 17))
+        r.note("big size", os.stat(r / "big").st_size)
+        # a hard link outliving its first name
+        _write(r / "first", b"1")
+        os.link(r / "first", r / "second")
+        os.unlink(r / "first")
+        with open(r / "second", "ab") as f:
+            f.write(b"2")
+        r.note("second", ((r / "second").read_bytes(), os.stat(r / "second").st_nlink))
+    both(world, "more", scenario)
+
+
 def test_documented_deviations(world: World) -> None:
     """What the mount refuses because the log could not replay it (module
     docstring of passthrough.py): refused with a clear errno, nothing journalled."""
