@@ -881,6 +881,28 @@ def test_more_descriptor_semantics(world: World) -> None:
         with open(r / "second", "ab") as f:
             f.write(b"2")
         r.note("second", ((r / "second").read_bytes(), os.stat(r / "second").st_nlink))
+        # appenders on two names of one file, and a mapping written back
+        # while an O_APPEND descriptor of the file is open
+        _write(r / "ap1", b"")
+        os.link(r / "ap1", r / "ap2")
+        fa = os.open(r / "ap1", os.O_WRONLY | os.O_APPEND)
+        fb = os.open(r / "ap2", os.O_WRONLY | os.O_APPEND)
+        for i in range(4):
+            os.write(fa, b"a%d;" % i)
+            os.write(fb, b"b%d;" % i)
+        os.close(fa)
+        os.close(fb)
+        r.note("two appenders", (r / "ap1").read_bytes())
+        _write(r / "mapped", b"." * 8192)
+        app = os.open(r / "mapped", os.O_WRONLY | os.O_APPEND)
+        rw = os.open(r / "mapped", os.O_RDWR)
+        with mmap.mmap(rw, 8192, mmap.MAP_SHARED) as mm:
+            mm[4096:4100] = b"page"
+            mm.flush()
+        os.write(app, b"end")
+        os.close(app)
+        os.close(rw)
+        r.note("mapped", (r / "mapped").read_bytes()[4090:])
     both(world, "more", scenario)
 
 

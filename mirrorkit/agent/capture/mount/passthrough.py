@@ -19,7 +19,7 @@ create / mkdir /   CREATE / MKDIR / SYMLINK, then CHOWN to the caller (the
 symlink            backing entry is made by root)
 open(O_TRUNC)      TRUNCATE 0
 write              WRITE (the bytes the backing store took, at the kernel's
-                   offset: O_APPEND is resolved by the kernel)
+                   offset; O_APPEND: at the backing file's end)
 truncate           TRUNCATE
 fallocate          FALLOCATE (modes the replica can replay: allocate, keep
                    size, punch hole, zero range; others EOPNOTSUPP)
@@ -67,6 +67,7 @@ FUSE_POSIX_ACL): ACLs are not supported on mount-captured trees.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -352,14 +353,24 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         return self._remember(fd, flags)
 
     @_errno_of
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str | None, data: bytes, offset: int, fh: int,
+              writepage: bool = False) -> int:
+        with self._fh_lock:
+            flags = self._fh_flags.get(fh, 0)
         with self.journal.mutation(len(data)) as m:
+            if flags & os.O_APPEND and not writepage:
+                # The kernel's offset is its cached size of this name's node;
+                # another hard link's node does not see writes through this
+                # one, so two appenders on two names would overwrite each
+                # other. The backing file's size is the end (writes are
+                # serialised by the op lock). A page written back from a
+                # mapping (writepage) keeps its offset whatever descriptor
+                # the kernel sends it on.
+                offset = os.fstat(fh).st_size
             n = os.pwrite(fh, data, offset)
             if path is not None and n:
                 m.log(self._op(OpKind.WRITE, path, value=offset, data=bytes(data[:n])))
                 self._touch(fh)
-        with self._fh_lock:
-            flags = self._fh_flags.get(fh, 0)
         if flags & _SYNC_FLAGS and m.seq:
             self.journal.wait(m.seq, acked=self.sync)  # the backing fd is O_SYNC itself
         return n
@@ -596,6 +607,13 @@ class MirrorFUSE(mfusepy.FUSE):  # type: ignore[misc]
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return int(self.operations.rename(old.decode(self.encoding, self.errors),
                                           new.decode(self.encoding, self.errors), flags))
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # As mfusepy's, plus whether the kernel writes back a page (mmap).
+        return int(self.operations.write(
+            None if path is None else path.decode(self.encoding, self.errors),
+            ctypes.string_at(buf, size), offset, fip.contents.fh,
+            writepage=bool(fip.contents.writepage)))
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         # mfusepy 3.1 drops the descriptor of ftruncate(2): without it an
