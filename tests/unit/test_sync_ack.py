@@ -215,3 +215,24 @@ def test_a_flag_the_arbiter_lost_stops_acknowledging_alone(
     assert p.sync.state == "asking"
     p.write(5)
     assert p.sync.value() == 3  # what was acknowledged alone, nothing more
+
+
+def test_what_was_handed_out_directly_while_alone_keeps_the_flag(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount capture reads value() after each batch, not only through
+    update(): while alone, the log's end it read was acknowledged to the
+    application. Rejoining must wait for the backup to have all of it before
+    the flag is cleared (else the backup is active without it)."""
+    p = Primary(monkeypatch)
+    _alone(p)
+    p.end += 10  # logged, not through update() ...
+    handed = p.sync.value()  # ... and read directly: mountd acknowledges fsyncs up to it
+    assert handed == p.end
+    p.ack(handed - 5)  # back, close behind: rejoining
+    assert p.sync.state == "rejoining"
+    assert p.sync.value() >= handed  # never goes back
+    assert p.heartbeat()[0] == TERM  # the flag stays ...
+    p.ack(handed - 1)
+    assert p.sync.state == "rejoining"  # ... until the backup has all that was handed out
+    p.ack(handed)
+    assert p.sync.state == "clearing"

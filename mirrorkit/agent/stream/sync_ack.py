@@ -96,7 +96,13 @@ class SyncAck:
         end = self._durable_end()
         pair = self._backup()
         if self.mode != "sync" or pair is None or self.state == "alone":
-            return max(self._acked, end)
+            v = max(self._acked, end)
+            if self.state == "alone":
+                # Whoever asked (the mount capture asks directly, not only
+                # through update()) may acknowledge up to v now: the flag
+                # must stay until the backup has it.
+                self.high = max(self.high, v)
+            return v
         return max(self._acked, min(end, max(self.high, pair[1].received_lsn)))
 
     def update(self) -> None:
@@ -137,7 +143,7 @@ class SyncAck:
             if peer.connected and not peer.resyncing and peer.pending is None and (
                     not pending or (moving and self._bytes_between(received + 1, end)
                                     <= REJOIN_BYTES)):
-                self.high = max(self.high, self._acked)
+                self.high = max(self.high, self._acked, end)  # all value() could hand out
                 self._enter("rejoining")
                 self._tell(logging.WARNING, f"sync: backup {member} caught up (LSN {received} "
                            f"of {end}): fsync waits for it again", backup=member, lsn=received)
@@ -220,7 +226,7 @@ class SyncAck:
         elif self.state == "alone" and fresh and backup_out != term:
             # The arbiter no longer holds the flag (its state was reset?):
             # stop acknowledging past the backup and ask again.
-            self.high = max(self.high, self._acked)
+            self.high = max(self.high, self._acked, self._durable_end())
             self._enter("asking")
             self._asked_at = clock.now()
             self._tell(logging.ERROR, f"sync: arbiter {self.arbiter} no longer confirms "
