@@ -101,6 +101,8 @@ class Harness:
         self.log: list[Op] = []
         self.stall_limit = stall_limit
         self.renew_seconds = renew_seconds
+        # Sync mode's acknowledger: everything logged, or at most this LSN.
+        self.acked_upto: int | None = None
         self.gate = threading.Event()  # cleared: the "log" stalls (a full disk)
         self.gate.set()
         self.resyncs: list[str] = []  # why the capture asked for a resync of the peers
@@ -122,6 +124,9 @@ class Harness:
         await asyncio.to_thread(self.applier.apply_batch, records)
         return len(self.log)
 
+    def _acked_lsn(self) -> int:
+        return len(self.log) if self.acked_upto is None else min(len(self.log), self.acked_upto)
+
     async def _last_mark(self) -> LoggedMark | None:
         for i in range(len(self.log) - 1, -1, -1):
             op = self.log[i]
@@ -138,7 +143,8 @@ class Harness:
                 self.mountd.socket, self.mountd.backing, [], self.host, self._last_mark,
                 lease_left=lambda: self.lease if self.writable else 0.0,
                 renew_seconds=self.renew_seconds,
-                resync_peers=self.resyncs.append, stall_limit=self.stall_limit)
+                resync_peers=self.resyncs.append, stall_limit=self.stall_limit,
+                acked_lsn=self._acked_lsn)
             self.task = asyncio.current_task()
             try:
                 await self.capture.run(self._emit)
@@ -204,8 +210,8 @@ class Harness:
 
 
 @contextlib.contextmanager
-def running(tmp: Path, **kw: object) -> Iterator[tuple[Mountd, Harness]]:
-    mountd = Mountd(tmp)
+def running(tmp: Path, sync: bool = False, **kw: object) -> Iterator[tuple[Mountd, Harness]]:
+    mountd = Mountd(tmp, sync=sync)
     mountd.start()
     harness = Harness(mountd, tmp / "replica", **kw)  # type: ignore[arg-type]
     try:

@@ -333,3 +333,35 @@ def test_drain_returns_once_everything_made_on_the_mount_is_logged(tmp_path: Pat
         with pytest.raises(OSError) as err:
             (mountd.mnt / "late").write_bytes(b"l")
         assert err.value.errno == errno.EROFS
+
+
+def test_a_sync_fsync_waiting_across_a_capture_restart_returns(tmp_path: Path) -> None:
+    """mountd --sync: a change is logged but not yet acknowledged when the
+    capture restarts (same mountd session, lease still running). The new
+    capture tells mountd what the acknowledger covers at once; the fsync
+    does not wait for some later write."""
+    with running(tmp_path, sync=True, lease=30) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        h.acked_upto = len(h.log)  # the backup stops acknowledging
+        done = threading.Event()
+
+        def write_and_fsync() -> None:
+            with open(mountd.mnt / "db", "wb") as f:
+                f.write(b"committed")
+                f.flush()
+                os.fsync(f.fileno())
+            done.set()
+
+        t = threading.Thread(target=write_and_fsync, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not any(op.kind is OpKind.WRITE and op.path == "db" for op in list(h.log)):
+            assert time.monotonic() < deadline, "the write never reached the log"
+            time.sleep(0.02)
+        assert not done.wait(0.5), "a sync fsync returned before it was acknowledged"
+        h.crash()
+        h.acked_upto = None  # acknowledged now (the backup caught up meanwhile)
+        h.start()
+        assert done.wait(30), "the fsync still waits after the restart"
+        t.join(10)

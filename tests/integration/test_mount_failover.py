@@ -162,3 +162,27 @@ def test_a_member_restarting_as_backup_quarantines_what_its_mount_held(
              "node1 equal to node2 after the checksum resync", 90)
     wait_for(lambda: not c.mirror("node1").get("apply_error"), "node1's failure cleared", 60)
     assert not _writable(m1)
+
+
+def test_a_switchover_on_the_mount_leaves_no_divergent_tail(
+        mounted_four: tuple[Cluster, dict[str, Mountd]]) -> None:
+    """The old primary stops its capture after it stepped down: its clean-stop
+    mark must not follow the HANDOVER in its log (it would be a tail the new
+    primary never had: a quarantine and a checksum resync on every planned
+    switchover)."""
+    from mirrorkit.agent.cli.control_client import post
+
+    c, mountds = mounted_four
+    m1 = mountds["node1"].mnt
+    wait_for(lambda: _writable(m1), "node1's mount writable", 60)
+    (m1 / "a.txt").write_text("x")
+    wait_for(lambda: (c.nodes["node2"].root / "a.txt").exists(), "a.txt on node2", 60)
+    code, body = post(c.nodes["node1"].control_socket, f"/switchover?mirror={MIRROR}&to=node2")
+    assert code == 200, body
+    wait_for(lambda: c.code("node2", f"/primary?mirror={MIRROR}") == 200, "node2 primary", 60)
+    wait_for(lambda: c.mirror("node1").get("connected") is True
+             and c.mirror("node1").get("role") == "backup", "node1 following node2", 60)
+    text = c.nodes["node1"].log_text() + c.nodes["node2"].log_text()
+    assert "diverged" not in text and "divergent" not in text
+    assert not (c.nodes["node1"].state_dir / MIRROR / "quarantine").exists() or not any(
+        (c.nodes["node1"].state_dir / MIRROR / "quarantine").glob("diverged-*"))

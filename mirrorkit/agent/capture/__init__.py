@@ -32,6 +32,7 @@ class MountParams:
     resync_peers: Callable[[str], object] | None = None
     stall_limit: float = 30.0
     acked_lsn: Callable[[], int] | None = None
+    may_log: Callable[[], bool] = lambda: True
 
 
 def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
@@ -47,5 +48,5 @@ def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
         return MountCapture(mount.socket, trees[0], exclude, mount.host, mount.last_mark,
                             lease_left=mount.lease_left, renew_seconds=mount.renew_seconds,
                             resync_peers=mount.resync_peers, stall_limit=mount.stall_limit,
-                            acked_lsn=mount.acked_lsn)
+                            acked_lsn=mount.acked_lsn, may_log=mount.may_log)
     raise ValueError(f"unknown capture method {method!r} (this agent has 'watch' and 'mount')")

@@ -259,7 +259,14 @@ class MirrorLog:
                                  f"segment holding LSN {expected} is missing")
             seg = _Segment(path, first, os.open(path, os.O_RDWR))
             self._segments.append(seg)
-            self._scan(seg, last_segment=index == len(names) - 1)
+            last = index == len(names) - 1
+            self._scan(seg, last_segment=last)
+            if last:
+                # After a crash of this process (not of the host) the tail may
+                # hold whole records whose fdatasync never ran: still only in
+                # the page cache. Make them durable before anything is built on
+                # them (resumed from, shipped, acknowledged).
+                os.fdatasync(seg.fd)
             expected = seg.last_lsn + 1
 
     def _scan(self, seg: _Segment, *, last_segment: bool) -> None:

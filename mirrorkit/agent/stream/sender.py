@@ -80,6 +80,11 @@ __all__ = ["PrimaryMirror"]
 
 log = logging.getLogger(__name__)
 
+# How long a mount batch may wait for the log before the mount stops taking
+# writes (capture/mount/capture.py, "Bounds"): far above a slow fdatasync or
+# a repair holding the emit lock, far below "hangs for ever".
+MOUNT_STALL_LIMIT = 30.0
+
 BATCH_BYTES = 1 << 20
 WINDOW_BYTES = 8 << 20
 INLINE_READ_BYTES = 64 << 10  # a log read this small stays on the loop (see _read)
@@ -274,7 +279,10 @@ class PrimaryMirror(MirrorWorker):
         return MountParams(self.cfg.mount_socket, self.host, self._last_mount_mark,
                            self._write_lease_left, self.cfg.timeouts.heartbeat,
                            resync_peers=self._resync_peers_of_mount,
-                           stall_limit=self.cfg.timeouts.qos, acked_lsn=self.sync_acked_lsn)
+                           stall_limit=max(MOUNT_STALL_LIMIT, 4 * self.cfg.timeouts.qos),
+                           acked_lsn=self.sync_acked_lsn,
+                           may_log=lambda: self.roles.holds_primary
+                           and self.roles.term == self.own_term)
 
     def _resync_peers_of_mount(self, why: str) -> None:
         """The mount's log is not a faithful history of its backing store any

@@ -79,14 +79,15 @@ class MountCapture:
     (the mount's backing store) the full pass reads. ``resync_peers(why)``
     asks for a checksum resync of every peer (the "lost" start);
     ``stall_limit`` bounds how long a batch may wait for the log while the
-    mount stays writable (the mirror's qos). ``acked_lsn()`` is sync mode's
-    acknowledger (the worker's ``sync_acked_lsn``); :meth:`on_acked` is its
-    listener."""
+    mount stays writable (the sender: 30 s, or 4 qos if longer).
+    ``acked_lsn()`` is sync mode's acknowledger (the worker's
+    ``sync_acked_lsn``); :meth:`on_acked` is its listener."""
 
     def __init__(self, socket_path: Path, backing: Path, exclude: list[str], host: str,
                  last_mark: LastMark, *, lease_left: Callable[[], float],
                  renew_seconds: float, resync_peers: Callable[[str], object] | None = None,
-                 stall_limit: float = 30.0, acked_lsn: Callable[[], int] | None = None) -> None:
+                 stall_limit: float = 30.0, acked_lsn: Callable[[], int] | None = None,
+                 may_log: Callable[[], bool] = lambda: True) -> None:
         self.socket_path = socket_path
         self.backing = backing
         self.exclude = exclude
@@ -97,6 +98,7 @@ class MountCapture:
         self.resync_peers = resync_peers
         self.stall_limit = stall_limit
         self.acked_lsn = acked_lsn
+        self.may_log = may_log
         self._writer: asyncio.StreamWriter | None = None
         self._emit: Emit | None = None
         self._stopping = asyncio.Event()
@@ -211,9 +213,17 @@ class MountCapture:
             if how == "lost" and self.resync_peers is not None:
                 self.resync_peers(why)
         else:
-            await emit([MountMark(self.host, session, after + 1, after).op(),
-                        Op(OpKind.MARK, 0, "", target="scan-complete")])
-        self.emitted_seq = self._acked_seq = after
+            start_lsn = await emit([MountMark(self.host, session, after + 1, after).op(),
+                                    Op(OpKind.MARK, 0, "", target="scan-complete")])
+            # Changes up to `after` are in the log already, and a sync fsync
+            # may still wait for them (mountd keeps its ACKED across agent
+            # connections, and this capture has not told it anything yet).
+            if isinstance(start_lsn, int):
+                self._ack_map.append((start_lsn, after))
+        self.emitted_seq = after
+        self._acked_seq = 0
+        if self.acked_lsn is not None:
+            self.on_acked(self.acked_lsn())
         renew = asyncio.create_task(self._renew())
         try:
             await self._stream(reader, emit)
@@ -356,7 +366,10 @@ class MountCapture:
 
     async def stop(self) -> None:
         """Fence the mount, emit what it made up to the fence, mark the clean
-        stop in the log (``mount-fenced``), and end ``run``."""
+        stop in the log (``mount-fenced``, only while ``may_log()``: a member
+        that stepped down — a switchover, a higher term — must not add a
+        record after its last one, which would be a divergent tail), and end
+        ``run``."""
         self._stopping.set()  # _renew grants nothing more from here on
         fenced = await self.fence()
         if fenced is not None:
@@ -365,7 +378,7 @@ class MountCapture:
                     and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             if self.emitted_seq >= fenced and self._emit is not None \
-                    and not self._stopped.is_set():
+                    and not self._stopped.is_set() and self.may_log():
                 # Every batch up to the fence is logged and none can follow it.
                 with contextlib.suppress(Exception):
                     await wait_for(self._emit([MountMark(self.host, self.session, fenced + 1,
