@@ -519,7 +519,7 @@ def _m(fig: dict[str, Any] | None, key: str, fmt: str, rng: bool = True) -> str:
         return "—"
     text = format(v["median"], fmt)
     if rng and fig.get("rounds", 1) > 1:
-        text += f" ({format(v['min'], fmt)}–{format(v['max'], fmt)})"
+        text += f" ({format(v['min'], fmt)}-{format(v['max'], fmt)})"
     return text
 
 
@@ -537,11 +537,11 @@ def goals(run: dict[str, Any]) -> list[str]:
     sync = _med(res.get("sync", {}).get("fsync"), "p50_ms")
     if local is not None and sync is not None:
         bound = 2 * local + rtt
-        out.append(f"- p50 fdatasync on the sync mount ≤ 2 × local + one round trip: "
-                   f"{sync:.2f} ms against 2 × {local:.2f} + {rtt:.3f} = {bound:.2f} ms: "
-                   f"**{'met' if sync <= bound else 'not met'}** ({sync / bound:.1f}× the bound)")
+        out.append(f"- p50 fdatasync on the sync mount ≤ 2 x local + one round trip: "
+                   f"{sync:.2f} ms against 2 x {local:.2f} + {rtt:.3f} = {bound:.2f} ms: "
+                   f"**{'met' if sync <= bound else 'not met'}** ({sync / bound:.1f}x the bound)")
     else:
-        out.append("- p50 fdatasync on the sync mount ≤ 2 × local + one round trip: "
+        out.append("- p50 fdatasync on the sync mount ≤ 2 x local + one round trip: "
                    f"**{run.get('sync_reason') or 'not measured'}**")
     for key, what, unit in (("seq", "sequential write", "mib_s"), ("rand", "4 KiB random write",
                                                                     "per_s")):
@@ -562,7 +562,7 @@ def goals(run: dict[str, Any]) -> list[str]:
 def render(run: dict[str, Any]) -> str:
     res = run["results"]
     out = [SECTION, "", "Produced by:", "", f"    {run['command']}", ""]
-    out.append(f"Figures are medians of {run['rounds']} rounds with their range (min–max) in "
+    out.append(f"Figures are medians of {run['rounds']} rounds with their range (min-max) in "
                "brackets; every round runs every target for one workload before the next "
                "workload (local, async, sync, local, async, sync, …). Raw rounds: "
                "bench/mount.json.")
@@ -748,9 +748,9 @@ def main() -> int:
         "fs": subprocess.run(["df", "--output=fstype,source", str(a.work)], capture_output=True,
                              text=True, check=False).stdout.split()[-2:],
         "load_before": loadavg(), "rounds": a.rounds,
-        "sizes": (f"{s.fsyncs} × (4 KiB pwrite + fdatasync); seq {s.seq_mib} MiB in 1 MiB "
+        "sizes": (f"{s.fsyncs} x (4 KiB pwrite + fdatasync); seq {s.seq_mib} MiB in 1 MiB "
                   f"writes + fsync; {s.rand_writes} random 4 KiB pwrites into a "
-                  f"{s.rand_file_mib} MiB file + fsync; {s.files} × 4 KiB new files; "
+                  f"{s.rand_file_mib} MiB file + fsync; {s.files} x 4 KiB new files; "
                   f"{s.sqlite_rows} SQLite inserts; cap {s.cap_s:g} s per workload"),
         "full_counts": {"fsync": s.fsyncs, "seq": s.seq_mib, "rand": s.rand_writes,
                         "files": s.files, "sqlite": s.sqlite_rows},
