@@ -73,7 +73,9 @@ RESULTS = HERE / "RESULTS.md"
 JSON = HERE / "mount.json"
 SECTION = "## Mount capture (issue 9)"
 MiB = 1024 * 1024
-TARGETS = ("local", "async", "sync")
+TARGETS = ("local", "async", "sync", "async-paused")
+NAMES = {"local": "local directory", "async": "mount, async", "sync": "mount, sync",
+         "async-paused": "mount, async, backup paused (diagnosis)"}
 NOT_MERGED = "not measured: sync mode not merged at the time of the run"
 
 
@@ -86,7 +88,7 @@ class Sizes:
     files: int = 2000
     sqlite_rows: int = 1000
     rtt_pings: int = 2000
-    cap_s: float = 5.0  # per workload and target
+    cap_s: float = 3.0  # per workload and target
 
 
 QUICK = Sizes(fsyncs=200, seq_mib=32, rand_file_mib=8, rand_writes=1000, files=300,
@@ -329,6 +331,14 @@ class MountCluster:
         self.work = self.mnt / "bench"
         self.work.mkdir(exist_ok=True)
         self.settle()
+        self.idle_cpu = self.measure_idle(2.0)
+
+    def measure_idle(self, seconds: float) -> dict[str, float]:
+        """CPU seconds per second each process burns with no application I/O."""
+        pids = self.pids()
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        time.sleep(seconds)
+        return {k: (cpu_seconds(p) - before[k]) / seconds for k, p in pids.items()}
 
     def _wait(self, pred: Callable[[], object], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -397,10 +407,16 @@ def _frame(f: str) -> str:
     return f"{func} ({path})"
 
 
+# Leaf frames that are a thread blocked, not working: py-spy's idle detection
+# (--nonblocking reads the thread state without stopping it) misses some.
+WAITING = ("EpollSelector.select", "Condition.wait", "Event.wait", "_worker", "_recv_exact",
+           "socket.accept", "_accept", "sleep")
+
+
 def summarise_profile(path: Path, top: int = 10) -> dict[str, Any]:
+    waiting = 0
     self_c: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    threads: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
@@ -408,18 +424,19 @@ def summarise_profile(path: Path, top: int = 10) -> dict[str, Any]:
             continue
         cnt = int(n)
         parts = [f for f in stack.split(";") if f]
-        thread = next((f for f in parts if f.startswith("thread ")), "")
         frames = [_frame(f) for f in parts
                   if not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
         total += cnt
-        threads[re.sub(r"\(0x[0-9A-Fa-f]+\)|\d+", "", thread).strip() or "?"] += cnt
+        if frames[-1].split(" (")[0] in WAITING:
+            waiting += cnt
+            continue
         self_c[frames[-1]] += cnt
         for f in set(frames):
             if "mirrorkit/" in f:
                 incl[f] += cnt
-    return {"samples": total, "self": self_c.most_common(top),
+    return {"samples": total, "waiting": waiting, "self": self_c.most_common(top),
             "inclusive": incl.most_common(top)}
 
 
@@ -458,26 +475,44 @@ def profiled(pids: dict[str, int | None], out: Path, rate: int) -> Iterator[dict
 
 
 def run_workload(name: str, fn: Callable[..., tuple[dict[str, Any], int]], target: str,
-                 root: Path, s: Sizes, cluster: MountCluster | None) -> dict[str, Any]:
+                 root: Path, s: Sizes, cluster: MountCluster | None,
+                 pause_backup: bool = False) -> dict[str, Any]:
+    """One workload on one target. ``pause_backup``: the backup agent is
+    stopped (SIGSTOP) for the timed part, so its CPU is not shared with the
+    primary's (diagnosis: on a real deployment it runs on another host)."""
     root.mkdir(parents=True, exist_ok=True)
     caught: list[float] = []
+    pids = cluster.pids() if cluster is not None else {}
+    backup = pids.get("backup")
 
     def settle() -> None:
-        if cluster is not None:
+        if cluster is not None and not pause_backup:
             caught.append(cluster.settle())
 
-    pids = cluster.pids() if cluster is not None else {}
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.monotonic()
     res: dict[str, Any] = {"load_before": loadavg()}
     try:
-        fig, _n = fn(root, s, settle)
+        if pause_backup and backup is not None:
+            os.kill(backup, signal.SIGSTOP)
+        try:
+            fig, n = fn(root, s, settle)
+        finally:
+            if pause_backup and backup is not None:
+                os.kill(backup, signal.SIGCONT)
         res.update(fig)
         if cluster is not None:
             caught.append(cluster.settle())
     except (OSError, sqlite3.Error, RuntimeError) as exc:
+        n = 0
         res["error"] = f"{type(exc).__name__}: {exc}"[:300]
     if cluster is not None:
-        res["cpu_s"] = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+        wall = time.monotonic() - t0
+        # CPU net of what the cluster burns idle (heartbeats, lease renewals).
+        res["cpu_s"] = {k: max(0.0, cpu_seconds(p) - cpu0[k] - cluster.idle_cpu[k] * wall)
+                        for k, p in pids.items()}
+        if n:
+            res["cpu_us_per_op"] = {k: v / n * 1e6 for k, v in res["cpu_s"].items()}
         res["catch_up_s"] = caught[-1] if caught else None
     res["load_after"] = loadavg()
     print(f"  {target:5} {name:6} " + json.dumps(
@@ -497,8 +532,8 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             vals = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
             out[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
-        elif k == "cpu_s":
-            out[k] = {p: statistics.median(r["cpu_s"][p] for r in ok) for p in v}
+        elif k in ("cpu_s", "cpu_us_per_op"):
+            out[k] = {p: statistics.median(r[k][p] for r in ok if k in r) for p in v}
         elif k not in ("load_before", "load_after"):
             out[k] = sorted({str(r.get(k)) for r in ok})
     out["load_before"] = rounds[0]["load_before"]
@@ -548,8 +583,10 @@ def goals(run: dict[str, Any]) -> list[str]:
         lo = _med(res["local"].get(key), unit)
         am = _med(res.get("async", {}).get(key), unit)
         if lo and am is not None:
+            paused = _med(res.get("async-paused", {}).get(key), unit)
             out.append(f"- async mount {what} throughput ≥ 50% of local: {100 * am / lo:.0f}%: "
-                       f"**{'met' if am >= 0.5 * lo else 'not met'}**")
+                       f"**{'met' if am >= 0.5 * lo else 'not met'}**"
+                       + (f" (backup paused: {100 * paused / lo:.0f}%)" if paused else ""))
     for key, what in (("files", "small-file creates"), ("sqlite", "SQLite inserts")):
         lo = _med(res["local"].get(key), "per_s")
         am = _med(res.get("async", {}).get(key), "per_s")
@@ -586,9 +623,11 @@ def render(run: dict[str, Any]) -> str:
                "4 KiB random writes/s | small files/s | SQLite WAL FULL inserts/s | "
                "load before → after |")
     out.append("|---|---|---|---|---|---|---|---|")
-    names = {"local": "local directory", "async": "mount, async", "sync": "mount, sync"}
+    names = NAMES
     for t in TARGETS:
         r = res.get(t)
+        if not r and t == "async-paused":
+            continue  # a diagnosis, only with --diagnose
         if not r:
             reason = run.get("sync_reason") if t == "sync" else "not measured"
             out.append(f"| {names[t]} | {reason} |||||||")
@@ -602,26 +641,32 @@ def render(run: dict[str, Any]) -> str:
                    f"| {_m(r.get('files'), 'per_s', ',.0f')} "
                    f"| {_m(r.get('sqlite'), 'per_s', ',.0f')} | {load} |")
     out.append("")
-    mounts = [t for t in ("async", "sync") if res.get(t)]
+    mounts = [t for t in ("async", "sync", "async-paused") if res.get(t)]
     if mounts:
-        out.append("CPU per workload (median seconds, from the start of the workload until "
-                   "the backup caught up: mountd · primary agent · backup agent) and the "
+        out.append("CPU per application op (median µs, net of the cluster's idle CPU, from "
+                   "the start of the workload until the backup caught up: mountd · primary "
+                   "agent · backup agent; an op is one write+fdatasync, 1 MiB write, 4 KiB "
+                   "pwrite, file or insert), the pwrite's p50 in the fdatasync loop, and the "
                    "backup's catch-up after the application's last call returned:")
         out.append("")
-        out.append("| target | " + " | ".join(k for k, _ in WORKLOADS) + " |")
-        out.append("|---|" + "---|" * len(WORKLOADS))
+        out.append("| target | " + " | ".join(k for k, _ in WORKLOADS) + " | pwrite p50 ms |")
+        out.append("|---|" + "---|" * (len(WORKLOADS) + 1))
         for t in mounts:
             cells = []
             for k, _ in WORKLOADS:
                 f = res[t].get(k) or {}
-                cpu = f.get("cpu_s")
+                cpu = f.get("cpu_us_per_op")
                 if not cpu:
                     cells.append("—")
                     continue
                 cu = _med(f, "catch_up_s")
-                cells.append(" · ".join(f"{cpu[p]:.2f}" for p in ("mountd", "primary", "backup"))
+                cells.append(" · ".join(f"{cpu[p]:,.0f}" for p in ("mountd", "primary", "backup"))
                              + (f"; catch-up {cu:.2f} s" if cu is not None else ""))
+            cells.append(_m(res[t].get("fsync"), "write_p50_ms", ".2f", rng=False))
             out.append(f"| {names[t]} | " + " | ".join(cells) + " |")
+        lo = _m(res["local"].get("fsync"), "write_p50_ms", ".3f", rng=False)
+        out.append("")
+        out.append(f"(local pwrite p50 in the same loop: {lo} ms.)")
         out.append("")
     errors = [(t, k, str(v.get("error"))) for t in TARGETS for k, v in (res.get(t) or {}).items()
               if isinstance(v, dict) and "error" in v]
@@ -654,7 +699,9 @@ def render(run: dict[str, Any]) -> str:
             for label, prof in per.items():
                 tot = max(prof.get("samples", 0), 1)
                 out.append(f"{mode} mount, {label} ({prof.get('samples', 0):,} samples, "
-                           "idle excluded):")
+                           f"idle excluded; of them {100 * prof.get('waiting', 0) / tot:.0f}% "
+                           "blocked in select/recv/Condition.wait/an idle pool thread, "
+                           "left out of the self column):")
                 out.append("")
                 out.append("| top self time | share | mirrorkit functions, inclusive | share |")
                 out.append("|---|---|---|---|")
@@ -703,6 +750,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--sync", action="store_true",
                     help="also measure a mount in mode: sync (needs sync mode merged)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also run the async mount with its backup agent paused (SIGSTOP) "
+                         "during each timed workload: what the primary's side costs alone")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds, one pass per mount mode with py-spy on mountd, "
                          "the primary and the backup")
@@ -740,6 +790,7 @@ def main() -> int:
         "command": "PYTHONPATH=. .venv/bin/python bench/mount.py"
                    + (" --quick" if a.quick else "") + (" --sync" if a.sync else "")
                    + (f" --rounds {a.rounds}" if a.rounds != 3 else "")
+                   + (" --diagnose" if a.diagnose else "")
                    + (" --profile" if a.profile else "")
                    + (f" --output {a.output}" if a.output else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -759,8 +810,9 @@ def main() -> int:
     }
     run["fs"] = " ".join(run["fs"])
     clusters: dict[str, MountCluster] = {}
+    order = ["local", *modes, *(["async-paused"] if a.diagnose else [])]
     per_round: dict[str, dict[str, list[dict[str, Any]]]] = {
-        t: {k: [] for k, _ in WORKLOADS} for t in ["local", *modes]}
+        t: {k: [] for k, _ in WORKLOADS} for t in order}
     rtts: list[dict[str, float]] = []
     try:
         for mode in modes:
@@ -771,10 +823,11 @@ def main() -> int:
             rtts.append(loopback_rtt(s.rtt_pings))
             print(f"round {i + 1}: loopback rtt {rtts[-1]}", flush=True)
             for name, fn in WORKLOADS:
-                for t in ["local", *modes]:
-                    c = clusters.get(t)
+                for t in order:
+                    c = clusters.get(t.split("-")[0])
                     root = local if c is None else c.work
-                    per_round[t][name].append(run_workload(name, fn, t, root, s, c))
+                    per_round[t][name].append(run_workload(name, fn, t, root, s, c,
+                                                           pause_backup=t == "async-paused"))
         if a.profile:
             run["profiles"] = {}
             run["profile_note"] = (f"py-spy record --rate {a.profile_rate} --nonblocking on "
