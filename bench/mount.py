@@ -364,6 +364,9 @@ class MountCluster:
                 "primary": pid(self.c.nodes["node1"].proc),
                 "backup": pid(self.c.nodes["node2"].proc)}
 
+    def primary_lsn(self) -> int:
+        return int(self.c.mirror("node1").get("lsn") or 0)
+
     def settle(self, timeout: float = 120) -> float:
         """Until the backup has applied everything done on the mount so far:
         an fsync on the mount returns once the primary's log has every change
@@ -490,6 +493,7 @@ def run_workload(name: str, fn: Callable[..., tuple[dict[str, Any], int]], targe
             caught.append(cluster.settle())
 
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    log0 = cluster.primary_lsn() if cluster is not None else 0
     t0 = time.monotonic()
     res: dict[str, Any] = {"load_before": loadavg()}
     try:
@@ -513,6 +517,10 @@ def run_workload(name: str, fn: Callable[..., tuple[dict[str, Any], int]], targe
                         for k, p in pids.items()}
         if n:
             res["cpu_us_per_op"] = {k: v / n * 1e6 for k, v in res["cpu_s"].items()}
+            log1 = cluster.primary_lsn()
+            # Includes the workload's untimed preparation and clean-up (rand's
+            # 64 MiB file, the unlinks) and the bench's settle markers.
+            res["records_per_op"] = (log1 - log0) / n
         res["catch_up_s"] = caught[-1] if caught else None
     res["load_after"] = loadavg()
     print(f"  {target:5} {name:6} " + json.dumps(
@@ -651,6 +659,12 @@ def render(run: dict[str, Any]) -> str:
         out.append("")
         out.append("| target | " + " | ".join(k for k, _ in WORKLOADS) + " | pwrite p50 ms |")
         out.append("|---|" + "---|" * (len(WORKLOADS) + 1))
+        rec = res["async"] if res.get("async") else None
+        if rec:
+            out.append("| log records per op (async; with the untimed preparation, "
+                       "clean-up and settle markers) | " + " | ".join(
+                           _m(rec.get(k), "records_per_op", ".1f", rng=False)
+                           for k, _ in WORKLOADS) + " | |")
         for t in mounts:
             cells = []
             for k, _ in WORKLOADS:
