@@ -398,6 +398,36 @@ class MountCluster:
                 m.stop()
 
 
+def trace_fsyncs(c: MountCluster, count: int) -> list[str]:
+    """``count`` x (4 KiB pwrite + fdatasync) on the mount, then the records
+    the primary logged for them, read back from its log segments: how the
+    changes were cut into batches (each batch starts with a mount MARK)."""
+    from mirrorkit.agent.log.records import RecordCorrupt
+    from mirrorkit.agent.log.segments import decode_all
+
+    lsn0 = c.primary_lsn()
+    fd = os.open(c.work / "trace.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(count):
+            os.pwrite(fd, b"t" * 4096, i * 4096)
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    lsn1 = c.primary_lsn()
+    out = []
+    for seg in sorted((c.c.nodes["node1"].state_dir).rglob("*")):
+        if not seg.is_file() or seg.stat().st_size == 0:
+            continue
+        try:
+            records = decode_all(seg.read_bytes())
+        except (RecordCorrupt, ValueError):
+            continue  # not a log segment (state files)
+        out += [f"{r.lsn} {r.op.kind.name} {r.op.path or r.op.target}" for r in records
+                if lsn0 < r.lsn <= lsn1]
+    (c.work / "trace.bin").unlink()
+    return out
+
+
 # -- profiling ------------------------------------------------------------------------
 
 
@@ -767,6 +797,9 @@ def main() -> int:
     ap.add_argument("--diagnose", action="store_true",
                     help="also run the async mount with its backup agent paused (SIGSTOP) "
                          "during each timed workload: what the primary's side costs alone")
+    ap.add_argument("--trace-fsyncs", type=int, default=0, metavar="N",
+                    help="only: N x (pwrite + fdatasync) on an async mount, then print the "
+                         "primary's log records for them (how changes become batches)")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds, one pass per mount mode with py-spy on mountd, "
                          "the primary and the backup")
@@ -795,6 +828,14 @@ def main() -> int:
         print("--sync: this checkout's mountd/config still refuse sync mode ('not available "
               "yet'); run without --sync, or after sync mode is merged", file=sys.stderr)
         return 2
+    if a.trace_fsyncs:
+        shutil.rmtree(a.work, ignore_errors=True)
+        c = MountCluster(a.work / "cluster-trace", sync=a.sync)
+        try:
+            print("\n".join(trace_fsyncs(c, min(a.trace_fsyncs, 1000))))
+        finally:
+            c.close()
+        return 0
     s = QUICK if a.quick else Sizes()
     modes = ["async"] + (["sync"] if a.sync else [])
     shutil.rmtree(a.work, ignore_errors=True)
