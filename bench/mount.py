@@ -811,11 +811,11 @@ def main() -> int:
     a = ap.parse_args()
     if a.render_only:
         try:
-            run = json.loads(JSON.read_text())
+            saved = json.loads(JSON.read_text())
         except (OSError, ValueError) as exc:
             print(f"cannot read {JSON}: {exc}", file=sys.stderr)
             return 2
-        write_section(render(run))
+        write_section(render(saved))
         return 0
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("bench/mount.py needs root and /dev/fuse (the mount is a FUSE file system)",
@@ -830,11 +830,11 @@ def main() -> int:
         return 2
     if a.trace_fsyncs:
         shutil.rmtree(a.work, ignore_errors=True)
-        c = MountCluster(a.work / "cluster-trace", sync=a.sync)
+        traced = MountCluster(a.work / "cluster-trace", sync=a.sync)
         try:
-            print("\n".join(trace_fsyncs(c, min(a.trace_fsyncs, 1000))))
+            print("\n".join(trace_fsyncs(traced, min(a.trace_fsyncs, 1000))))
         finally:
-            c.close()
+            traced.close()
         return 0
     s = QUICK if a.quick else Sizes()
     modes = ["async"] + (["sync"] if a.sync else [])
