@@ -639,8 +639,8 @@ def render(run: dict[str, Any]) -> str:
     out = [SECTION, "", "Produced by:", "", f"    {run['command']}", ""]
     out.append(f"Figures are medians of {run['rounds']} rounds with their range (min-max) in "
                "brackets; every round runs every target for one workload before the next "
-               "workload (local, async, sync, local, async, sync, …). Raw rounds: "
-               "bench/mount.json.")
+               f"workload ({', '.join(run.get('order', ['local', 'async']) * 2)}, …). "
+               "Raw rounds: bench/mount.json.")
     out.append("")
     out.append(f"- date: {run['date']}; duration {run['duration_s'] / 60:.1f} min; `nproc` = "
                f"{run['nproc']}; kernel {run['kernel']}; Python {run['python']}; "
@@ -866,6 +866,7 @@ def main() -> int:
     run["fs"] = " ".join(run["fs"])
     clusters: dict[str, MountCluster] = {}
     order = ["local", *modes, *(["async-paused"] if a.diagnose else [])]
+    run["order"] = order
     per_round: dict[str, dict[str, list[dict[str, Any]]]] = {
         t: {k: [] for k, _ in WORKLOADS} for t in order}
     rtts: list[dict[str, float]] = []
