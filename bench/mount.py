@@ -398,22 +398,35 @@ class MountCluster:
                 m.stop()
 
 
-def trace_fsyncs(c: MountCluster, count: int) -> list[str]:
-    """``count`` x (4 KiB pwrite + fdatasync) on the mount, then the records
-    the primary logged for them, read back from its log segments: how the
-    changes were cut into batches (each batch starts with a mount MARK)."""
+def trace(c: MountCluster, what: str, count: int) -> list[str]:
+    """``count`` x (4 KiB pwrite + fdatasync), or ``count`` SQLite inserts
+    (WAL, synchronous=FULL, after the table exists), on the mount, then the
+    records the primary logged for them, read back from its log segments: how
+    the changes were cut into batches (each batch starts with a mount MARK)."""
     from mirrorkit.agent.log.records import RecordCorrupt
     from mirrorkit.agent.log.segments import decode_all
 
-    lsn0 = c.primary_lsn()
-    fd = os.open(c.work / "trace.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for i in range(count):
-            os.pwrite(fd, b"t" * 4096, i * 4096)
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    lsn1 = c.primary_lsn()
+    if what == "sqlite":
+        con = sqlite3.connect(c.work / "trace.db", isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        c.settle()
+        lsn0 = c.primary_lsn()
+        for _ in range(count):
+            con.execute("INSERT INTO t (v) VALUES (?)", (b"v" * 100,))
+        lsn1 = c.primary_lsn()
+        con.close()
+    else:
+        lsn0 = c.primary_lsn()
+        fd = os.open(c.work / "trace.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for i in range(count):
+                os.pwrite(fd, b"t" * 4096, i * 4096)
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        lsn1 = c.primary_lsn()
     out = []
     for seg in sorted((c.c.nodes["node1"].state_dir).rglob("*")):
         if not seg.is_file() or seg.stat().st_size == 0:
@@ -422,9 +435,9 @@ def trace_fsyncs(c: MountCluster, count: int) -> list[str]:
             records = decode_all(seg.read_bytes())
         except (RecordCorrupt, ValueError):
             continue  # not a log segment (state files)
-        out += [f"{r.lsn} {r.op.kind.name} {r.op.path or r.op.target}" for r in records
-                if lsn0 < r.lsn <= lsn1]
-    (c.work / "trace.bin").unlink()
+        out += [f"{r.lsn} {r.op.kind.name} {r.op.path or r.op.target}"
+                + (f" @{r.op.value} +{len(r.op.data)}" if r.op.kind.name == "WRITE" else "")
+                for r in records if lsn0 < r.lsn <= lsn1]
     return out
 
 
@@ -800,6 +813,8 @@ def main() -> int:
     ap.add_argument("--trace-fsyncs", type=int, default=0, metavar="N",
                     help="only: N x (pwrite + fdatasync) on an async mount, then print the "
                          "primary's log records for them (how changes become batches)")
+    ap.add_argument("--trace-sqlite", type=int, default=0, metavar="N",
+                    help="only: the same for N SQLite inserts (WAL, synchronous=FULL)")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds, one pass per mount mode with py-spy on mountd, "
                          "the primary and the backup")
@@ -828,11 +843,12 @@ def main() -> int:
         print("--sync: this checkout's mountd/config still refuse sync mode ('not available "
               "yet'); run without --sync, or after sync mode is merged", file=sys.stderr)
         return 2
-    if a.trace_fsyncs:
+    if a.trace_fsyncs or a.trace_sqlite:
         shutil.rmtree(a.work, ignore_errors=True)
         traced = MountCluster(a.work / "cluster-trace", sync=a.sync)
         try:
-            print("\n".join(trace_fsyncs(traced, min(a.trace_fsyncs, 1000))))
+            what, n = ("sqlite", a.trace_sqlite) if a.trace_sqlite else ("fsync", a.trace_fsyncs)
+            print("\n".join(trace(traced, what, min(n, 1000))))
         finally:
             traced.close()
         return 0
