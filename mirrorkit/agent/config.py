@@ -376,12 +376,12 @@ class _Validator:
         elif "mount_socket" in m:
             self.err(f"{p}.mount_socket", "is set but capture is not 'mount'",
                      "capture: mount, or no mount_socket")
-        if mode == "sync":
-            # The mount capture exists, but the agent does not yet tell it what
-            # the backup acknowledged: a sync fsync would wait for ever.
-            self.err(f"{p}.mode", "is 'sync', which this version does not provide yet",
-                     "mode: async (with capture: watch or mount); sync mode needs the "
-                     "backup's acknowledgements on the mount, not built yet")
+        if mode == "sync" and capture != "mount" and role in ("primary", "backup"):
+            # Only the mount can make an application's fsync wait for the
+            # backup; `watch` sees a change after the fact. Arbiters and async
+            # members capture nothing in sync mode (async ones stay async).
+            self.err(f"{p}.mode", "is 'sync' with capture 'watch', which cannot make fsync "
+                     "wait for the backup", "capture: mount for sync mode, or mode: async")
         for hook in hooks:
             if hook not in HOOKS:
                 self.err(f"{p}.hooks.{hook}", "is not a hook", "one of " + ", ".join(HOOKS))

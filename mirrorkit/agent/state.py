@@ -3,6 +3,12 @@
 ``state.json`` holds ``{term, role, primary}``: who this member *is* now. It
 outranks the config's ``role``, which is only the initial layout (so a
 re-applied config never forces the inventory's primary over a newer one).
+An arbiter of a sync mirror also keeps there (all terms, 0 = none; a file
+without them, from before, reads as 0): ``backup_out``, the term whose
+primary it confirmed to run without its backup, ``backup_out_lsn``, from
+where, and ``primary_lost``, a term in which it told the backup that the
+primary had been silent for the arbiter timeout (it then never confirms
+``backup_out`` in that term: the backup may have promoted itself on it).
 ``applied.json`` holds the last LSN a receiver made durable in its replica.
 
 :class:`RoleOwner` is the one owner of a mirror's role and term on this
@@ -33,7 +39,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,11 +81,28 @@ DEMOTED_ROLE = {"failover": "backup", "async": "async"}
 RECOVERY_DOC = "docs/architecture.md, 'Damaged or missing state'"
 
 
+_SYNC_FLAGS = ("backup_out", "backup_out_lsn", "primary_lost")
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorState:
     term: int
     role: str
     primary: str | None
+    # The arbiter's sync flags (module docstring); each means something only
+    # while equal to ``term``, and a new term starts without them.
+    backup_out: int = 0
+    backup_out_lsn: int = 0
+    primary_lost: int = 0
+
+    def same_term_flags(self, new: MirrorState) -> MirrorState:
+        """``new`` with our sync flags when it keeps our term (a role or
+        primary change does not clear them; a new term does)."""
+        if new.term != self.term or (new.backup_out, new.backup_out_lsn,
+                                     new.primary_lost) != (0, 0, 0):
+            return new
+        return replace(new, backup_out=self.backup_out, backup_out_lsn=self.backup_out_lsn,
+                       primary_lost=self.primary_lost)
 
 
 class StateUnreadable(Exception):
@@ -155,10 +178,20 @@ class StateStore:
         if primary is not None and not isinstance(primary, str):
             raise StateUnreadable(f"{self.state_path}: primary must be a member name or "
                                   f"null, found {primary!r}")
-        return MirrorState(term, str(role), primary)
+        flags = []
+        for key in _SYNC_FLAGS:
+            value = raw.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise StateUnreadable(f"{self.state_path}: {key} must be an integer >= 0 "
+                                      f"(0: none), found {value!r}")
+            flags.append(value)
+        return MirrorState(term, str(role), primary, *flags)
 
     def save(self, state: MirrorState) -> None:
-        atomic_write_json(self.state_path, asdict(state))
+        # The sync flags only when set: the file of a member that never uses
+        # them stays what earlier versions wrote and read.
+        atomic_write_json(self.state_path, {k: v for k, v in asdict(state).items()
+                                            if k not in _SYNC_FLAGS or v})
 
     def load_applied(self) -> int:
         """The receiver's last durably applied LSN (0 when never written).
@@ -398,6 +431,29 @@ class RoleOwner:
 
         await self._exclusive(commit)
 
+    async def set_sync_flags(self, why: str, *, backup_out: int | None = None,
+                             backup_out_lsn: int | None = None,
+                             primary_lost: int | None = None) -> bool:
+        """Persist the arbiter's sync flags for our *current* term (each
+        given one; the others stay), durable before it returns; False when
+        nothing changed. No listener runs: role and term are unchanged."""
+        async def commit() -> bool:
+            old = self._state
+            new = replace(old,
+                          backup_out=old.backup_out if backup_out is None else backup_out,
+                          backup_out_lsn=old.backup_out_lsn if backup_out_lsn is None
+                          else backup_out_lsn,
+                          primary_lost=old.primary_lost if primary_lost is None
+                          else primary_lost)
+            if new == old:
+                return False
+            await asyncio.to_thread(self.store.save, new)
+            self._state = new
+            log.warning("%s: term %d: %s", self.store.directory.name, new.term, why)
+            return True
+
+        return await self._exclusive(commit)
+
     async def _exclusive(self, body: Callable[[], Awaitable[T]]) -> T:
         """Run ``body`` under the lock and to its end even if our caller is
         cancelled meanwhile (a connection that closes under a HANDOVER being
@@ -424,6 +480,7 @@ class RoleOwner:
 
     async def _commit(self, new: MirrorState, why: str) -> None:
         old = self._state
+        new = old.same_term_flags(new)
         if new == old:
             return
         await asyncio.to_thread(self.store.save, new)

@@ -21,6 +21,9 @@ API_LISTEN = "127.0.0.1"
 # The agent's root-only control socket; the role's unit makes /run/mirrorkit
 # its RuntimeDirectory (mode 0700).
 CONTROL_SOCKET = "/run/mirrorkit/control.sock"
+# mirrorkit-mountd@<mirror>'s socket (capture: mount), beside the control
+# socket: both units share the RuntimeDirectory /run/mirrorkit.
+MOUNT_SOCKET = "/run/mirrorkit/mount-{mirror}.sock"
 # keepalived priorities: the inventory's primary is preferred at start; who
 # really holds the VIP is decided by the agent through the tracking script.
 VRRP_PRIORITY = {"primary": 150, "backup": 100}
@@ -72,14 +75,16 @@ def _mirror_config(inventory: Inventory, mirror: Mirror, host: str) -> dict[str,
         if other is not None:
             entry["kind"] = other.kind
         members[name] = entry
-    return {
+    config: dict[str, Any] = {
         "role": role,
         "kind": member.kind if member is not None else None,
         "mode": mirror.mode,
         "port": mirror.port,
         "paths": list(mirror.paths),
         "exclude": list(mirror.exclude),
-        "targets": mirror.targets_for(host),
+        # With capture: mount, the backing directory: the agent never writes
+        # through the mount (its writes would be logged).
+        "targets": mirror.store_for(host),
         "timeouts": mirror.timeouts.as_dict(),
         "tls": {"ca": f"{pki}/ca.crt", "cert": f"{pki}/member.crt", "key": f"{pki}/member.key"},
         "members": members,
@@ -89,6 +94,27 @@ def _mirror_config(inventory: Inventory, mirror: Mirror, host: str) -> dict[str,
         "hook_timeout": mirror.hook_timeout,
         "health": mirror.health.as_dict(),
     }
+    if mirror.mount_for(host) is not None:  # the arbiter holds no data and no mount
+        config["capture"] = "mount"
+        config["mount_socket"] = MOUNT_SOCKET.format(mirror=mirror.name)
+    return config
+
+
+def mount_units(inventory: Inventory, host: str) -> list[dict[str, str]]:
+    """One mirrorkit-mountd@<mirror> instance per `capture: mount` mirror of
+    `host` (every member but the arbiter): where it mounts, what it serves,
+    its socket, and its flags (``--sync`` on the failover members of a
+    `mode: sync` mirror: an fsync there waits for the backup)."""
+    out: list[dict[str, str]] = []
+    for mirror in inventory.mirrors_of(host):
+        mount = mirror.mount_for(host)
+        if mount is not None:
+            # Sync mode is between the failover members; async members stay async.
+            sync = mirror.mode == "sync" and mirror.members().get(host) in ("primary", "backup")
+            out.append({"mirror": mirror.name, "mountpoint": mount[0], "backing": mount[1],
+                        "socket": MOUNT_SOCKET.format(mirror=mirror.name),
+                        "flags": "--sync" if sync else ""})
+    return out
 
 
 def vip_instances(inventory: Inventory, host: str) -> list[dict[str, Any]]:

@@ -24,6 +24,11 @@ DEFAULT_HOOK_TIMEOUT = 30.0
 MAX_HOOK_TIMEOUT = 3600.0
 DEFAULT_MODE = "async"  # the `watch` capture (the default) is async-only
 MODES = ("sync", "async")
+# How the primary captures changes (docs/inventory.md, "Capture"): `watch`
+# (inotify on the directory itself) or `mount` (a FUSE mount at the path over
+# a backing directory, mirrorkit-mountd@<mirror>).
+CAPTURES = ("watch", "mount")
+DEFAULT_CAPTURE = "watch"
 ASYNC_KINDS = ("dr", "reporting")
 HOOKS = ("on_promote", "on_demote", "on_role_change", "health_check")
 
@@ -98,6 +103,10 @@ class Mirror:
     max_lag_on_failover: int = DEFAULT_MAX_LAG_ON_FAILOVER
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
     health: HealthCheck = field(default_factory=HealthCheck)
+    capture: Literal["watch", "mount"] = "watch"
+    # `capture: mount` only: where the data really lives on a member whose
+    # path is the mount (default_backing(paths[0]) unless the inventory says).
+    backing: str | None = None
 
     def members(self) -> dict[str, Role]:
         """Every member host -> its inventory role, primary first."""
@@ -137,6 +146,34 @@ class Mirror:
         if member is not None and member.root:
             return [join_root(member.root, p) for p in self.paths]
         return list(self.paths)
+
+    def store_for(self, host: str) -> list[str]:
+        """Where the agent on `host` reads and writes this mirror's data (the
+        agent config's `targets`): the backing directory with `capture:
+        mount`, under the async member's root like the path; else the targets."""
+        if self.capture != "mount" or self.backing is None:
+            return self.targets_for(host)
+        if self.members().get(host) == "arbiter":
+            return []
+        member = self.async_member(host)
+        if member is not None and member.root:
+            return [join_root(member.root, self.backing)]
+        return [self.backing]
+
+    def mount_for(self, host: str) -> tuple[str, str] | None:
+        """(mount point, backing directory) of this mirror on `host`, or None
+        when it has no mount there (`capture: watch`, or the arbiter)."""
+        if self.capture != "mount" or self.members().get(host) in (None, "arbiter"):
+            return None
+        return self.targets_for(host)[0], self.store_for(host)[0]
+
+
+def default_backing(path: str) -> str:
+    """The backing directory of a mount at `path` when the inventory names
+    none: a hidden sibling on the same parent, so it is (normally) on the
+    same file system: /srv/records -> /srv/.records.mirrorkit."""
+    parent, name = posixpath.split(path.rstrip("/"))
+    return posixpath.join(parent, f".{name}.mirrorkit")
 
 
 def join_root(root: str, path: str) -> str:
@@ -196,6 +233,10 @@ def build_mirror(name: str, raw: Mapping[str, Any]) -> Mirror:
         timeout=float(raw_health.get("timeout", d.timeout)),
         failures=int(raw_health.get("failures", d.failures)),
     )
+    capture: Literal["watch", "mount"] = "mount" if raw.get("capture") == "mount" else "watch"
+    backing = None
+    if capture == "mount":
+        backing = raw.get("backing") or default_backing(raw["paths"][0])
     return Mirror(
         name=name,
         paths=tuple(raw["paths"]),
@@ -216,6 +257,8 @@ def build_mirror(name: str, raw: Mapping[str, Any]) -> Mirror:
         max_lag_on_failover=int(raw.get("max_lag_on_failover", DEFAULT_MAX_LAG_ON_FAILOVER)),
         hook_timeout=float(raw.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)),
         health=health,
+        capture=capture,
+        backing=backing,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 
-from mirrorkit.inventory.model import ASYNC_KINDS, HOOKS, MAX_HOOK_TIMEOUT, MODES
+from mirrorkit.inventory.model import ASYNC_KINDS, CAPTURES, HOOKS, MAX_HOOK_TIMEOUT, MODES
 
 # `\Z`, not `$`: `$` also matches before a final newline ("records\n").
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,30}\Z"
@@ -66,6 +66,9 @@ MIRROR_SCHEMA: dict[str, Any] = {
             "description": "a list of at most 256 patterns, e.g. ['*.tmp']",
         },
         "mode": {"enum": list(MODES)},
+        "capture": {"enum": list(CAPTURES)},
+        "backing": _text(MAX_PATH, f"an absolute path of at most {MAX_PATH} characters, "
+                                   "e.g. /srv/.records.mirrorkit"),
         "port": _PORT,
         "primary": _HOST,
         "backup": {**_HOST, "type": ["string", "null"]},

@@ -23,6 +23,7 @@ from mirrorkit.inventory.model import (
     DEFAULT_PORT,
     HealthCheck,
     Timeouts,
+    default_backing,
     default_router_id,
     join_root,
 )
@@ -300,6 +301,7 @@ def _check_mirror(
     _check_addresses_distinct(ctx, name, seen, addresses)
     _check_mode(ctx, name, spec)
     _check_paths(ctx, name, spec)
+    _check_capture(ctx, name, spec)
     _check_hooks(ctx, name, spec.get("hooks"))
     _check_timeouts(ctx, name, spec.get("timeouts"))
     _check_health(ctx, name, spec)
@@ -311,14 +313,64 @@ def _check_mode(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
     # `sync` promises that data the application fsync'ed on the primary is on
     # the backup before fsync returns. Only the `mount` capture method (the
     # agent in the write path) can keep that promise; `watch` sees changes
-    # after the fact. Accepting `sync` now would silently deliver async.
-    if spec.get("mode") == "sync":
+    # after the fact. Accepting `sync` with it would silently deliver async.
+    if spec.get("mode") == "sync" and spec.get("capture") != "mount":
         ctx.add(
             name, None, _f(name, "mode"),
-            "mode 'sync' needs the 'mount' capture method, which this version of "
-            "mirrorkit does not provide yet (only 'watch', which is asynchronous)",
-            "use mode: async for now; sync mode arrives with mount capture",
+            "mode 'sync' needs capture: mount (an fsync on the mount waits for the "
+            "backup); the 'watch' capture (the default) sees changes only after the "
+            "fact, so it is asynchronous",
+            "add capture: mount to this mirror, or use mode: async",
         )
+
+
+def _check_capture(ctx: _Ctx, name: str, spec: Mapping[str, Any]) -> None:
+    """`capture: mount` serves one directory through one FUSE mount, over a
+    backing directory of its own (docs/inventory.md, "Capture")."""
+    mount = spec.get("capture") == "mount"
+    backing = spec.get("backing")
+    if not mount:
+        if backing is not None:
+            ctx.add(name, None, _f(name, "backing"),
+                    "backing is set but the capture is 'watch' (the default), which has none",
+                    "set capture: mount, or remove backing")
+        return
+    paths = _paths(spec)
+    raw = spec.get("paths")
+    if isinstance(raw, list) and len(raw) > 1:
+        ctx.add(name, None, _f(name, "paths"),
+                f"has {len(raw)} entries, but capture: mount serves exactly one directory "
+                "(one FUSE mount per mirror)",
+                "list exactly one path, split the paths into one mirror each, or use "
+                "capture: watch")
+    if spec.get("exclude"):
+        ctx.add(name, None, _f(name, "exclude"),
+                "is set, but capture: mount logs every change made on the mount",
+                "remove exclude (keep excluded files outside the mirrored directory), or use "
+                "capture: watch")
+    if not isinstance(backing, str) or not backing:
+        return  # the default, a hidden sibling of the path; or reported by the schema
+    where = _f(name, "backing")
+    problem = path_problem(backing)
+    if problem:
+        ctx.add(name, None, where, f"{short(backing)} {problem}", _PATH_FIX)
+        return
+    norm = posixpath.normpath(backing)
+    if not backing.startswith("/") or norm != backing or norm == "/":
+        ctx.add(name, None, where,
+                f"{backing!r} is not a normalised absolute directory other than '/'",
+                "use e.g. backing: " + (default_backing(paths[0]) if paths and
+                                        paths[0].startswith("/") else "/srv/.records.mirrorkit"))
+        return
+    for path in paths[:1]:
+        if path.startswith("/") and _overlap(backing, path):
+            how = ("is the mirrored path" if backing.rstrip("/") == path.rstrip("/") else
+                   "is inside the mirrored path" if backing.startswith(path.rstrip("/") + "/")
+                   else "contains the mirrored path")
+            ctx.add(name, None, where,
+                    f"{backing!r} {how} {path!r}: the mount would hide or loop over its own data",
+                    "choose a directory beside the path on the same file system, e.g. "
+                    f"backing: {default_backing(path)} (the default)")
 
 
 def _split(path: str) -> list[str | int]:
@@ -676,7 +728,13 @@ def _collect_targets(
                 root = _str(entry.get("root"))
                 where = f"async[{i}]"
                 break
-    for path in _paths(spec):
+    dirs = _paths(spec)
+    if spec.get("capture") == "mount" and dirs:
+        backing = spec.get("backing")
+        # The backing directory holds the data too: no other mirror's may overlap it.
+        store = backing if isinstance(backing, str) and backing else default_backing(dirs[0])
+        dirs = [dirs[0], store]
+    for path in dirs:
         if not path.startswith("/"):
             continue
         target = join_root(root, path) if root and root.startswith("/") else path

@@ -226,10 +226,21 @@ def test_capture_defaults_to_watch_and_mount_gets_its_socket() -> None:
     assert m.mount_socket == Path("/run/mirrorkit/mount-records.sock")
 
 
+def test_sync_mode_is_accepted_with_the_mount_capture() -> None:
+    m = parse_config(_with(mode="sync", capture="mount")).mirrors["records"]
+    assert (m.mode, m.capture) == ("sync", "mount")
+
+
+def test_an_arbiter_of_a_sync_mirror_needs_no_mount() -> None:
+    data = _with(mode="sync", role="arbiter")
+    data["host"] = "arb1"
+    del data["mirrors"]["records"]["paths"], data["mirrors"]["records"]["targets"]
+    assert parse_config(data).mirrors["records"].mode == "sync"
+
+
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"capture": "fanotify"}, "capture"),
-    ({"mode": "sync"}, "not provide yet"),
-    ({"mode": "sync", "capture": "mount"}, "not provide yet"),
+    ({"mode": "sync"}, "mode: is 'sync' with capture 'watch', which cannot make fsync wait"),
     ({"mount_socket": "/run/x.sock"}, "capture is not 'mount'"),
     ({"capture": "mount", "paths": ["/a", "/b"], "targets": ["/a", "/b"]}, "exactly one path"),
     ({"capture": "mount", "mount_socket": "run/x.sock"}, "mount_socket"),

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from mirrorkit.agent.ha.failover import Action, View, active, decide
+from mirrorkit.agent.ha.failover import Action, View, active, decide, may_promote
 
 BACKUP = View(member="node2", role="backup", term=3, heartbeat=0.25, qos=1.0,
               arbiter_timeout=2.0, mode="async", max_lag=1 << 20, maintenance=False,
@@ -54,9 +54,18 @@ def test_no_failover_when_the_arbiter_holds_another_member_primary() -> None:
     assert decide(replace(BACKUP, arbiter_sees=None)).action is Action.PROMOTE
 
 
-def test_sync_mode_needs_a_fully_caught_up_backup() -> None:
-    assert decide(replace(BACKUP, mode="sync", lag_bytes=1)).situation == "not-active"
-    assert decide(replace(BACKUP, mode="sync", lag_bytes=0)).action is Action.PROMOTE
+def test_sync_mode_promotes_a_backup_behind_only_on_what_was_never_acknowledged() -> None:
+    """In sync mode an fsync returns only once the backup has it (or the
+    arbiter confirmed the primary runs alone: the flag, tested below), so
+    lag at the moment the primary died is unacknowledged data: no reason to
+    refuse the failover of a primary that died under load."""
+    for lag in (0, 1, 50 << 20, None):
+        d = decide(replace(BACKUP, mode="sync", lag_bytes=lag))
+        assert d.action is Action.PROMOTE, d.reason
+        assert "holds every write the primary acknowledged" in d.reason
+    # async: the lag limit stays
+    assert decide(replace(BACKUP, mode="async", lag_bytes=(1 << 20) + 1)).situation \
+        == "not-active"
 
 
 def test_active_is_within_max_lag() -> None:
@@ -90,3 +99,41 @@ def test_members_outside_the_pair_take_no_part() -> None:
 def test_a_starting_primary_waits_for_its_first_lease_not_fenced() -> None:
     d = decide(replace(PRIMARY, writable=False, lease_remaining=-1.0, lease_ever=False))
     assert d.situation == "awaiting-lease" and "fenced" not in d.reason
+
+
+def test_a_backup_the_sync_primary_runs_without_is_not_active() -> None:
+    # The arbiter lost the primary (it would promote) but had confirmed that
+    # the primary acknowledged writes without this backup: no failover.
+    out = replace(BACKUP, mode="sync", arbiter_backup_out=3, arbiter_backup_out_lsn=41)
+    d = decide(out)
+    assert d.action is Action.NONE and d.situation == "not-active"
+    assert "primary node1 runs without it from LSN 41 (term 3)" in d.reason
+    assert "acknowledged" in d.reason
+    assert not active(out)[0]
+    # while it follows the primary, status says why it is not active
+    following = decide(replace(out, primary_silence=0.1))
+    assert following.situation == "following" and "not active: is out of sync" in \
+        following.reason
+    # a flag of an older term means nothing in ours; cleared, it promotes again
+    assert decide(replace(out, arbiter_backup_out=2)).action is Action.PROMOTE
+    assert decide(replace(out, arbiter_backup_out=0)).action is Action.PROMOTE
+
+
+def test_the_flag_is_named_while_the_fault_is_between_primary_and_backup() -> None:
+    d = decide(replace(BACKUP, mode="sync", arbiter_primary_silence=0.2, arbiter_backup_out=3))
+    assert d.situation == "arbiter-sees-primary"
+    assert "not active (this backup is out of sync: arbiter arb1 confirmed" in d.reason
+
+
+def test_only_an_answer_built_after_the_arbiter_knew_we_may_promote_counts() -> None:
+    d = decide(replace(BACKUP, arbiter_knows_promotable=False))
+    assert d.action is Action.NONE and d.situation == "arbiter-catching-up"
+    assert "predates" in d.reason
+
+
+def test_what_the_backup_tells_the_arbiter_about_promoting() -> None:
+    assert may_promote(BACKUP)
+    assert not may_promote(replace(BACKUP, maintenance=True))
+    assert not may_promote(replace(BACKUP, resyncing=True))
+    assert not may_promote(replace(BACKUP, arbiter_backup_out=3))
+    assert not may_promote(replace(BACKUP, role="primary"))

@@ -200,7 +200,7 @@ CASES: list[tuple[str, Mutation, str, str | None, str]] = [
     ("no paths", _set(paths=[]), "paths", None, "absolute paths"),
     ("absolute exclude", _set(exclude=["/srv/records/tmp"]), "exclude[0]", None, "relative"),
     ("unknown mode", _set(mode="semi-sync"), "mode", None, "use sync or async"),
-    ("sync needs mount capture", _set(mode="sync"), "mode", None, "use mode: async for now"),
+    ("sync needs mount capture", _set(mode="sync"), "mode", None, "add capture: mount"),
     ("zero timeout", _set(timeouts={"heartbeat": 0}), "timeouts.heartbeat", None,
      "between 0.05 and 60"),
     ("negative timeout", _set(timeouts={"qos": -1}), "timeouts.qos", None,

@@ -101,3 +101,27 @@ def test_start_decision(last: LoggedMark | None, session: str, held: tuple[int, 
     how, after, why = _capture()._decide(last, session, *held)
     assert (how, after) == want
     assert why
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(data)
+
+
+def test_acknowledged_lsns_map_to_the_mountd_changes_they_cover() -> None:
+    from mirrorkit.agent.capture.mount import wire
+
+    c = _capture()
+    w = _Writer()
+    c._writer = w  # type: ignore[assignment]
+    c._ack_map.extend([(10, 4), (20, 9), (30, 15)])  # (last LSN of a batch, its last change)
+    c.on_acked(5)  # inside the first batch: covers nothing whole
+    assert w.frames == []
+    c.on_acked(25)
+    assert w.frames == [wire.seq_frame(wire.Kind.ACKED, 9)]
+    c.on_acked(25)  # no news, no frame
+    c.on_acked(30)
+    assert w.frames[-1] == wire.seq_frame(wire.Kind.ACKED, 15) and len(w.frames) == 2

@@ -149,3 +149,73 @@ def test_rendered_keepalived_conf_passes_keepalived_config_test(tmp_path: Path) 
     proc = subprocess.run(["keepalived", "--config-test", "-f", str(conf)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- mirrorkit-mountd@ (capture: mount) --------------------------------------------
+
+# Options that give a unit a mount namespace of its own: a FUSE mount made in
+# one never reaches the host's applications (docs/architecture.md).
+NAMESPACING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
+               "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "TemporaryFileSystem",
+               "BindPaths", "BindReadOnlyPaths", "ProtectKernelTunables",
+               "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+               "ProtectProc", "PrivateMounts", "MountFlags")
+
+
+def mount_inventory(path: str) -> Any:
+    mirrors = {"records": {"paths": [path], "primary": "node1", "backup": "node2",
+                           "arbiter": "arb1", "capture": "mount"}}
+    return inventory_from_vars(mirrors, HOSTVARS)
+
+
+def mountd_texts(path: str) -> tuple[str, str]:
+    from mirrorkit.inventory.hostconfig import mount_units
+    unit = render(AGENT_ROLE / "templates" / "mirrorkit-mountd@.service.j2",
+                  {"__mirrorkit_agent_mountd_bin": "/bin/true"})
+    dropin = render(AGENT_ROLE / "templates" / "mirrorkit-mountd-dropin.conf.j2",
+                    {"item": mount_units(mount_inventory(path), "node2")[0]})
+    return unit, dropin
+
+
+def test_mountd_unit_has_no_mount_namespace_and_restarts_always() -> None:
+    unit, _ = mountd_texts("/srv/records")
+    settings = [line.split("=", 1)[0] for line in unit.splitlines()
+                if line and not line.startswith("#") and "=" in line]
+    assert not set(settings) & set(NAMESPACING), settings
+    assert "Restart=always" in unit.splitlines()
+    assert "StartLimitIntervalSec=0" in unit.splitlines()
+    assert "PartOf" not in settings and "BindsTo" not in settings
+
+
+@needs_systemd
+def test_mountd_unit_with_its_dropin_verifies(tmp_path: Path) -> None:
+    unit, dropin = mountd_texts("/srv/my 100% data")
+    env = next(x for x in dropin.splitlines() if x.startswith("Environment="))
+    assert env == "Environment=" + systemd_words([
+        "MIRRORKIT_MOUNTPOINT=/srv/my 100% data", "MIRRORKIT_BACKING=/srv/.my 100% data.mirrorkit",
+        "MIRRORKIT_SOCKET=/run/mirrorkit/mount-records.sock", "MIRRORKIT_MOUNTD_FLAGS="])
+    text = unit.replace("[Service]\n", "[Service]\n" + env + "\n", 1)
+    output = verify_unit(tmp_path, text)
+    assert "Environment" not in output and "ExecStart" not in output, output
+
+
+def test_agent_unit_wants_its_mountd_units() -> None:
+    inv = mount_inventory("/srv/records")
+    defaults = yaml.safe_load((AGENT_ROLE / "defaults" / "main.yml").read_text())
+    text = render(AGENT_ROLE / "templates" / "mirrorkit-agent.service.j2", {
+        "__mirrorkit_agent_bin": "/bin/true",
+        "__mirrorkit_agent_config_file": "/etc/mirrorkit/agent.yml",
+        "__mirrorkit_agent_config": host_config(inv, "node2"),
+        "__mirrorkit_agent_data_dirs": ["/srv/.records.mirrorkit"],
+        "__mirrorkit_agent_config_change": "reload",
+        "__mirrorkit_agent_mountd_units": ["mirrorkit-mountd@records.service"],
+        "mirrorkit_agent_sandbox": True,
+        "mirrorkit_agent_extra_rw_paths": defaults["mirrorkit_agent_extra_rw_paths"],
+        "mirrorkit_agent_service_extra": defaults["mirrorkit_agent_service_extra"],
+    })
+    lines = text.splitlines()
+    assert "Wants=mirrorkit-mountd@records.service" in lines
+    assert "After=mirrorkit-mountd@records.service" in lines
+    # the sandbox stays, writing the backing directory, not the mount point
+    assert "ProtectSystem=strict" in lines
+    assert 'ReadWritePaths="/var/lib/mirrorkit" "/srv/.records.mirrorkit"' in lines

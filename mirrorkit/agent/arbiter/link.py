@@ -4,17 +4,25 @@ Heartbeats both ways. What the link keeps for the HA loop (``ha/view.py``):
 when it last heard the arbiter, the arbiter's latest answer about the
 primary (``Heartbeat.primary`` / ``primary_silence``) and when that answer
 arrived; on a primary, each echo of its own stamp renews its lease.
+
+Sync mode: a primary's heartbeats carry its :class:`SyncAck`'s requests
+(run without the backup / it caught up) and the arbiter's answers go back
+to it; on a backup, the answer includes the arbiter's ``backup_out`` flag
+(the primary runs without us: not active), kept with the rest of the answer
+so that a fresh answer always says whether it is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from mirrorkit.agent.config import MemberConfig
+from mirrorkit.agent.stream.sync_ack import SyncAck
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -44,8 +52,18 @@ class ArbiterLink:
         self.last_heard = 0.0  # util/clock.now()
         self.stamp_in = 0.0  # the arbiter's newest stamp, echoed back
         # The arbiter's latest answer: (primary it sees, its silence, the stamp
-    # of ours it echoed: the answer is at most now - that old).
+        # of ours it echoed: the answer is at most now - that old).
         self.answer: tuple[str, float, float] | None = None
+        # With it: (the term whose primary runs without its backup, 0 none;
+        # from which LSN): sync mode's "the backup is out".
+        self.backup_out: tuple[int, int] = (0, 0)
+        # On a backup (set by the HA loop each cycle): would it promote on a
+        # "primary lost" answer now? Our heartbeats say so (no_promote), and
+        # an answer counts for a promotion only if it echoes a heartbeat
+        # that said it (promotable_stamp): then the arbiter knew, and has
+        # ruled out the primary running without us in this term first.
+        self.promotable = False
+        self.promotable_stamp = 0.0
         self._conn: Connection | None = None  # while connected
         self._heard = asyncio.Event()  # set on each heartbeat from the arbiter
         self.heard_echo = 0.0  # the newest stamp of ours the arbiter echoed
@@ -112,10 +130,37 @@ class ArbiterLink:
             return False
         return True
 
+    def _sync(self) -> SyncAck | None:
+        sync = getattr(self.worker, "sync", None)
+        return sync if isinstance(sync, SyncAck) and sync.waits_for_backup else None
+
     def _heartbeat(self) -> Heartbeat:
         w = self.worker
-        return Heartbeat(w.state.term, self._lsn(), w.state.role, stamp=clock.now(),
-                         echo=self.stamp_in)
+        sync = self._sync()
+        out, out_lsn, back = sync.request() if sync is not None else (0, 0, 0)
+        hb = Heartbeat(w.state.term, self._lsn(), w.state.role, stamp=clock.now(),
+                       echo=self.stamp_in, backup_out=out, backup_out_lsn=out_lsn,
+                       backup_back=back)
+        if sync is not None:
+            sync.sent(hb.stamp)
+        if w.state.role == "backup":
+            hb = dataclasses.replace(hb, no_promote=0 if self.promotable else 1)
+            if self.promotable and not self.promotable_stamp:
+                self.promotable_stamp = hb.stamp
+        return hb
+
+    def set_promotable(self, ok: bool) -> None:
+        """The HA loop's word (backup): would it promote now if the arbiter
+        said the primary is lost? A change is told at the next heartbeat."""
+        if ok != self.promotable:
+            self.promotable = ok
+            self.promotable_stamp = 0.0
+
+    def answer_knows_promotable(self) -> bool:
+        """Was the arbiter's latest answer built after it heard that we may
+        promote (it echoes a heartbeat of ours that said so)?"""
+        return (self.answer is not None and self.promotable_stamp > 0
+                and self.answer[2] >= self.promotable_stamp)
 
     async def _listen(self, conn: Connection) -> None:
         while True:
@@ -133,6 +178,10 @@ class ArbiterLink:
                     # (the arbiter had heard that before it answered), not from
                     # its arrival: a delayed answer is seen as old as it may be.
                     self.answer = (msg.primary, msg.primary_silence, msg.echo)
+                    self.backup_out = (msg.backup_out, msg.backup_out_lsn)
+                    sync = self._sync()
+                    if sync is not None and self.worker.roles.holds_primary:
+                        sync.arbiter_says(msg.backup_out, msg.echo)
                     lease = self.worker.roles.lease
                     if lease is not None and msg.echo > 0 and self.worker.roles.holds_primary:
                         lease.renew(msg.echo, f"arbiter {self.arbiter.name}")
@@ -154,4 +203,6 @@ class ArbiterLink:
         if self.answer is not None:
             out["sees_primary"] = {"member": self.answer[0] or None, "silence": self.answer[1],
                                    "age": round(clock.now() - self.answer[2], 3)}
+            if self.backup_out[0]:
+                out["backup_out"] = {"term": self.backup_out[0], "from_lsn": self.backup_out[1]}
         return {self.arbiter.name: out}

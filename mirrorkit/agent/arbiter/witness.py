@@ -19,6 +19,17 @@ the arbiter itself was listening
 restarted arbiter never reports a primary as long silent. Each heartbeat
 also echoes the member's own stamp, which renews a primary's lease.
 
+Sync mode (docs/architecture.md, "Sync mode: who may acknowledge"): the
+primary of our term may ask to run without its backup
+(``Heartbeat.backup_out``). We persist that (``state.json``) *before* any
+heartbeat of ours says so, and from then on every heartbeat carries it: the
+primary's proof that it may acknowledge what the backup lacks, and the
+backup's reason not to be active (no automatic failover). We refuse it in a
+term in which we have told the backup that the primary was silent for the
+arbiter timeout (persisted as ``primary_lost`` before that answer went
+out): the backup may have promoted itself on that answer. Only the primary's
+``backup_back`` (its backup caught up) or a new term clears the flag.
+
 One arbiter process serves several mirrors: one such worker per mirror.
 :class:`ArbiterLink` is the client side, run by the primary and the backup.
 """
@@ -60,6 +71,7 @@ class SeenMember:
     last_heard: float = 0.0  # util/clock.now()
     last_heard_as_primary: float = 0.0  # ... while it claimed primary of our term
     stamp_in: float = 0.0  # its newest stamp, echoed back
+    no_promote: bool = False  # a backup's word: it would not promote now
     task: asyncio.Task[Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # send a heartbeat now
 
@@ -80,6 +92,7 @@ class ArbiterMirror(MirrorWorker):
         self._last_primary_echo = 0.0
         self._hold_echo_until = 0.0
         self._hold_for: str | None = None  # the older primary whose lease we wait out
+        self._refused_told: dict[str, int] = {}  # the term a backup_out refusal was logged for
 
     def primary_view(self) -> tuple[str, float]:
         """(the primary of our term or "", seconds we have not heard it claim
@@ -93,9 +106,51 @@ class ArbiterMirror(MirrorWorker):
 
     def _heartbeat(self, m: SeenMember, member: str) -> Heartbeat:
         primary, silence = self.primary_view()
-        return Heartbeat(self.state.term, 0, "arbiter", stamp=clock.now(),
+        state = self.state
+        out = state.backup_out == state.term
+        return Heartbeat(state.term, 0, "arbiter", stamp=clock.now(),
                          echo=self._echo_for(m, member), primary=primary,
-                         primary_silence=silence)
+                         primary_silence=silence,
+                         backup_out=state.term if out else 0,
+                         backup_out_lsn=state.backup_out_lsn if out else 0)
+
+    async def _before_answer(self, m: SeenMember, member: str) -> None:
+        """Before an answer tells a backup that the primary has been silent
+        for the arbiter timeout (it may promote on it), persist that we did:
+        no ``backup_out`` is confirmed in this term from then on."""
+        if m.role != "backup" or member == self.roles.primary or m.no_promote:
+            return  # (a backup that would not promote echoes nothing it acts on)
+        primary, silence = self.primary_view()
+        state = self.state
+        if primary and silence >= self.cfg.timeouts.arbiter and state.primary_lost != state.term:
+            await self.roles.set_sync_flags(
+                f"telling backup {member} that primary {primary} has been silent for "
+                f"{silence:.1f} s: it may promote; no confirmation of running without it in "
+                f"this term", primary_lost=state.term)
+
+    async def _sync_request(self, member: str, msg: Heartbeat) -> None:
+        """The primary of our term asks to run without its backup, or says
+        its backup caught up: persist it before anything of ours says so."""
+        state = self.state
+        if msg.role != "primary" or msg.term != state.term or self.roles.primary != member:
+            return
+        if msg.backup_out == state.term and state.backup_out != state.term:
+            if state.primary_lost == state.term:
+                if self._refused_told.get(member) != state.term:
+                    self._refused_told[member] = state.term
+                    log.warning("%s: %s asks to run without its backup in term %d: refused, "
+                                "we told the backup it had been silent for the arbiter "
+                                "timeout in this term (it may have promoted itself)",
+                                self.name, member, state.term)
+                return
+            await self.roles.set_sync_flags(
+                f"primary {member} runs without its backup from LSN {msg.backup_out_lsn} "
+                f"(sync mode): the backup is not active until {member} says it caught up",
+                backup_out=state.term, backup_out_lsn=msg.backup_out_lsn)
+        elif msg.backup_back == state.term and state.backup_out == state.term:
+            await self.roles.set_sync_flags(
+                f"primary {member}: its backup caught up; it waits for it again (sync "
+                f"mode): the backup may be active again", backup_out=0, backup_out_lsn=0)
 
     def _echo_for(self, m: SeenMember, member: str) -> float:
         """The stamp we echo to ``member``: an echo renews a primary's lease,
@@ -117,6 +172,7 @@ class ArbiterMirror(MirrorWorker):
             # Cleared before the heartbeat is built: a wake-up that comes
             # while the send waits (a slow peer) gets its own echo at once.
             m.wake.clear()
+            await self._before_answer(m, member)
             await conn.send(self._heartbeat(m, member))
             with contextlib.suppress(TimeoutError):
                 await wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
@@ -167,6 +223,7 @@ class ArbiterMirror(MirrorWorker):
         m.task = asyncio.current_task()
         m.role, m.term, m.lsn, m.connected = hello.role, hello.term, hello.last_lsn, True
         m.stamp_in = 0.0
+        m.no_promote = False  # until it says otherwise
         conn.term_fn = lambda: self.roles.term
         await self._learn(hello.term, hello.role, hello.member)
         self._heard(m, hello.member, hello.role, hello.term, 0.0)
@@ -187,9 +244,13 @@ class ArbiterMirror(MirrorWorker):
             if isinstance(msg, Heartbeat):
                 announced = msg.term > m.term  # e.g. a primary stepping down
                 m.term, m.lsn = msg.term, msg.lsn
+                m.no_promote = bool(msg.no_promote)
                 if msg.role in ("primary", "backup"):
                     m.role = msg.role
                 await self._learn(msg.term, msg.role, member)
+                # Persisted before _heard takes its stamp: an answer echoing
+                # this heartbeat's stamp already carries what it asked for.
+                await self._sync_request(member, msg)
                 self._heard(m, member, msg.role, msg.term, msg.stamp)
                 if announced:
                     m.wake.set()  # our echo says at once: the new term is durable here
@@ -221,6 +282,13 @@ class ArbiterMirror(MirrorWorker):
                 return
             await self.roles.note_primary(member)
 
+    def _backup_out_status(self) -> dict[str, Any] | None:
+        """Sync mode: the primary of our term runs without its backup (None: no)."""
+        state = self.state
+        if state.backup_out != state.term:
+            return None
+        return {"term": state.term, "primary": state.primary, "from_lsn": state.backup_out_lsn}
+
     def status(self) -> dict[str, Any]:
         out = super().status()
         now = time.time()
@@ -228,6 +296,7 @@ class ArbiterMirror(MirrorWorker):
             "role": "arbiter", "lsn": 0, "applied_lsn": 0, "lag_bytes": 0, "lag_records": 0,
             "lag_seconds": 0.0, "connected": any(m.connected for m in self.seen.values()),
             "sees_primary": dict(zip(("member", "silence"), self.primary_view(), strict=True)),
+            "backup_out": self._backup_out_status(),
             "peers": {n: {"role": m.role, "connected": m.connected, "term": m.term,
                           "lsn": m.lsn, "last_heartbeat": m.last_heartbeat or None,
                           "last_heartbeat_age": round(now - m.last_heartbeat, 3)

@@ -31,6 +31,7 @@ class MountParams:
     renew_seconds: float
     resync_peers: Callable[[str], object] | None = None
     stall_limit: float = 30.0
+    acked_lsn: Callable[[], int] | None = None
 
 
 def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
@@ -45,5 +46,6 @@ def new_capture(trees: list[Path], exclude: list[str], index_path: Path,
             raise ValueError("the mount capture needs its MountParams and exactly one tree")
         return MountCapture(mount.socket, trees[0], exclude, mount.host, mount.last_mark,
                             lease_left=mount.lease_left, renew_seconds=mount.renew_seconds,
-                            resync_peers=mount.resync_peers, stall_limit=mount.stall_limit)
+                            resync_peers=mount.resync_peers, stall_limit=mount.stall_limit,
+                            acked_lsn=mount.acked_lsn)
     raise ValueError(f"unknown capture method {method!r} (this agent has 'watch' and 'mount')")

@@ -16,8 +16,12 @@ The backup promotes (term + 1) only when *all* hold:
    ``timeouts.arbiter`` seconds (else: the arbiter still sees the primary,
    so the fault is between us: no failover, we are not active, we reconnect);
 4. it is *active*: it was connected to the primary since it started, is not
-   resyncing nor stopped on an apply failure, and was at most
-   ``max_lag_on_failover`` bytes behind (0 in sync mode) when it lost it.
+   resyncing nor stopped on an apply failure, and (async) was at most
+   ``max_lag_on_failover`` bytes behind when it lost it (sync mode has no
+   lag limit: what the backup lacks was never acknowledged);
+   and the arbiter's answer does not say that the primary of our term runs
+   without it (sync mode's ``backup_out``: the primary may have acknowledged
+   writes this backup never received).
 
 Lost both the primary and the arbiter: no automatic failover (an operator
 may force one). A primary's own fencing is not decided here: it is its
@@ -29,7 +33,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Action", "Decision", "View", "decide"]
+__all__ = ["Action", "Decision", "View", "active", "decide", "may_promote"]
 
 
 class Action(enum.Enum):
@@ -78,6 +82,13 @@ class View:
     arbiter_sees: str | None = None
     arbiter_primary_silence: float | None = None
     arbiter_answer_age: float | None = None
+    # With that answer (sync mode): the term whose primary the arbiter
+    # confirmed to run without this backup (0: none), and from which LSN.
+    arbiter_backup_out: int = 0
+    arbiter_backup_out_lsn: int = 0
+    # The answer was built after the arbiter heard that this backup may
+    # promote (arbiter/link.py): only such an answer lets it promote.
+    arbiter_knows_promotable: bool = True
 
 
 def _none(situation: str, reason: str) -> Decision:
@@ -86,18 +97,38 @@ def _none(situation: str, reason: str) -> Decision:
 
 def active(v: View) -> tuple[bool, str]:
     """Is this backup *active* (fit to be promoted automatically), and why (not)."""
+    if v.arbiter_backup_out and v.arbiter_backup_out == v.term:
+        return False, (f"is out of sync: arbiter {v.arbiter} confirmed that primary "
+                       f"{v.primary or '?'} runs without it from LSN "
+                       f"{v.arbiter_backup_out_lsn} (term {v.term}), so writes acknowledged "
+                       f"after it may be missing here")
     if not v.ever_connected:
         return False, "has not been connected to a primary since it started"
     if v.resyncing:
         return False, "is resyncing (its replica is incomplete)"
     if v.apply_failed:
         return False, "stopped on a record it could not apply"
+    if v.mode == "sync":
+        # Sync: the primary acknowledges an fsync only once this backup has it,
+        # or after the arbiter confirmed it runs without us (checked above).
+        # What we lack now (lag) was never acknowledged: a lag limit here
+        # would only refuse failovers of a primary that died under load.
+        lag = "unknown lag" if v.lag_bytes is None else f"{v.lag_bytes} B behind"
+        return True, (f"holds every write the primary acknowledged (sync mode, no "
+                      f"out-of-sync flag at arbiter {v.arbiter}; {lag}, never acknowledged)")
     if v.lag_bytes is None:
         return False, "does not know its lag"
-    limit = 0 if v.mode == "sync" else v.max_lag
+    limit = v.max_lag
     if v.lag_bytes > limit:
         return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)"
     return True, f"was {v.lag_bytes} B behind (<= {limit} B)"
+
+
+def may_promote(v: View) -> bool:
+    """Would this backup promote if the arbiter said the primary is lost?
+    (What its heartbeats tell the arbiter: ``no_promote``.)"""
+    return (v.role == "backup" and v.partner is not None and v.arbiter is not None
+            and not v.maintenance and active(v)[0])
 
 
 def decide(v: View) -> Decision:
@@ -157,13 +188,20 @@ def _backup(v: View) -> Decision:
                      f"{v.primary or '?'}: reconnecting")
     if silence < v.arbiter_timeout:
         sees = v.arbiter_sees or "no primary"
+        ok, why = active(v)
         return _none("arbiter-sees-primary", f"no failover: {lost}, but arbiter {v.arbiter} "
                      f"heard {sees} {silence:.2f} s ago (< {v.arbiter_timeout:g} s): the "
-                     f"fault is between us; not active, reconnecting")
+                     f"fault is between us; not active{'' if ok else f' (this backup {why})'}"
+                     f", reconnecting")
     ok, why = active(v)
     if not ok:
         return _none("not-active", f"no failover: {lost} and arbiter {v.arbiter} has not "
                      f"heard it for {silence:.1f} s, but this backup {why}")
+    if not v.arbiter_knows_promotable:
+        return _none("arbiter-catching-up", f"no failover yet: {lost} and arbiter "
+                     f"{v.arbiter} has not heard it for {silence:.1f} s, but that answer "
+                     f"predates our telling the arbiter this backup may promote; waiting "
+                     f"for its next")
     return Decision(Action.PROMOTE, f"promoting to term {v.term + 1}: {lost}; arbiter "
                     f"{v.arbiter} has not heard it for {silence:.1f} s "
                     f"(>= {v.arbiter_timeout:g} s); this backup {why}", "promote")

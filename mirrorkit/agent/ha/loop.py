@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from mirrorkit.agent.config import AgentConfig, MirrorConfig
 from mirrorkit.agent.ha.events import EventLog
-from mirrorkit.agent.ha.failover import Action, Decision, View, active, decide
+from mirrorkit.agent.ha.failover import Action, Decision, View, active, decide, may_promote
 from mirrorkit.agent.ha.flags import (
     Scheduled,
     load_lease_waiver,
@@ -51,7 +51,7 @@ from mirrorkit.agent.ha.flags import (
     save_schedule,
 )
 from mirrorkit.agent.ha.switchover import SwitchoverRefused, check_switchover, switch_over
-from mirrorkit.agent.ha.view import build_view
+from mirrorkit.agent.ha.view import arbiter_link, build_view
 from mirrorkit.agent.hooks.runner import HookResult, run_hook
 from mirrorkit.agent.state import MirrorState, RoleOwner, StateUnreadable, TermMoved
 from mirrorkit.agent.stream.receiver import ReceiverMirror
@@ -258,7 +258,14 @@ class HaLoop:
                 roles.lease.waive()
         if isinstance(worker, ReceiverMirror):
             worker.on_handover = self._accept_handover
+        if isinstance(worker, PrimaryMirror):
+            worker.sync.on_event = self._sync_event
         self.wake()
+
+    def _sync_event(self, kind: str, message: str, extra: dict[str, Any]) -> None:
+        """A sync-mode decision of the primary (stream/sync_ack.py, which has
+        logged it): an event."""
+        self.events.record(kind, message, self._term(), **extra)
 
     def on_role_change(self, old: MirrorState, new: MirrorState, why: str) -> None:
         self.events.record("role", f"role {old.role} -> {new.role}, term {old.term} -> "
@@ -322,6 +329,9 @@ class HaLoop:
             return
         view = build_view(worker, self.maintenance or self.flag_error is not None)
         self.view = view
+        link = arbiter_link(worker)
+        if link is not None:  # our heartbeats tell the arbiter whether we may promote
+            link.set_promotable(view.role == "backup" and may_promote(view))
         decision = decide(view)
         if decision.action is Action.PROMOTE and self.flag_error is not None:
             decision = Decision(Action.NONE, f"no failover: {self.flag_error}", "flags-unreadable")

@@ -43,5 +43,9 @@ def build_view(worker: MirrorWorker, maintenance: bool) -> View:
                     resyncing=worker.resyncing, apply_failed=worker.failure is not None,
                     arbiter_sees=answer[0] or None if answer else None,
                     arbiter_primary_silence=answer[1] if answer else None,
-                    arbiter_answer_age=clock.now() - answer[2] if answer else None)
+                    arbiter_answer_age=clock.now() - answer[2] if answer else None,
+                    arbiter_backup_out=link.backup_out[0] if answer and link else 0,
+                    arbiter_backup_out_lsn=link.backup_out[1] if answer and link else 0,
+                    arbiter_knows_promotable=link is not None
+                    and link.answer_knows_promotable())
     return View(**base)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mirrorkit.agent.capture import Capture, MountParams, Unmirrorable, new_capture
@@ -51,6 +52,7 @@ from mirrorkit.agent.resync.primary import send_resync
 from mirrorkit.agent.stream.append_times import AppendTimes
 from mirrorkit.agent.stream.capture_state import CaptureState
 from mirrorkit.agent.stream.peers import PeerState, peer_state
+from mirrorkit.agent.stream.sync_ack import SyncAck
 from mirrorkit.agent.stream.worker import MirrorWorker
 from mirrorkit.agent.transport.conn import (
     Connection,
@@ -115,6 +117,13 @@ class PrimaryMirror(MirrorWorker):
         self.handover_refused: str | None = None
         self.handover_settled = asyncio.Event()  # the switchover has its outcome
         self.handover_sent = False  # the HANDOVER is written: send nothing more
+        # Sync mode: through which LSN an fsync may be acknowledged (see
+        # sync_acked_lsn()); the arbiter link carries its requests.
+        self.sync = SyncAck(self.name, self.cfg.mode, self.cfg.timeouts.qos,
+                            self.cfg.arbiter_name, self._durable_end, self.backup_peer,
+                            lambda: self.own_term, self._bytes_between)
+        # Each called on the loop with the new sync_acked_lsn() when it advances.
+        self.sync_ack_listeners: list[Callable[[int], None]] = self.sync.listeners
 
     async def open(self) -> None:
         if not hasattr(self, "log"):
@@ -140,6 +149,7 @@ class PrimaryMirror(MirrorWorker):
                                         member_sources=self.member_sources()))
         log.info("%s: listening on %s:%d", self.name, self.listen_address, self.me.port)
         self.spawn(self._capture_loop(), "capture")
+        self.spawn(self._sync_loop(), "sync-ack")
         self.start_companions()
 
     async def stop(self) -> None:
@@ -224,6 +234,9 @@ class PrimaryMirror(MirrorWorker):
             fence_now = getattr(self._capture, "fence_now", None)
             if fence_now is not None:  # mount: read-only the moment we step down
                 self.roles.step_down_listeners.append(fence_now)
+            on_acked = getattr(self._capture, "on_acked", None)
+            if on_acked is not None:  # mount: a sync fsync waits for this
+                self.sync_ack_listeners.append(on_acked)
             try:
                 await self._capture.run(self._capture_emit)
                 return
@@ -242,6 +255,9 @@ class PrimaryMirror(MirrorWorker):
                 if fence_now is not None:
                     with contextlib.suppress(ValueError):
                         self.roles.step_down_listeners.remove(fence_now)
+                if on_acked is not None:
+                    with contextlib.suppress(ValueError):
+                        self.sync_ack_listeners.remove(on_acked)
 
     async def drain_capture(self) -> None:
         """A switchover stopped writes: with the ``mount`` capture, fence the
@@ -258,7 +274,7 @@ class PrimaryMirror(MirrorWorker):
         return MountParams(self.cfg.mount_socket, self.host, self._last_mount_mark,
                            self._write_lease_left, self.cfg.timeouts.heartbeat,
                            resync_peers=self._resync_peers_of_mount,
-                           stall_limit=self.cfg.timeouts.qos)
+                           stall_limit=self.cfg.timeouts.qos, acked_lsn=self.sync_acked_lsn)
 
     def _resync_peers_of_mount(self, why: str) -> None:
         """The mount's log is not a faithful history of its backing store any
@@ -377,6 +393,35 @@ class PrimaryMirror(MirrorWorker):
             seconds = max(seconds, time.time() - r.started)
         return nbytes, records, seconds
 
+    # -- sync mode ----------------------------------------------------------
+
+    def sync_acked_lsn(self) -> int:
+        """The LSN through which an fsync on the mount may be acknowledged.
+
+        ``mode: sync``: what the backup has durably in its log while it is in
+        sync; the log's durable end only while this primary runs without it,
+        which the arbiter confirmed and persisted first (stream/sync_ack.py).
+        ``mode: async`` (or no backup): the log's durable end. Never goes back."""
+        return self.sync.value()
+
+    async def _sync_loop(self) -> None:
+        # At each append (the senders' wake-up; the log's end is published
+        # only once durable) and a few times a heartbeat (a silent backup
+        # sends no ACK that would move anything). No await between the check
+        # and taking the event: an append cannot slip in between unseen.
+        seen = -1
+        while True:
+            if self._durable_end() == seen:
+                await _wait(self._new_data, self.cfg.timeouts.heartbeat / 4)
+            seen = self._durable_end()
+            self.sync.update()
+
+    def _durable_end(self) -> int:
+        return self.log.last_lsn if hasattr(self, "log") else 0
+
+    def _bytes_between(self, first: int, last: int) -> int:
+        return self.log.bytes_between(first, last) if first <= last else 0
+
     # -- per-peer session ---------------------------------------------------
 
     def last_lsn(self) -> int:
@@ -450,6 +495,7 @@ class PrimaryMirror(MirrorWorker):
                 peer.received_lsn = max(peer.received_lsn, msg.received)
                 peer.acked_through(peer.acked_lsn)
                 peer.acked_event.set()
+                self.sync.update()
                 if peer.apply_error and (msg.lsn >= peer.apply_error_lsn > 0
                                          or peer.clear_error_on_ack):
                     peer.apply_error, peer.clear_error_on_ack = None, False
@@ -623,7 +669,10 @@ class PrimaryMirror(MirrorWorker):
                         "unmirrorable": self.unmirrorable.as_dict()},
             "append_times": len(self._times),
             "peers": peers,
+            "sync_acked_lsn": self.sync_acked_lsn(),
         })
+        if self.cfg.mode == "sync":
+            out["sync"] = self.sync.status()
         lease = self.roles.lease
         t = self.cfg.timeouts
         if (lease is not None and lease.expires_at() is None and not lease.waived

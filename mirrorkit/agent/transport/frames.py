@@ -80,6 +80,10 @@ __all__ = [
 # member speaking another version is refused with that reason.
 # 3: HEARTBEAT carries stamp/echo (the primary's lease) and the arbiter's
 # view of the primary; HANDOVER (switchover).
+# Fields added since (``ADDED_FIELDS``) keep version 3: they are optional and
+# sent only when set, so a member of the previous release reads every frame
+# that does not use them; one that does is refused there as an unknown
+# field, and each such refusal is the safe outcome (see ADDED_FIELDS).
 PROTOCOL_VERSION = 3
 MAGIC = b"MK"
 FRAME = struct.Struct(">2sBBI")
@@ -167,6 +171,20 @@ class Heartbeat:
     # while the arbiter was listening (arbiter/witness.py).
     primary: str = ""
     primary_silence: float = 0.0
+    # Sync mode (stream/sync_ack.py). From the primary: "I ask to run
+    # without my backup in term ``backup_out``" (``backup_out_lsn``: the
+    # backup's received LSN then; it lacks what follows), or "my backup has
+    # everything again: clear it" (``backup_back``, a term). From the arbiter:
+    # "the primary of term ``backup_out`` runs without its backup, persisted
+    # here" (0: it does not), which makes the backup not active.
+    backup_out: int = 0
+    backup_out_lsn: int = 0
+    backup_back: int = 0
+    # From a backup: 1 = it would not promote itself now (not active,
+    # maintenance): the arbiter may tell it the primary is lost without
+    # ruling out ``backup_out`` for the term (witness.py). 0 (also: a
+    # backup of the previous release) = it might.
+    no_promote: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +381,9 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
                                     "lag_bytes": _u64, "lag_records": _u64,
                                     "lag_seconds": _seconds, "stamp": _seconds,
                                     "echo": _seconds, "primary": _member_or_empty,
-                                    "primary_silence": _seconds}),
+                                    "primary_silence": _seconds, "backup_out": _u64,
+                                    "backup_out_lsn": _u64, "backup_back": _u64,
+                                    "no_promote": _flag}),
     MsgType.HANDOVER: (Handover, {"term": _u64, "lsn": _u64, "member": _MEMBER}),
     MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
     MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),
@@ -378,6 +398,16 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
                                          "term": _u64}),
 }
 _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
+# Fields added after their message's version was fixed: sent only when not
+# at their default. A previous-release peer refuses a frame that carries one
+# (unknown field: the connection closes). For the sync flags that is safe
+# by construction: an old arbiter never confirms (the primary keeps waiting
+# for its backup), and a backup that cannot read the arbiter's flag loses
+# the arbiter, so it does not fail over automatically.
+ADDED_FIELDS: dict[MsgType, frozenset[str]] = {
+    MsgType.HEARTBEAT: frozenset({"backup_out", "backup_out_lsn", "backup_back",
+                                  "no_promote"}),
+}
 _REQUIRED: dict[MsgType, frozenset[str]] = {
     t: frozenset(f.name for f in dataclasses.fields(cls)
                  if f.default is dataclasses.MISSING
@@ -406,7 +436,9 @@ def encode_message(msg: Message) -> bytes:
     else:
         mtype = _TYPES[type(msg)]
         fields = _FIELDS[mtype][1]
-        payload = json.dumps({k: getattr(msg, k) for k in fields}).encode()
+        added = ADDED_FIELDS.get(mtype, frozenset())
+        payload = json.dumps({k: getattr(msg, k) for k in fields
+                              if k not in added or getattr(msg, k)}).encode()
     if len(payload) > MAX_FRAME:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
     return FRAME.pack(MAGIC, PROTOCOL_VERSION, int(mtype), len(payload)) + payload

@@ -8,6 +8,7 @@ with every problem listed, never a traceback.
     {{ mirrorkit_mirrors | mirrorkit_host_config(inventory_hostname, hostvars, api_port) }}
     {{ mirrorkit_mirrors | mirrorkit_vip_instances(inventory_hostname, hostvars) }}
     {{ mirrorkit_mirrors | mirrorkit_pki_members(hostvars) }}
+    {{ mirrorkit_mirrors | mirrorkit_mount_units(inventory_hostname, hostvars) }}
     ReadWritePaths={{ paths | mirrorkit_systemd_words }}
     interface {{ vi.interface | mirrorkit_keepalived_word }}
 """
@@ -67,6 +68,16 @@ def mirrorkit_vip_instances(
     return result
 
 
+def mirrorkit_mount_units(
+    mirrors: Any, host: str, hostvars: Mapping[str, Any], api_port: Any = DEFAULT_API_PORT
+) -> list[dict[str, str]]:
+    """mirrorkit-mountd@ instances of `host` (its `capture: mount` mirrors)."""
+    inventory = _inventory(mirrors, hostvars, api_port)
+    _known(inventory, host)
+    result: list[dict[str, str]] = hostconfig.mount_units(inventory, host)
+    return result
+
+
 def mirrorkit_pki_members(
     mirrors: Any, hostvars: Mapping[str, Any], api_port: Any = DEFAULT_API_PORT
 ) -> dict[str, dict[str, list[str]]]:
@@ -100,6 +111,7 @@ class FilterModule:
             "mirrorkit_host_config": mirrorkit_host_config,
             "mirrorkit_vip_instances": mirrorkit_vip_instances,
             "mirrorkit_pki_members": mirrorkit_pki_members,
+            "mirrorkit_mount_units": mirrorkit_mount_units,
             "mirrorkit_systemd_words": _escaping("systemd_words"),
             "mirrorkit_keepalived_word": _escaping("keepalived_word"),
         }

@@ -79,12 +79,14 @@ class MountCapture:
     (the mount's backing store) the full pass reads. ``resync_peers(why)``
     asks for a checksum resync of every peer (the "lost" start);
     ``stall_limit`` bounds how long a batch may wait for the log while the
-    mount stays writable (the mirror's qos)."""
+    mount stays writable (the mirror's qos). ``acked_lsn()`` is sync mode's
+    acknowledger (the worker's ``sync_acked_lsn``); :meth:`on_acked` is its
+    listener."""
 
     def __init__(self, socket_path: Path, backing: Path, exclude: list[str], host: str,
                  last_mark: LastMark, *, lease_left: Callable[[], float],
                  renew_seconds: float, resync_peers: Callable[[str], object] | None = None,
-                 stall_limit: float = 30.0) -> None:
+                 stall_limit: float = 30.0, acked_lsn: Callable[[], int] | None = None) -> None:
         self.socket_path = socket_path
         self.backing = backing
         self.exclude = exclude
@@ -94,6 +96,7 @@ class MountCapture:
         self.renew_seconds = renew_seconds
         self.resync_peers = resync_peers
         self.stall_limit = stall_limit
+        self.acked_lsn = acked_lsn
         self._writer: asyncio.StreamWriter | None = None
         self._emit: Emit | None = None
         self._stopping = asyncio.Event()
@@ -300,6 +303,10 @@ class MountCapture:
                 self._ack_map.popleft()  # bounded; an older entry only delays an ACKED
             self._ack_map.append((lsn, last_seq))
         await self._send(wire.seq_frame(wire.Kind.DURABLE, last_seq))
+        if self.acked_lsn is not None:
+            # The acknowledger may already be past this batch (listeners fire
+            # only when the value moves): never leave a sync fsync waiting.
+            self.on_acked(self.acked_lsn())
 
     def on_acked(self, lsn: int) -> None:
         """The active backup (sync mode's acknowledger) has everything up to

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mountpoint", required=True, help="where applications see it")
     ap.add_argument("--socket", required=True, help="the agent's Unix socket")
     ap.add_argument("--sync", action="store_true",
-                    help="fsync waits for the active backup (mode: sync; not available yet)")
+                    help="fsync waits until the active backup has the change durably (mode: sync)")
     ap.add_argument("--queue-mib", type=int, default=64,
                     help="changes held until the agent has them (back-pressure beyond)")
     ap.add_argument("--debug", action="store_true")
@@ -232,9 +232,6 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{what} must be an absolute path, not {path!r}")
     if not 1 <= args.queue_mib <= 4096:
         ap.error("--queue-mib must be between 1 and 4096")
-    if args.sync:
-        ap.error("--sync is not available yet: the agent does not report the backup's "
-                 "acknowledgements to the mount (issue 9); run without it (async)")
     if not os.path.isdir(args.backing):
         ap.error(f"--backing {args.backing} is not a directory")
     from mirrorkit.agent.capture.mount.passthrough import MirrorFS, MirrorFUSE

@@ -19,7 +19,7 @@ create / mkdir /   CREATE / MKDIR / SYMLINK, then CHOWN to the caller (the
 symlink            backing entry is made by root)
 open(O_TRUNC)      TRUNCATE 0
 write              WRITE (the bytes the backing store took, at the kernel's
-                   offset: O_APPEND is resolved by the kernel)
+                   offset; O_APPEND: at the backing file's end)
 truncate           TRUNCATE
 fallocate          FALLOCATE (modes the replica can replay: allocate, keep
                    size, punch hole, zero range; others EOPNOTSUPP)
@@ -38,11 +38,36 @@ passes no path) is made and not journalled: that file is gone from the tree.
 descriptor sync the backing store, then wait until everything journalled so
 far is durable in the primary's log (``async``) or on the active backup
 (``sync``). FIFOs, sockets and device nodes cannot be mirrored: mknod is
-refused with EPERM.
+refused with EPERM. Every open of a backing file is ``O_NONBLOCK`` and
+anything but a regular file is refused (ESTALE): a FIFO put on the backing
+store behind the mount's back must not block a handler for ever, least of all
+one holding the journal's op lock (every writer would wait).
+
+**Permissions: the handlers run as root; the kernel checks.** The mount has
+``default_permissions``: the kernel checks modes, owners, the sticky bit and
+set-id rules against the attributes we return, exactly as for a local file
+system (tests/integration/test_mount_posix.py runs the EACCES/EPERM cases as
+uid 1000 on the mount and on a plain directory: the same answers). That is
+only as good as those attributes are fresh, and libfuse's path API gives each
+hard link a node of its own, so the kernel's cached attributes of one name go
+stale when the file changes through another (a read stopped at the old size;
+the mode the kernel checks is cached the same way): attribute caching is off
+(:meth:`MirrorFS.init_with_config`, ``attr_timeout=0``; stat() through the
+mount costs a GETATTR each time, 5-8x fewer stats/s, creates about 20% slower;
+writes through a descriptor are unaffected). Running each handler with the
+caller's fsuid/fsgid was measured and not taken: the switch and its undo
+(setfsuid/setfsgid, plus the raw setgroups syscall: glibc's setgroups is
+process-wide) cost ~20 µs in Python and the caller's supplementary groups
+another ~30 µs (read from /proc/<pid>/status, racy when the caller exits),
+25-35% more per path operation, and with fresh attributes it would change
+nothing the kernel does not already refuse. What it would add is POSIX ACLs
+on the backing store, which the kernel does not evaluate on this mount (no
+FUSE_POSIX_ACL): ACLs are not supported on mount-captured trees.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -115,6 +140,18 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         # the mtime goes out as one UTIME at flush (close) or fsync, not per write.
         self._dirty: set[int] = set()
         self._fh_lock = threading.Lock()
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # Every hard link is a node of its own in libfuse's path API, so the
+        # kernel caches each name's attributes apart: with the default 1 s,
+        # a chmod, a write or a truncate through one name leaves the other
+        # names' size, nlink and mode stale for a second (a read stops at
+        # the old size, a permission check passes on the old mode). No
+        # attribute caching: the kernel asks (GETATTR) whenever it needs
+        # them; a write or fsync through an open descriptor does not.
+        if config is not None:
+            config.attr_timeout = 0.0
+            config.ac_attr_timeout_set = 0
 
     # -- resolution ------------------------------------------------------------
 
@@ -223,6 +260,12 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         return os.pread(fh, size, offset)
 
     @_errno_of
+    def lseek(self, path: str | None, offset: int, whence: int, fh: int) -> int:
+        # Only SEEK_DATA/SEEK_HOLE reach us (the kernel does the rest): the
+        # backing store's extents, so sparse files look sparse on the mount.
+        return os.lseek(fh, offset, whence)
+
+    @_errno_of
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         with self._parent(path) as (d, final):
             return os.getxattr(f"/proc/self/fd/{d}/{final}", name, follow_symlinks=False)
@@ -238,6 +281,32 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
 
     # -- descriptors -----------------------------------------------------------
 
+    @staticmethod
+    def _open_file(name: str, flags: int, d: int, mode: int = 0o600) -> int:
+        """The backing file ``name`` of ``d``, never blocking: the kernel sends
+        opens of files it knows as regular; one replaced by a FIFO (or a
+        device) on the backing store behind the mount's back would block
+        this thread for ever, and a writing open holds the journal's op
+        lock, so every writer on the mount would wait with it. O_NONBLOCK
+        makes such an open return; anything but a regular file is then
+        refused with ESTALE (the kernel looks the name up again once and
+        finds what is really there)."""
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=d)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO with no reader (a regular file never)
+                raise OSError(errno.ESTALE, "not a regular file on the backing store") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.ESTALE, "not a regular file on the backing store")
+            if not flags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _remember(self, fd: int, flags: int) -> int:
         with self._fh_lock:
             self._fh_flags[fd] = flags
@@ -249,9 +318,9 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         backing_flags = (flags & ~_OPEN_STRIP) | os.O_NOFOLLOW | os.O_CLOEXEC
         if not writing and not flags & os.O_TRUNC:
             with self._parent(path) as (d, name):
-                return self._remember(os.open(name, backing_flags, dir_fd=d), flags)
+                return self._remember(self._open_file(name, backing_flags, d), flags)
         with self.journal.mutation() as m, self._parent(path) as (d, name):
-            fd = os.open(name, backing_flags, dir_fd=d)
+            fd = self._open_file(name, backing_flags, d)
             if flags & os.O_TRUNC:
                 m.log(self._op(OpKind.TRUNCATE, path, value=0))
                 self._touch(fd)
@@ -284,14 +353,24 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
         return self._remember(fd, flags)
 
     @_errno_of
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str | None, data: bytes, offset: int, fh: int,
+              writepage: bool = False) -> int:
+        with self._fh_lock:
+            flags = self._fh_flags.get(fh, 0)
         with self.journal.mutation(len(data)) as m:
+            if flags & os.O_APPEND and not writepage:
+                # The kernel's offset is its cached size of this name's node;
+                # another hard link's node does not see writes through this
+                # one, so two appenders on two names would overwrite each
+                # other. The backing file's size is the end (writes are
+                # serialised by the op lock). A page written back from a
+                # mapping (writepage) keeps its offset whatever descriptor
+                # the kernel sends it on.
+                offset = os.fstat(fh).st_size
             n = os.pwrite(fh, data, offset)
             if path is not None and n:
                 m.log(self._op(OpKind.WRITE, path, value=offset, data=bytes(data[:n])))
                 self._touch(fh)
-        with self._fh_lock:
-            flags = self._fh_flags.get(fh, 0)
         if flags & _SYNC_FLAGS and m.seq:
             self.journal.wait(m.seq, acked=self.sync)  # the backing fd is O_SYNC itself
         return n
@@ -307,7 +386,13 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
             else:
                 assert path is not None
                 with self._parent(path) as (d, name):
-                    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                    try:
+                        fd = self._open_file(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                             d)
+                    except OSError as exc:
+                        if exc.errno == errno.ESTALE:
+                            raise OSError(errno.EINVAL, "not a regular file") from None
+                        raise
                     try:
                         os.ftruncate(fd, length)
                         m.log(self._op(OpKind.TRUNCATE, path, value=length))
@@ -515,9 +600,30 @@ class MirrorFS(mfusepy.Operations):  # type: ignore[misc]
 
 
 class MirrorFUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy's FUSE, passing rename's flags on (mfusepy 3.1 drops them, which
-    would turn RENAME_NOREPLACE into a silent replace)."""
+    """mfusepy's FUSE, passing on what mfusepy 3.1 drops: rename's flags (which
+    would turn RENAME_NOREPLACE into a silent replace), ftruncate's
+    descriptor, and lseek (SEEK_DATA/SEEK_HOLE)."""
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return int(self.operations.rename(old.decode(self.encoding, self.errors),
                                           new.decode(self.encoding, self.errors), flags))
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # As mfusepy's, plus whether the kernel writes back a page (mmap).
+        return int(self.operations.write(
+            None if path is None else path.decode(self.encoding, self.errors),
+            ctypes.string_at(buf, size), offset, fip.contents.fh,
+            writepage=bool(fip.contents.writepage)))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        # mfusepy 3.1 drops the descriptor of ftruncate(2): without it an
+        # ftruncate of an open, unlinked file (no path) could not be made.
+        return int(self.operations.truncate(
+            None if path is None else path.decode(self.encoding, self.errors), length,
+            fip.contents.fh if fip else None))
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+        # mfusepy 3.1 declares libfuse's lseek but has no wrapper for it.
+        return int(self.operations.lseek(
+            None if path is None else path.decode(self.encoding, self.errors),
+            offset, whence, fip.contents.fh))
