@@ -83,13 +83,13 @@ bench-fuse: deps
 
 # The mount capture against a plain local directory (issue 9 part 6): fdatasync
 # p50/p99, sequential and random writes, small files, SQLite synchronous=FULL, on
-# real agents (primary, backup, arbiter on loopback) and mirrorkit-mountd; ~4 min,
-# needs root and /dev/fuse. Adds section "Mount capture (issue 9)" to
-# bench/RESULTS.md. ARGS: --sync (the mount in mode: sync too, once merged),
-# --diagnose (async with the backup paused), --profile (py-spy), --rounds N,
-# --quick --output FILE (a smoke run).
+# real agents (primary, backup, arbiter on loopback) and mirrorkit-mountd, in mode
+# async and mode sync; ~4 min, needs root and /dev/fuse. Adds section "Mount
+# capture (issue 9)" to bench/RESULTS.md. ARGS: --diagnose (async with the backup
+# paused), --profile (py-spy; both: ~5.5 min), --rounds N, --quick --output FILE
+# (a smoke run).
 bench-mount: deps
-	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mount.py $(ARGS)
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mount.py --sync $(ARGS)
 
 # The property-based tests (marked `fuzz`, also run by `make test` with a fixed
 # seed and a bounded example count) with many more, random, examples.

@@ -1,7 +1,7 @@
 """The ``mount`` capture measured against a plain local directory (issue 9 part 6).
 
-    PYTHONPATH=. .venv/bin/python bench/mount.py                  # ~4 min: local, async
-    PYTHONPATH=. .venv/bin/python bench/mount.py --sync           # + the sync mount
+    PYTHONPATH=. .venv/bin/python bench/mount.py                  # ~3 min: local, async
+    PYTHONPATH=. .venv/bin/python bench/mount.py --sync           # + the sync mount (~4 min)
     PYTHONPATH=. .venv/bin/python bench/mount.py --quick --output bench/work/mount-quick.md
     PYTHONPATH=. .venv/bin/python bench/mount.py --render-only    # RESULTS.md from mount.json
 
