@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMPS  := .stamps
 PYTHON  ?= python3
 
-.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop bench-failover bench-fuse fuzz
+.PHONY: demo test deps unit integration lab-tests molecule lint clean-lab bench bench-loop bench-failover bench-fuse bench-mount fuzz
 
 deps: $(STAMPS)/system $(STAMPS)/venv
 
@@ -80,6 +80,16 @@ bench-fuse: deps
 	bash scripts/bootstrap-bench-fuse.sh
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench-fuse]'
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/fuse_binding.py $(ARGS)
+
+# The mount capture against a plain local directory (issue 9 part 6): fdatasync
+# p50/p99, sequential and random writes, small files, SQLite synchronous=FULL, on
+# real agents (primary, backup, arbiter on loopback) and mirrorkit-mountd, in mode
+# async and mode sync; ~4 min, needs root and /dev/fuse. Adds section "Mount
+# capture (issue 9)" to bench/RESULTS.md. ARGS: --diagnose (async with the backup
+# paused), --profile (py-spy; both: ~5.5 min), --rounds N, --quick --output FILE
+# (a smoke run).
+bench-mount: deps
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mount.py --sync $(ARGS)
 
 # The property-based tests (marked `fuzz`, also run by `make test` with a fixed
 # seed and a bounded example count) with many more, random, examples.
