@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from four_cluster import failed  # type: ignore[import-not-found]
 from mountd_proc import Mountd, needs_fuse  # type: ignore[import-not-found]
 from mounted_four import mounted_four  # type: ignore[import-not-found]
 from pgwire import PgConn, PgError  # type: ignore[import-not-found]
-from test_loopback import MIRROR, Cluster, wait_for  # type: ignore[import-not-found]
+from test_loopback import MIRROR, Cluster, differences, snapshot, wait_for  # type: ignore[import-not-found]
 
 pytestmark = [pytest.mark.integration, needs_fuse]
 
@@ -188,9 +189,25 @@ def _wait_new_primary(apps: Apps) -> None:
     wait_for(lambda: _writable(apps.mountds["node2"].mnt), "node2's mount writable", 60)
 
 
+def _contents(root: Path) -> dict[str, tuple[object, ...]]:
+    """snapshot() without file mtimes: a file written since its last fsync
+    or close when the primary died has, on each replica, the time that
+    replica applied the write (the mount ships a file's mtime at fsync and
+    close only), so node2's and dr1's differ there while the bytes agree."""
+    return {k: v[:2] + v[3:] if v[0] == "file" else v for k, v in snapshot(root).items()}
+
+
 def _wait_dr1_caught_up(apps: Apps) -> None:
     """dr1 follows node2 now and holds what node2 holds (nothing writes)."""
-    wait_for(lambda: apps.c.converged("node2", "dr1"), "dr1 equal to node2", 120)
+    node2, dr1 = apps.c.nodes["node2"].root, apps.c.nodes["dr1"].root
+    try:
+        wait_for(lambda: _contents(node2) == _contents(dr1), "dr1 equal to node2", 120)
+    except BaseException:
+        print("node2 vs dr1:", differences(node2, dr1)[:30])
+        raise
+    mtimes = differences(node2, dr1)
+    if mtimes:
+        print(f"node2 and dr1 agree byte for byte; mtimes differ: {mtimes[:5]}")
 
 
 def _prefix(seqs: list[int], where: str) -> int:
@@ -283,8 +300,11 @@ class Postgres:
         self.proc: subprocess.Popen[bytes] | None = None
         apps.postgres.append(self)
 
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
     def log_tail(self) -> str:
-        return self.logfile.read_text(errors="replace")[-4000:] if self.logfile.exists() else ""
+        return self.log_text()[-4000:]
 
     def start(self) -> None:
         log = open(self.logfile, "ab")  # noqa: SIM115 - the child keeps it
@@ -367,33 +387,47 @@ def _pg_rows(pg: Postgres) -> int:
 
 @pytest.mark.skipif(_pg_missing() is not None, reason=str(_pg_missing()))
 def test_postgres_recovers_after_the_primary_killed_mid_load(apps: Apps) -> None:
+    t0 = time.monotonic()
+
+    def phase(what: str) -> None:  # for the reader of -s output; never asserted
+        print(f"[{time.monotonic() - t0:6.1f}s] {what}")
+
     c, m1, m2 = apps.c, apps.mountds["node1"].mnt, apps.mountds["node2"].mnt
     wait_for(lambda: _writable(m1), "node1's mount writable", 60)
     _initdb(m1 / "pgdata", apps.base)
+    phase("initdb on node1's mount done")
     primary = Postgres(apps, "node1", m1 / "pgdata")
     primary.start()
     acks = apps.base / "postgres-acks"
     writer = _start_writer(apps, "postgres", primary.sockets, acks)
     _load_until_mid(apps, writer, "postgres", acks)
+    phase("load: killing the primary host")
     assert primary.proc is not None
     _kill_primary_host(apps, [writer.pid], [primary.proc.pid])
     primary.proc.wait(10)
     acked = _acked(acks)
     _wait_new_primary(apps)
+    phase("node2 the writable primary")
     # dr1's copy first, before a server on node2 changes node2's.
     _wait_dr1_caught_up(apps)
     dr1_copy = apps.base / "dr1-pgdata"
     subprocess.run(["cp", "-a", str(c.nodes["dr1"].root / "pgdata"), str(dr1_copy)],
                    check=True, timeout=120)
+    phase("dr1 caught up, copied")
     rows: dict[str, int] = {}
     # The new primary: PostgreSQL started on node2's mount, where the
     # application would be started after a failover.
     new_primary = Postgres(apps, "node2", m2 / "pgdata")
     new_primary.start()
+    recovered = "database system was interrupted"
+    assert recovered in new_primary.log_text(), \
+        f"node2's server did not run crash recovery:\n{new_primary.log_tail()}"
     rows["node2"] = _pg_rows(new_primary)
     new_primary.stop()
+    phase("node2's server recovered and checked")
     dr = Postgres(apps, "dr1", dr1_copy)
     dr.start()
+    assert recovered in dr.log_text(), f"dr1's copy needed no recovery:\n{dr.log_tail()}"
     rows["dr1"] = _pg_rows(dr)
     dr.stop()
     Loss("postgres", apps.mode, acked, rows).check()
