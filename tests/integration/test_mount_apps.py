@@ -197,17 +197,33 @@ def _contents(root: Path) -> dict[str, tuple[object, ...]]:
     return {k: v[:2] + v[3:] if v[0] == "file" else v for k, v in snapshot(root).items()}
 
 
-def _wait_dr1_caught_up(apps: Apps) -> None:
-    """dr1 follows node2 now and holds what node2 holds (nothing writes)."""
+def _settled(apps: Apps, seconds: float = 3.0) -> bool:
+    """dr1 applies nothing for ``seconds`` (its applied LSN stays put)."""
+    first = apps.c.mirror("dr1").get("applied_lsn")
+    time.sleep(seconds)
+    return first is not None and apps.c.mirror("dr1").get("applied_lsn") == first
+
+
+def _wait_dr1_settled(apps: Apps) -> str:
+    """Until dr1 holds what node2 holds, or has stopped applying short of it;
+    says which. (A DR copy behind the backup when the primary died cannot
+    catch up today: test_a_dr_copy_behind_the_backup_catches_up_after_failover.)
+    Either way dr1's copy is then still, and crash-consistent by itself."""
     node2, dr1 = apps.c.nodes["node2"].root, apps.c.nodes["dr1"].root
-    try:
-        wait_for(lambda: _contents(node2) == _contents(dr1), "dr1 equal to node2", 120)
-    except BaseException:
-        print("node2 vs dr1:", differences(node2, dr1)[:30])
-        raise
-    mtimes = differences(node2, dr1)
-    if mtimes:
-        print(f"node2 and dr1 agree byte for byte; mtimes differ: {mtimes[:5]}")
+
+    def settled() -> str | None:
+        if _contents(node2) == _contents(dr1):
+            mtimes = differences(node2, dr1)
+            return "equal to node2" + (f" (but mtimes differ: {mtimes[:3]})" if mtimes else "")
+        lsn2, lsn_dr = apps.c.mirror("node2").get("lsn"), apps.c.mirror("dr1").get("applied_lsn")
+        if lsn2 is not None and lsn_dr is not None and lsn_dr < lsn2 and _settled(apps):
+            return (f"NOT caught up with node2: stopped at LSN {lsn_dr}, node2 at {lsn2} "
+                    f"(differences: {differences(node2, dr1)[:3]})")
+        return None
+
+    how = wait_for(settled, "dr1 equal to node2 or settled", 120)
+    print(f"dr1: {how}")
+    return how
 
 
 def _prefix(seqs: list[int], where: str) -> int:
@@ -228,12 +244,13 @@ class Loss:
     mode: str
     acked: int
     rows: dict[str, int]  # copy -> N (rows 1..N)
+    notes: str = ""
 
     def __str__(self) -> str:
         parts = [f"{name} has 1..{n} ({max(0, self.acked - n)} acknowledged commit(s) missing)"
                  for name, n in self.rows.items()]
         return (f"{self.app}, mode {self.mode}: {self.acked} commits acknowledged before "
-                f"the kill; " + "; ".join(parts))
+                f"the kill; " + "; ".join(parts) + (f"; {self.notes}" if self.notes else ""))
 
     def check(self) -> None:
         print(f"\nOUTCOME {self}")
@@ -243,6 +260,45 @@ class Loss:
             assert n <= self.acked + 1, f"{name} holds rows never committed: {self}"
             if self.mode == "sync":
                 assert n >= self.acked, f"{name} lost acknowledged commits in sync mode: {self}"
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "bug (mirrorkit/agent/stream/receiver.py, Receiver._records): a DR copy that "
+    "learnt term 2 refuses the new primary's catch-up records of term 1 as "
+    "'older than our term 2: stale primary', reconnects and refuses again, forever"))
+def test_a_dr_copy_behind_the_backup_catches_up_after_failover(apps: Apps) -> None:
+    """dr1 is paused while node1 writes what node2 receives; node1's host
+    dies; dr1, resumed, must get from node2 (term 2) the term-1 changes it
+    missed. (Seen in about one run in five of the application tests, where
+    dr1 happened to lag node2 at the kill.)"""
+    c, m1 = apps.c, apps.mountds["node1"].mnt
+    wait_for(lambda: _writable(m1), "node1's mount writable", 60)
+    (m1 / "before.txt").write_text("everyone has this\n")
+    wait_for(lambda: all((c.nodes[n].root / "before.txt").exists() for n in ("node2", "dr1")),
+             "before.txt on node2 and dr1", 60)
+    dr1 = c.nodes["dr1"].proc
+    assert dr1 is not None
+    os.kill(dr1.pid, signal.SIGSTOP)
+    try:
+        for i in range(20):
+            (m1 / f"while-dr1-paused-{i}.txt").write_text(f"{i}\n")
+        wait_for(lambda: (c.nodes["node2"].root / "while-dr1-paused-19.txt").exists(),
+                 "node2 has the writes dr1 missed", 60)
+        _kill_primary_host(apps, [], [])
+    finally:
+        os.kill(dr1.pid, signal.SIGCONT)
+    logged_before = len(c.nodes["dr1"].log_text())
+    _wait_new_primary(apps)
+    node2, dr1_root = c.nodes["node2"].root, c.nodes["dr1"].root
+
+    def caught_up() -> bool:
+        refused = [line for line in c.nodes["dr1"].log_text()[logged_before:].splitlines()
+                   if "older than our term" in line]
+        if refused:  # the bug: it refuses the same records at every reconnect
+            pytest.fail(f"dr1 refuses node2's catch-up: {refused[0]}")
+        return _contents(node2) == _contents(dr1_root)
+
+    wait_for(caught_up, "dr1 equal to node2", 60)
 
 
 # -- SQLite ---------------------------------------------------------------------
@@ -277,9 +333,9 @@ def test_sqlite_survives_the_primary_killed_mid_load(apps: Apps) -> None:
     rows = {"node1 (dead primary's disk)": _sqlite_rows(c.nodes["node1"].root,
                                                        apps.base / "copy-node1"),
             "node2": _sqlite_rows(c.nodes["node2"].root, apps.base / "copy-node2")}
-    _wait_dr1_caught_up(apps)
+    dr1 = _wait_dr1_settled(apps)
     rows["dr1"] = _sqlite_rows(c.nodes["dr1"].root, apps.base / "copy-dr1")
-    Loss("sqlite", apps.mode, acked, rows).check()
+    Loss("sqlite", apps.mode, acked, rows, f"dr1 {dr1}").check()
 
 
 # -- PostgreSQL -------------------------------------------------------------------
@@ -408,12 +464,13 @@ def test_postgres_recovers_after_the_primary_killed_mid_load(apps: Apps) -> None
     acked = _acked(acks)
     _wait_new_primary(apps)
     phase("node2 the writable primary")
-    # dr1's copy first, before a server on node2 changes node2's.
-    _wait_dr1_caught_up(apps)
+    # dr1's copy first, before a server on node2 changes node2's (and what
+    # dr1 would receive from it).
+    dr1 = _wait_dr1_settled(apps)
     dr1_copy = apps.base / "dr1-pgdata"
     subprocess.run(["cp", "-a", str(c.nodes["dr1"].root / "pgdata"), str(dr1_copy)],
                    check=True, timeout=120)
-    phase("dr1 caught up, copied")
+    phase("dr1 settled, copied")
     rows: dict[str, int] = {}
     # The new primary: PostgreSQL started on node2's mount, where the
     # application would be started after a failover.
@@ -430,4 +487,4 @@ def test_postgres_recovers_after_the_primary_killed_mid_load(apps: Apps) -> None
     assert recovered in dr.log_text(), f"dr1's copy needed no recovery:\n{dr.log_tail()}"
     rows["dr1"] = _pg_rows(dr)
     dr.stop()
-    Loss("postgres", apps.mode, acked, rows).check()
+    Loss("postgres", apps.mode, acked, rows, f"dr1 {dr1}").check()
