@@ -24,6 +24,7 @@ from pathlib import Path
 from pgwire import PgConn  # type: ignore[import-not-found]
 
 CHECKPOINT_EVERY = 150  # PostgreSQL: checkpoints mid-load too, not only WAL
+SQLITE_CHECKPOINT_PAGES = 50
 
 
 def _tag(seq: int) -> str:
@@ -47,13 +48,17 @@ def sqlite_app(db: str, acks: Path, seconds: float) -> int:
     mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     assert mode == "wal", f"journal_mode is {mode!r}, not wal"
     con.execute("PRAGMA synchronous=FULL")
+    # Checkpoints (WAL into the database file, then the WAL restarted from
+    # its start) several times within the load, not once in 1000 pages:
+    # where a replica that got the writes out of order would break.
+    con.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     con.execute("CREATE TABLE IF NOT EXISTS t (seq INTEGER PRIMARY KEY, tag TEXT, body BLOB)")
     con.execute("CREATE INDEX IF NOT EXISTS t_tag ON t (tag)")
 
     def commit(seq: int) -> None:
         con.execute("BEGIN IMMEDIATE")
         con.execute("INSERT INTO t VALUES (?, ?, randomblob(?))",
-                    (seq, _tag(seq), 200 + seq % 800))
+                    (seq, _tag(seq), 200 + seq * 37 % 6000))  # overflow pages too
         con.execute("COMMIT")
 
     return _loop(commit, acks, seconds)

@@ -316,6 +316,8 @@ def _sqlite_rows(src: Path, into: Path) -> int:
         integrity = con.execute("PRAGMA integrity_check").fetchall()
         assert integrity == [("ok",)], f"{src}: integrity_check says {integrity[:10]}"
         seqs = [r[0] for r in con.execute("SELECT seq FROM t ORDER BY seq")]
+    except sqlite3.DatabaseError as exc:  # what a copy made out of order gives
+        pytest.fail(f"{src}: the copy is not a database SQLite can read: {exc}")
     finally:
         con.close()
     return _prefix(seqs, str(src))
