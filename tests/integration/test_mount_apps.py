@@ -106,6 +106,7 @@ def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:
     base = Path(tempfile.mkdtemp(prefix="mirrorkit-apps-", dir="/tmp"))
     base.chmod(0o711)
     shm_before = _pg_shm()
+    apps: Apps | None = None
     try:
         with mounted_four(base, mode=request.param,
                           show_logs=lambda: failed(request)) as (c, mountds):
@@ -120,7 +121,11 @@ def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:
                 for pg in apps.postgres:
                     pg.stop()
     finally:
-        posix, sysv = (now - before for now, before in zip(_pg_shm(), shm_before, strict=True))
+        # Only after a test of ours ran PostgreSQL (the only one that does):
+        # under pytest-xdist another worker's live server must keep its own.
+        ran_postgres = apps is not None and bool(apps.postgres)
+        posix, sysv = (now - before if ran_postgres else set()
+                       for now, before in zip(_pg_shm(), shm_before, strict=True))
         for name in posix:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"/dev/shm/{name}")
