@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from four_cluster import failed, print_logs, start_four, stop_four  # type: ignore[import-not-found]
+from four_cluster import failed  # type: ignore[import-not-found]
 from mountd_proc import Mountd, needs_fuse  # type: ignore[import-not-found]
+from mounted_four import mounted_four as start_mounted_four  # type: ignore[import-not-found]
 from test_loopback import MIRROR, Cluster, wait_for  # type: ignore[import-not-found]
 from test_mount_capture import tree  # type: ignore[import-not-found]
 
@@ -31,35 +31,8 @@ pytestmark = [pytest.mark.integration, needs_fuse]
 @pytest.fixture
 def mounted_four(tmp_path: Path, request: pytest.FixtureRequest
                  ) -> Iterator[tuple[Cluster, dict[str, Mountd]]]:
-    mountds: dict[str, Mountd] = {}
-
-    def on_mounts(c: Cluster) -> None:
-        for name in ("node1", "node2"):
-            node = c.nodes[name]
-            mountd = Mountd(tmp_path / f"mountd-{name}", backing=node.root)
-            cfg = yaml.safe_load(node.config.read_text())
-            cfg["mirrors"][MIRROR]["capture"] = "mount"
-            cfg["mirrors"][MIRROR]["mount_socket"] = str(mountd.socket)
-            node.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            mountd.start()
-            mountds[name] = mountd
-
-    try:
-        c = start_four(tmp_path / "cluster", before_start=on_mounts)
-    except BaseException:
-        for m in mountds.values():
-            m.stop()
-        raise
-    try:
-        yield c, mountds
-    finally:
-        if failed(request):
-            print_logs(c)
-            for name, m in mountds.items():
-                print(f"===== mountd {name}\n{m.logfile.read_text()[-3000:]}")
-        stop_four(c)
-        for m in mountds.values():
-            m.stop()
+    with start_mounted_four(tmp_path, show_logs=lambda: failed(request)) as cluster:
+        yield cluster
 
 
 def _writable(mnt: Path) -> bool:
