@@ -12,10 +12,9 @@ rows 1..N for some N: a crash-consistent prefix, never a gap.
 How many acknowledged commits a copy misses is *reported* (printed, and in
 every assertion message): in ``mode: async`` an fsync on the mount returns
 once the change is in the primary's log, so the tail the backup had not
-received yet is lost with the primary. In ``mode: sync`` nothing
-acknowledged may be missing: add ``pytest.param("sync")`` to ``MODES`` once
-sync mode exists (mountd ``--sync`` and the agent's ``mode: sync`` refuse it
-today) and the same tests assert zero loss.
+received yet is lost with the primary. In ``mode: sync`` (mountd
+``--sync``) nothing acknowledged may be missing: the same tests assert zero
+loss.
 
 Deadlines are generous (the machine is shared); nothing asserts speed.
 """
@@ -46,7 +45,7 @@ from test_loopback import MIRROR, Cluster, differences, snapshot, wait_for  # ty
 pytestmark = [pytest.mark.integration, needs_fuse]
 
 # The mirror's mode. ("sync": see the module's docstring.)
-MODES = [pytest.param("async", id="async")]
+MODES = [pytest.param("async", id="async"), pytest.param("sync", id="sync")]
 
 WRITERS = Path(__file__).with_name("app_writers.py")
 COMMITS_BEFORE_KILL = 300  # "mid-load": well after start-up, checkpoints included
@@ -267,10 +266,6 @@ class Loss:
                 assert n >= self.acked, f"{name} lost acknowledged commits in sync mode: {self}"
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "bug (mirrorkit/agent/stream/receiver.py, Receiver._records): a DR copy that "
-    "learnt term 2 refuses the new primary's catch-up records of term 1 as "
-    "'older than our term 2: stale primary', reconnects and refuses again, forever"))
 def test_a_dr_copy_behind_the_backup_catches_up_after_failover(apps: Apps) -> None:
     """dr1 is paused while node1 writes what node2 receives; node1's host
     dies; dr1, resumed, must get from node2 (term 2) the term-1 changes it

@@ -54,7 +54,7 @@ from mirrorkit.agent.apply.applier import RecordFailed
 from mirrorkit.agent.capture.mount.marks import find_last_mark
 from mirrorkit.agent.capture.mount.wire import WireError
 from mirrorkit.agent.log.records import Record
-from mirrorkit.agent.log.terms import last_shared
+from mirrorkit.agent.log.terms import last_shared, term_at
 from mirrorkit.agent.resync.receiver import ReceiverResync
 from mirrorkit.agent.state import MirrorState
 from mirrorkit.agent.stream.apply_failure import ApplyFailure
@@ -517,9 +517,22 @@ class ReceiverMirror(Replica):
         if not records:
             return
         for r in records:
-            if r.term < self.state.term:
-                raise PeerRefused(f"record LSN {r.lsn} of term {r.term} is older than our "
-                                  f"term {self.state.term}: stale primary")
+            if r.lsn == 0 or not self.primary_history:
+                if r.term < self.state.term:
+                    raise PeerRefused(f"record LSN {r.lsn} of term {r.term} is older than "
+                                      f"our term {self.state.term}: stale primary")
+            else:
+                # The primary of our term (checked per message) also sends its
+                # older terms' history: a member that lagged behind the new
+                # primary at a failover catches up on records of the old term.
+                # Each must carry the term the primary's history gives its LSN
+                # (or our term itself: the primary's own records, whose term
+                # may have begun after the history its HELLO carried).
+                expected = term_at(self.primary_history, r.lsn)
+                if r.term != expected and r.term != self.state.term:
+                    raise PeerRefused(f"record LSN {r.lsn} of term {r.term}, but the "
+                                      f"primary's term history gives that LSN term "
+                                      f"{expected}: refused")
             if (r.lsn == 0) != resync:
                 raise ProtocolError(f"record LSN {r.lsn} {'during' if resync else 'outside'} "
                                     f"a resync")
