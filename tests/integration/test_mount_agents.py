@@ -129,3 +129,25 @@ def test_a_restarted_mountd_gets_every_receiver_resynced_deletes_and_renames_too
     wait_for(lambda: same(c, mountd), "dr1 to equal the backing store after the resync", 90)
     assert not (c.nodes["dr1"].root / "f1").exists()
     assert "checksum resync of every receiver" in c.nodes["node1"].log_text()
+
+
+def test_a_checksum_resync_owed_by_a_lost_start_survives_a_restart(
+        mounted: tuple[Cluster, Mountd]) -> None:
+    """A "lost" start owes every receiver a checksum resync; the debt is
+    persisted (mount-resync-owed.json) and a restarted primary pays it —
+    its capture resumes exactly and would not know otherwise."""
+    import json
+
+    from test_loopback import MIRROR  # type: ignore[import-not-found]
+
+    c, mountd = mounted
+    wait_for(lambda: writable(mountd.mnt), "node1's mount to become writable", 60)
+    (mountd.mnt / "kept").write_bytes(b"k" * 3000)
+    wait_for(lambda: same(c, mountd), "dr1 to equal node1 tree", 60)
+    c.stop("node1", signal.SIGKILL)
+    owed = c.nodes["node1"].state_dir / MIRROR / "mount-resync-owed.json"
+    owed.write_text(json.dumps({"peers": ["dr1"], "why": "a test's stand-in"}))
+    (c.nodes["dr1"].root / "kept").unlink()  # what the owed resync must repair
+    c.start("node1")
+    wait_for(lambda: same(c, mountd), "dr1 repaired by the owed checksum resync", 90)
+    wait_for(lambda: not owed.exists(), "the debt cleared once paid", 60)

@@ -88,7 +88,7 @@ def test_no_confirmation_in_a_term_the_backup_was_told_the_primary_is_silent(
     backup = SeenMember("backup", term=TERM)
     # just started: it has not heard node1 since, for the arbiter timeout
     a.guard.silence = lambda heard: 12.0  # type: ignore[method-assign]
-    asyncio.run(a._before_answer(backup, "node2"))
+    asyncio.run(a._before_answer(backup, "node2", a._heartbeat(backup, "node2")))
     assert saved(tmp_path)["primary_lost"] == TERM  # before that answer goes out
     asyncio.run(a._sync_request(*ask()))
     assert a.state.backup_out == 0
@@ -103,7 +103,8 @@ def test_no_confirmation_in_a_term_the_backup_was_told_the_primary_is_silent(
 def test_a_short_silence_is_not_told_as_lost(tmp_path: Path) -> None:
     a = arbiter(tmp_path)
     a.guard.silence = lambda heard: 9.0  # type: ignore[method-assign]  # < arbiter 10 s
-    asyncio.run(a._before_answer(SeenMember("backup", term=TERM), "node2"))
+    b = SeenMember("backup", term=TERM)
+    asyncio.run(a._before_answer(b, "node2", a._heartbeat(b, "node2")))
     assert a.state.primary_lost == 0
 
 
@@ -170,7 +171,22 @@ def test_a_backup_that_would_not_promote_is_told_the_primary_is_lost_freely(
     a = arbiter(tmp_path)
     a.guard.silence = lambda heard: 12.0  # type: ignore[method-assign]
     backup = SeenMember("backup", term=TERM, no_promote=True)
-    asyncio.run(a._before_answer(backup, "node2"))
+    asyncio.run(a._before_answer(backup, "node2", a._heartbeat(backup, "node2")))
     assert a.state.primary_lost == 0
     asyncio.run(a._sync_request(*ask()))
     assert a.state.backup_out == TERM
+
+
+def test_no_primary_known_and_long_silent_counts_as_lost(tmp_path: Path) -> None:
+    """After a switchover the arbiter may know the new term but no primary of
+    it yet; its answer then says "no primary, silent since ..." and a backup
+    promotes on that too: the arbiter must persist primary_lost first."""
+    a = arbiter(tmp_path)
+    a.primary_view = lambda: ("", 12.0)  # type: ignore[method-assign]
+    backup = SeenMember("backup", term=TERM)
+    hb = a._heartbeat(backup, "node2")
+    assert hb.primary == "" and hb.primary_silence == 12.0
+    assert asyncio.run(a._before_answer(backup, "node2", hb)) is True
+    assert saved(tmp_path)["primary_lost"] == TERM
+    asyncio.run(a._sync_request(*ask()))
+    assert a.state.backup_out == 0  # never confirmed in that term any more

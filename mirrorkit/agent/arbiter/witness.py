@@ -114,19 +114,22 @@ class ArbiterMirror(MirrorWorker):
                          backup_out=state.term if out else 0,
                          backup_out_lsn=state.backup_out_lsn if out else 0)
 
-    async def _before_answer(self, m: SeenMember, member: str) -> None:
-        """Before an answer tells a backup that the primary has been silent
-        for the arbiter timeout (it may promote on it), persist that we did:
-        no ``backup_out`` is confirmed in this term from then on."""
+    async def _before_answer(self, m: SeenMember, member: str, hb: Heartbeat) -> bool:
+        """Before ``hb`` tells a backup that the primary has been silent for
+        the arbiter timeout (it may promote on it) — a named primary or none
+        known in our term (a backup promotes on either) — persist that we
+        did: no ``backup_out`` is confirmed in this term from then on. True
+        when it persisted something."""
         if m.role != "backup" or member == self.roles.primary or m.no_promote:
-            return  # (a backup that would not promote echoes nothing it acts on)
-        primary, silence = self.primary_view()
+            return False  # (a backup that would not promote echoes nothing it acts on)
         state = self.state
-        if primary and silence >= self.cfg.timeouts.arbiter and state.primary_lost != state.term:
+        if hb.primary_silence >= self.cfg.timeouts.arbiter and state.primary_lost != state.term:
             await self.roles.set_sync_flags(
-                f"telling backup {member} that primary {primary} has been silent for "
-                f"{silence:.1f} s: it may promote; no confirmation of running without it in "
-                f"this term", primary_lost=state.term)
+                f"telling backup {member} that {hb.primary or 'no primary'} has been heard "
+                f"as primary for {hb.primary_silence:.1f} s: it may promote; no confirmation "
+                f"of running without it in this term", primary_lost=state.term)
+            return True
+        return False
 
     async def _sync_request(self, member: str, msg: Heartbeat) -> None:
         """The primary of our term asks to run without its backup, or says
@@ -172,8 +175,12 @@ class ArbiterMirror(MirrorWorker):
             # Cleared before the heartbeat is built: a wake-up that comes
             # while the send waits (a slow peer) gets its own echo at once.
             m.wake.clear()
-            await self._before_answer(m, member)
-            await conn.send(self._heartbeat(m, member))
+            # Decide on the very answer we send (the silence grows between
+            # two readings), and persist before it goes.
+            hb = self._heartbeat(m, member)
+            if await self._before_answer(m, member, hb):
+                hb = self._heartbeat(m, member)  # our state changed: say it as it is
+            await conn.send(hb)
             with contextlib.suppress(TimeoutError):
                 await wait_for(m.wake.wait(), self.cfg.timeouts.heartbeat)
 

@@ -107,33 +107,57 @@ class MountRejoin:
                     warned = time.monotonic()
             await asyncio.sleep(_RETRY)
 
-    def _load_taken(self) -> tuple[str, int] | None:
+    def _load_taken(self) -> dict[str, object] | None:
+        """What an earlier start took: {session, seq, resync_owed}."""
         try:
             data = json.loads(self.taken_path.read_text())
-            return str(data["session"]), int(data["seq"])
+            return {"session": str(data["session"]), "seq": int(data["seq"]),
+                    "resync_owed": bool(data.get("resync_owed", True)),
+                    "report": str(data.get("report", "?"))}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Unreadable: count nothing as taken (the check then reports
-            # changes as possibly missing and a resync follows: the safe side).
-            log.warning("%s: %s is unreadable (%s): ignoring it", self.mirror,
-                        self.taken_path, exc)
-            return None
+            # Unreadable: count nothing as taken, owe a resync (the safe side).
+            log.warning("%s: %s is unreadable (%s): a checksum resync is asked for",
+                        self.mirror, self.taken_path, exc)
+            return {"session": "", "seq": 0, "resync_owed": True, "report": "?"}
+
+    def _save_taken(self, session: str, seq: int, owed: bool) -> None:
+        entry = {"session": session, "seq": seq, "resync_owed": owed,
+                 "report": str(self.report) if self.report is not None else "?"}
+        atomic_write(self.taken_path, json.dumps(entry).encode())
+
+    def resync_done(self) -> None:
+        """(worker thread) A checksum resync from the primary completed: the
+        quarantined changes are replaced by its version; nothing is owed."""
+        taken = self._load_taken()
+        if taken is not None and taken["resync_owed"]:
+            self._save_taken(str(taken["session"]), int(str(taken["seq"])), False)
+            log.info("%s: the checksum resync owed since %s is done", self.mirror,
+                     taken["report"])
 
     async def check(self) -> None:
         last = await asyncio.to_thread(self.last_mark)
-
         taken = await asyncio.to_thread(self._load_taken)
+        before = (str(taken["session"]), int(str(taken["seq"]))) if taken else None
 
         async def save(found: Unlogged) -> None:
+            # The report, then what was taken and that a resync is owed, all
+            # durable before mountd may drop anything: a restart before the
+            # resync completes asks for it again (the log does not say).
             self.report = await asyncio.to_thread(write_report, self.quarantine, self.mirror,
                                                   self.host, found)
-            entry = {"session": found.session, "seq": found.records[-1][0]}
-            await asyncio.to_thread(atomic_write, self.taken_path, json.dumps(entry).encode())
+            await asyncio.to_thread(self._save_taken, found.session, found.records[-1][0], True)
 
-        found = await take_unlogged(self.socket_path, self.host, last, save, taken)
+        found = await take_unlogged(self.socket_path, self.host, last, save, before)
         self.done = True
         if not found.found:
+            if taken is not None and taken["resync_owed"]:
+                why = (f"a checksum resync owed since an earlier start (changes quarantined "
+                       f"in {taken['report']}) has not completed")
+                log.warning("%s: %s; asking the primary for it", self.mirror, why)
+                self.on_found(why)
+                return
             log.info("%s: the mount holds nothing the log does not (mountd session %s)",
                      self.mirror, found.session)
             return
@@ -143,8 +167,9 @@ class MountRejoin:
         else:
             self.report = await asyncio.to_thread(write_report, self.quarantine, self.mirror,
                                                   self.host, found)
+            await asyncio.to_thread(self._save_taken, found.session,
+                                    int(str(taken["seq"])) if taken else 0, True)
             why = (f"changes may be missing from the log: {found.unknown} (report in "
                    f"{self.report})")
         log.warning("%s: %s; asking the primary for a checksum resync", self.mirror, why)
         self.on_found(why)
-

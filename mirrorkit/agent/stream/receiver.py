@@ -510,6 +510,8 @@ class ReceiverMirror(Replica):
         if task is None or not task.done() or task.exception() is not None:
             raise ProtocolError("RESYNC_END before our manifest was sent")
         await asyncio.to_thread(self._finish_resync, msg.lsn)
+        if self.mount_rejoin is not None:
+            await asyncio.to_thread(self.mount_rejoin.resync_done)
         self._resync_at = None
         await conn.send(Ack(self.applied, self.log.last_lsn, self.term))
 

@@ -38,6 +38,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mirrorkit.agent.capture import Capture, MountParams, Unmirrorable, new_capture
@@ -49,6 +50,7 @@ from mirrorkit.agent.log.segments import LogError, MirrorLog
 from mirrorkit.agent.log.terms import TermHistory, last_shared
 from mirrorkit.agent.resync.compare import MODES, ResyncProgress
 from mirrorkit.agent.resync.primary import send_resync
+from mirrorkit.agent.state import StateUnreadable, atomic_write_json, read_json_object
 from mirrorkit.agent.stream.append_times import AppendTimes
 from mirrorkit.agent.stream.capture_state import CaptureState
 from mirrorkit.agent.stream.peers import PeerState, peer_state
@@ -75,6 +77,7 @@ from mirrorkit.agent.transport.frames import (
 )
 from mirrorkit.agent.util import clock
 from mirrorkit.agent.util.aio import Backoff, race, wait_for
+from mirrorkit.atomicfile import fsync_dir
 
 __all__ = ["PrimaryMirror"]
 
@@ -84,6 +87,8 @@ log = logging.getLogger(__name__)
 # writes (capture/mount/capture.py, "Bounds"): far above a slow fdatasync or
 # a repair holding the emit lock, far below "hangs for ever".
 MOUNT_STALL_LIMIT = 30.0
+# Checksum resyncs a "lost" mount start owes its receivers (see below).
+MOUNT_RESYNC_OWED = "mount-resync-owed.json"
 
 BATCH_BYTES = 1 << 20
 WINDOW_BYTES = 8 << 20
@@ -148,6 +153,8 @@ class PrimaryMirror(MirrorWorker):
         self.own_term = self.roles.term
         log.info("%s: primary of %s, term %d, log LSN %d..%d", self.name, self.cfg.name,
                  self.state.term, self.log.first_lsn, self.log.last_lsn)
+        if self.cfg.capture == "mount":
+            self._load_owed()
         self.servers.append(await serve(self.listen_address, self.me.port,
                                         server_context(self.cfg.tls), self._session, self.name,
                                         self.sessions,
@@ -288,9 +295,24 @@ class PrimaryMirror(MirrorWorker):
         """The mount's log is not a faithful history of its backing store any
         more (capture/mount/capture.py, the "lost" start): every receiver of
         the mirror, connected yet or not, gets a checksum resync against the
-        tree itself (a peer that connects later finds it pending)."""
+        tree itself (a peer that connects later finds it pending). The debt
+        is persisted first (``mount-resync-owed.json``, cleared per peer as
+        its resync completes): a restart before they are done owes them
+        still — the next start resumes exactly and would not know."""
+        owed = sorted(self.peers)
+        atomic_write_json(self._owed_path, {"peers": owed, "why": why})
+        self._ask_owed(owed, why)
+
+    @property
+    def _owed_path(self) -> Path:
+        return self.mirror_dir() / MOUNT_RESYNC_OWED
+
+    def _ask_owed(self, names: list[str], why: str) -> None:
         started = []
-        for name, peer in self.peers.items():  # every receiver, from the config
+        for name in names:
+            peer = self.peers.get(name)
+            if peer is None:
+                continue
             if peer.resyncing and peer.resync is not None and peer.resync.mode == "checksum":
                 continue  # a checksum resync that runs now compares the tree as it is
             peer.pending = peer.resync = self._new_progress("checksum", "mount", False)
@@ -298,6 +320,39 @@ class PrimaryMirror(MirrorWorker):
             started.append(f"{name} id {peer.pending.id}")
         log.warning("%s: %s; checksum resync of every receiver (%s)", self.name, why,
                     ", ".join(started) or "none configured")
+
+    def _load_owed(self) -> None:
+        """At start: checksum resyncs a "lost" mount start owed and that did
+        not complete before we stopped."""
+        try:
+            raw = read_json_object(self._owed_path)
+        except StateUnreadable as exc:
+            # Unreadable: owe every receiver one (the safe side).
+            log.error("%s: %s is unreadable (%s): a checksum resync of every receiver",
+                      self.name, self._owed_path, exc)
+            raw = {"peers": sorted(self.peers), "why": "unreadable record of owed resyncs"}
+        if raw is None:
+            return
+        peers = raw.get("peers")
+        names = [n for n in peers if isinstance(n, str)] if isinstance(peers, list) else \
+            sorted(self.peers)
+        if names:
+            self._ask_owed(names, f"owed since an earlier start ({raw.get('why', '?')})")
+
+    def _owed_done(self, member: str) -> None:
+        """(worker thread) ``member``'s checksum resync completed: it owes nothing more."""
+        try:
+            raw = read_json_object(self._owed_path)
+        except StateUnreadable:
+            return  # _load_owed treats it as owing all: nothing to clear here
+        if raw is None or not isinstance(raw.get("peers"), list) or member not in raw["peers"]:
+            return
+        rest = [n for n in raw["peers"] if n != member]
+        if rest:
+            atomic_write_json(self._owed_path, {**raw, "peers": rest})
+        else:
+            self._owed_path.unlink(missing_ok=True)
+            fsync_dir(self._owed_path.parent)
 
     def _write_lease_left(self) -> float:
         """How long the mount may stay writable: this member's own lease (the
@@ -624,6 +679,8 @@ class PrimaryMirror(MirrorWorker):
             raise
         self.metrics.resync(member, "done")
         peer.clear_error_on_ack = True  # its ACK of the end says it applied it
+        if progress.mode == "checksum":
+            await asyncio.to_thread(self._owed_done, member)
         return next_lsn
 
     def _apply_failed(self, peer: PeerState, member: str, msg: ApplyFailed) -> None:

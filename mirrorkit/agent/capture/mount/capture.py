@@ -205,13 +205,15 @@ class MountCapture:
             after = await self._fence_for_start(reader)
             if how == "initial":
                 await self._full_pass(emit)
+            if how == "lost" and self.resync_peers is not None:
+                # Persisted by the sender before anything is released: a
+                # restart after this start resumes exactly and would not know.
+                self.resync_peers(why)
             await emit([MountMark(self.host, session, after + 1, after).op(),
                         Op(OpKind.MARK, 0, "", target="scan-complete")])
             # Only now is what mountd held covered in the log (by the pass,
             # or by the peers' resync against the backing store): release it.
             await self._send(wire.seq_frame(wire.Kind.DURABLE, after))
-            if how == "lost" and self.resync_peers is not None:
-                self.resync_peers(why)
         else:
             start_lsn = await emit([MountMark(self.host, session, after + 1, after).op(),
                                     Op(OpKind.MARK, 0, "", target="scan-complete")])
