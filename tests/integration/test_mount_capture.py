@@ -269,6 +269,28 @@ def test_a_rejoining_member_quarantines_what_its_mount_never_logged(tmp_path: Pa
         assert third == []  # nothing held, nothing owed
 
 
+def write_and_fsync_in_a_thread(path: Path) -> tuple[dict[str, int], threading.Thread]:
+    """Writes "a row" to ``path`` and fsyncs it in a thread, joined within
+    60 s: {"ok": 1} or {"errno": N}, and the thread (alive: it hung)."""
+    result: dict[str, int] = {}
+
+    def write_and_fsync() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"a row")
+            os.fsync(fd)
+            result["ok"] = 1
+        except OSError as exc:
+            result["errno"] = exc.errno or 0
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=write_and_fsync, daemon=True)
+    t.start()
+    t.join(60)
+    return result, t
+
+
 def test_a_stalled_log_closes_the_mount_and_fails_the_waiting_fsync(tmp_path: Path) -> None:
     """The log stops taking batches (say, a full disk): past the stall limit
     no lease is granted, the mount turns read-only when the current one ends
@@ -277,28 +299,39 @@ def test_a_stalled_log_closes_the_mount_and_fails_the_waiting_fsync(tmp_path: Pa
         h.start()
         h.wait_writable()
         h.gate.clear()
-        result: dict[str, int] = {}
-
-        def write_and_fsync() -> None:
-            fd = os.open(mountd.mnt / "db", os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, b"a row")
-                os.fsync(fd)
-                result["ok"] = 1
-            except OSError as exc:
-                result["errno"] = exc.errno or 0
-            finally:
-                os.close(fd)
-
-        t = threading.Thread(target=write_and_fsync)
-        t.start()
-        t.join(60)
+        result, t = write_and_fsync_in_a_thread(mountd.mnt / "db")
         assert not t.is_alive(), "the fsync hung on a stalled log"
         assert result == {"errno": errno.EIO}
         with pytest.raises(OSError) as err:
             (mountd.mnt / "more").write_bytes(b"m")
         assert err.value.errno == errno.EROFS
         h.gate.set()  # the log takes changes again: so does the mount
+        h.wait_writable()
+        h.barrier()
+        assert (h.replica / "db").read_bytes() == b"a row"
+
+
+def test_an_acknowledgement_that_never_comes_closes_the_mount_and_fails_the_fsync(
+        tmp_path: Path) -> None:
+    """mountd --sync, the acknowledger stuck (no backup, and no leave from
+    the arbiter to run without it: review finding 9, where the primary kept
+    its lease and the fsync waited for ever): past the stall limit no lease
+    is granted, the waiting fsync fails with EIO (never acknowledged), new
+    writes get EROFS; once acknowledgements move, the mount is writable
+    again and what was written is in the log."""
+    with running(tmp_path, sync=True, lease=1.0, stall_limit=0.5) as (mountd, h):
+        h.start()
+        h.wait_writable()
+        h.acked_upto = len(h.log)  # nothing more is acknowledged
+        result, t = write_and_fsync_in_a_thread(mountd.mnt / "db")
+        assert not t.is_alive(), "the fsync hung on an acknowledgement that never came"
+        assert result == {"errno": errno.EIO}
+        with pytest.raises(OSError) as err:
+            (mountd.mnt / "more").write_bytes(b"m")
+        assert err.value.errno == errno.EROFS
+        h.acked_upto = None  # the backup is back (or the arbiter allowed running alone)
+        assert h.capture is not None
+        h.loop.call_soon_threadsafe(h.capture.on_acked, 10**9)
         h.wait_writable()
         h.barrier()
         assert (h.replica / "db").read_bytes() == b"a row"

@@ -41,24 +41,27 @@ MEMBERS = {"node1": ("primary", None), "node2": ("backup", None), "arb1": ("arbi
 
 def _sync_cluster(base: Path, proxy_backup: bool,
                   prepare: Callable[[Cluster], None] | None = None
-                  ) -> tuple[Cluster, Mountd, Any]:
+                  ) -> tuple[Cluster, Mountd, Any, Mountd]:
     c = make_cluster(base, MEMBERS, extra={"mode": "sync", "timeouts": DEFAULT_TIMEOUTS})
     if prepare is not None:
         prepare(c)
     mountd = Mountd(base / "mountd", backing=c.nodes["node1"].root, sync=True)
-    for name in ("node1", "node2"):
-        # Both failover members: sync needs the mount (node2 has none here:
-        # promoted, its capture would fail; these tests promote no one).
+    # node2's own mountd, serving its replica read-only, as on a real member:
+    # a backup counts itself active only once its mountd has said the mount
+    # holds nothing the log lacks (stream/mount_rejoin.py).
+    mountd2 = Mountd(base / "mountd2", backing=c.nodes["node2"].root, sync=True)
+    for name, served in (("node1", mountd), ("node2", mountd2)):
+        # Both failover members: sync needs the mount.
         cfg = yaml.safe_load(c.nodes[name].config.read_text())
         cfg["mirrors"][MIRROR]["capture"] = "mount"
-        cfg["mirrors"][MIRROR]["mount_socket"] = str(
-            mountd.socket if name == "node1" else base / name / "no-mountd.sock")
+        cfg["mirrors"][MIRROR]["mount_socket"] = str(served.socket)
         c.nodes[name].config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     proxy = route_through_proxy(c, "node2", "node1") if proxy_backup else None
     mountd.start()
+    mountd2.start()
     for name in ("arb1", "node2", "node1"):
         c.start(name)
-    return c, mountd, proxy
+    return c, mountd, proxy, mountd2
 
 
 @pytest.fixture(params=[False], ids=["direct"])
@@ -67,8 +70,8 @@ def sync_cluster(tmp_path: Path, request: pytest.FixtureRequest
     # param: True (node2 reaches node1 through a proxy a test can cut), or a
     # function that prepares the cluster before it starts
     param = getattr(request, "param", False)
-    c, mountd, proxy = _sync_cluster(tmp_path, param is True,
-                                     param if callable(param) else None)
+    c, mountd, proxy, mountd2 = _sync_cluster(tmp_path, param is True,
+                                              param if callable(param) else None)
     try:
         yield c, mountd, proxy
     finally:
@@ -77,6 +80,7 @@ def sync_cluster(tmp_path: Path, request: pytest.FixtureRequest
             print(mountd.logfile.read_text()[-4000:])
         stop_four(c)
         mountd.stop()
+        mountd2.stop()
         if proxy is not None:
             proxy.close()
 

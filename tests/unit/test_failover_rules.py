@@ -60,7 +60,8 @@ def test_sync_mode_promotes_a_backup_behind_only_on_what_was_never_acknowledged(
     lag at the moment the primary died is unacknowledged data: no reason to
     refuse the failover of a primary that died under load."""
     for lag in (0, 1, 50 << 20, None):
-        d = decide(replace(BACKUP, mode="sync", lag_bytes=lag))
+        d = decide(replace(BACKUP, mode="sync", lag_bytes=lag, primary_sync_acked=40,
+                           received_lsn=40))
         assert d.action is Action.PROMOTE, d.reason
         assert "holds every write the primary acknowledged" in d.reason
     # async: the lag limit stays
@@ -137,3 +138,39 @@ def test_what_the_backup_tells_the_arbiter_about_promoting() -> None:
     assert not may_promote(replace(BACKUP, resyncing=True))
     assert not may_promote(replace(BACKUP, arbiter_backup_out=3))
     assert not may_promote(replace(BACKUP, role="primary"))
+
+
+def test_a_backup_whose_mount_is_not_yet_checked_is_not_promoted() -> None:
+    """capture: mount: until its mountd has said whether the mount holds
+    changes the log never got (a dead primary's last lease), the copy may
+    differ from the primary's uncounted: not active, no promotion."""
+    checked = decide(BACKUP)
+    assert checked.action is Action.PROMOTE, checked
+    d = decide(replace(BACKUP, mount_unchecked=True))
+    assert d.action is Action.NONE, d
+    assert "has not yet checked with its mirrorkit-mountd" in d.reason
+    assert not may_promote(replace(BACKUP, mount_unchecked=True))
+
+
+def test_sync_mode_rests_on_what_the_primary_says_not_on_the_backups_own_config() -> None:
+    """Review finding 8: the backup waived the lag limit because its own
+    config said `sync` (an apply converges the backup before the primary,
+    which may still run async and acknowledge without it). Now only a
+    primary's heartbeat saying what it acknowledged in sync mode waives it."""
+    behind = (1 << 20) + 1
+    # the primary did not say (async, or a previous release): the lag rule
+    d = decide(replace(BACKUP, mode="sync", lag_bytes=behind))
+    assert d.situation == "not-active", d.reason
+    assert "the primary has not said it runs sync" in d.reason
+    assert decide(replace(BACKUP, mode="sync", lag_bytes=0)).action is Action.PROMOTE
+    # it said, and we hold less than it acknowledged: not active
+    d = decide(replace(BACKUP, mode="sync", lag_bytes=0, primary_sync_acked=50,
+                       received_lsn=49))
+    assert d.situation == "not-active", d.reason
+    assert "lacks writes the primary acknowledged" in d.reason
+    assert not may_promote(replace(BACKUP, mode="sync", primary_sync_acked=50,
+                                   received_lsn=49))
+    # it said, and we hold all of it: lag is what was never acknowledged
+    d = decide(replace(BACKUP, mode="sync", lag_bytes=behind, primary_sync_acked=50,
+                       received_lsn=50))
+    assert d.action is Action.PROMOTE, d.reason

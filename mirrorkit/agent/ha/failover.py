@@ -77,6 +77,14 @@ class View:
     lag_bytes: int | None = None  # at the last heartbeat (None: unknown)
     resyncing: bool = False
     apply_failed: bool = False
+    # capture: mount: its mountd has not yet said whether the mount holds
+    # changes the log never got (stream/mount_rejoin.py): until it has, this
+    # copy may differ from the primary's in ways nothing has counted.
+    mount_unchecked: bool = False
+    # Sync mode: what the primary's last heartbeat said it acknowledged (0:
+    # it did not say), and what this backup holds durably in its log.
+    primary_sync_acked: int = 0
+    received_lsn: int = 0
     # The arbiter's latest answer: whom it holds primary, its silence, the
     # answer's age (None: no answer in our term yet).
     arbiter_sees: str | None = None
@@ -108,20 +116,33 @@ def active(v: View) -> tuple[bool, str]:
         return False, "is resyncing (its replica is incomplete)"
     if v.apply_failed:
         return False, "stopped on a record it could not apply"
-    if v.mode == "sync":
+    if v.mount_unchecked:
+        return False, ("has not yet checked with its mirrorkit-mountd whether the mount "
+                       "holds changes the log never got (retried every few seconds)")
+    if v.mode == "sync" and v.primary_sync_acked > 0:
         # Sync: the primary acknowledges an fsync only once this backup has it,
         # or after the arbiter confirmed it runs without us (checked above).
         # What we lack now (lag) was never acknowledged: a lag limit here
-        # would only refuse failovers of a primary that died under load.
+        # would only refuse failovers of a primary that died under load. The
+        # primary says it runs sync and how far it acknowledged (heartbeat
+        # `sync_acked`): our own configuration alone is not enough (an apply
+        # converges the backup first; the primary may still run async).
+        if v.received_lsn < v.primary_sync_acked:
+            return False, (f"lacks writes the primary acknowledged (holds LSN "
+                           f"{v.received_lsn}, the primary acknowledged through "
+                           f"{v.primary_sync_acked})")
         lag = "unknown lag" if v.lag_bytes is None else f"{v.lag_bytes} B behind"
-        return True, (f"holds every write the primary acknowledged (sync mode, no "
-                      f"out-of-sync flag at arbiter {v.arbiter}; {lag}, never acknowledged)")
+        return True, (f"holds every write the primary acknowledged (sync mode, through LSN "
+                      f"{v.primary_sync_acked}; no out-of-sync flag at arbiter {v.arbiter}; "
+                      f"{lag}, never acknowledged)")
+    sync_unsaid = " (the primary has not said it runs sync: the lag rule applies)" \
+        if v.mode == "sync" else ""
     if v.lag_bytes is None:
-        return False, "does not know its lag"
+        return False, "does not know its lag" + sync_unsaid
     limit = v.max_lag
     if v.lag_bytes > limit:
-        return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)"
-    return True, f"was {v.lag_bytes} B behind (<= {limit} B)"
+        return False, f"was {v.lag_bytes} B behind (max_lag_on_failover {limit} B)" + sync_unsaid
+    return True, f"was {v.lag_bytes} B behind (<= {limit} B)" + sync_unsaid
 
 
 def may_promote(v: View) -> bool:

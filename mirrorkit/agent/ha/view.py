@@ -41,6 +41,11 @@ def build_view(worker: MirrorWorker, maintenance: bool) -> View:
                     primary=roles.primary, primary_silence=worker.primary_silence(),
                     ever_connected=worker.primary_known, lag_bytes=worker.known_lag_bytes(),
                     resyncing=worker.resyncing, apply_failed=worker.failure is not None,
+                    mount_unchecked=worker.mount_rejoin is not None
+                    and not worker.mount_rejoin.done,
+                    primary_sync_acked=worker.primary_sync_acked,
+                    received_lsn=log.last_lsn
+                    if (log := getattr(worker, "log", None)) is not None else 0,
                     arbiter_sees=answer[0] or None if answer else None,
                     arbiter_primary_silence=answer[1] if answer else None,
                     arbiter_answer_age=clock.now() - answer[2] if answer else None,

@@ -114,6 +114,9 @@ class ReceiverMirror(Replica):
         self.connected = False
         self.connected_to: str | None = None
         self.primary_lsn = 0
+        # What the primary's last heartbeat said it acknowledged in sync mode
+        # (0: it did not say: async, or a previous release).
+        self.primary_sync_acked = 0
         self.primary_known = False  # primary_lsn was heard from a primary
         self.lag_bytes = 0
         self.lag_seconds = 0.0
@@ -195,7 +198,12 @@ class ReceiverMirror(Replica):
                                     True)
         conn = self._conn
         if conn is not None:  # a session runs: the next one reports it (APPLY_FAILED)
-            asyncio.get_running_loop().create_task(conn.close("checksum resync needed"))
+            # Kept with the sessions (the loop holds tasks only weakly; stop()
+            # cancels and awaits them), dropped from there once closed.
+            task = asyncio.get_running_loop().create_task(
+                conn.close("checksum resync needed"), name=f"{self.cfg.name}:close-for-resync")
+            self.sessions.add(task)
+            task.add_done_callback(self.sessions.discard)
 
     def _hello(self) -> Hello:
         return Hello(self.cfg.name, self.host, self.state.role, self.state.term,
@@ -472,6 +480,7 @@ class ReceiverMirror(Replica):
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self.primary_lsn = msg.lsn
+        self.primary_sync_acked = msg.sync_acked
         self.lag_bytes, self.lag_seconds = msg.lag_bytes, msg.lag_seconds
 
     def _on_resync_begin(self, conn: Connection, msg: ResyncBegin) -> None:

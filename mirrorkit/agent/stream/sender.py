@@ -652,8 +652,14 @@ class PrimaryMirror(MirrorWorker):
 
     def heartbeat_for(self, peer: PeerState) -> Heartbeat:
         lag_bytes, lag_records, lag_seconds = self.peer_lag(peer)
+        # Sync mode, to the backup: what we have acknowledged to applications,
+        # so that the backup's idea of being active rests on our mode, not on
+        # its own configuration (which an apply may have changed first).
+        acked = self.sync_acked_lsn() \
+            if self.cfg.mode == "sync" and peer.role == "backup" else 0
         return Heartbeat(self.own_term, self.log.last_lsn, "primary", lag_bytes, lag_records,
-                         round(lag_seconds, 3), stamp=clock.now(), echo=peer.stamp_in)
+                         round(lag_seconds, 3), stamp=clock.now(), echo=peer.stamp_in,
+                         sync_acked=acked)
 
     def backup_peer(self, name: str | None = None) -> tuple[str, PeerState] | None:
         """The backup (``name``, or the other failover member: after a DR

@@ -185,6 +185,13 @@ class Heartbeat:
     # ruling out ``backup_out`` for the term (witness.py). 0 (also: a
     # backup of the previous release) = it might.
     no_promote: int = 0
+    # From a primary in sync mode to its backup: the LSN through which it has
+    # acknowledged fsyncs to applications (its sync_acked_lsn; 0: not said,
+    # also a primary of the previous release or in async mode). A backup
+    # counts itself active by sync mode's rule only once it holds that much
+    # (ha/failover.py `active`); without it the lag rule applies, whatever
+    # the backup's own configuration says.
+    sync_acked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +390,7 @@ _FIELDS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
                                     "echo": _seconds, "primary": _member_or_empty,
                                     "primary_silence": _seconds, "backup_out": _u64,
                                     "backup_out_lsn": _u64, "backup_back": _u64,
-                                    "no_promote": _flag}),
+                                    "no_promote": _flag, "sync_acked": _u64}),
     MsgType.HANDOVER: (Handover, {"term": _u64, "lsn": _u64, "member": _MEMBER}),
     MsgType.ERROR: (Error, {"reason": _REASON, "term": _u64}),
     MsgType.RESYNC_BEGIN: (ResyncBegin, {"lsn": _u64, "term": _u64, "mode": _text(MAX_MODE),
@@ -406,7 +413,7 @@ _TYPES: dict[type[Any], MsgType] = {cls: t for t, (cls, _) in _FIELDS.items()}
 # the arbiter, so it does not fail over automatically.
 ADDED_FIELDS: dict[MsgType, frozenset[str]] = {
     MsgType.HEARTBEAT: frozenset({"backup_out", "backup_out_lsn", "backup_back",
-                                  "no_promote"}),
+                                  "no_promote", "sync_acked"}),
 }
 _REQUIRED: dict[MsgType, frozenset[str]] = {
     t: frozenset(f.name for f in dataclasses.fields(cls)

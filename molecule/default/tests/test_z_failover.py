@@ -156,9 +156,9 @@ def eventually(check: Callable[[], bool], what: str, deadline: float = DEADLINE)
     return time.monotonic() - start
 
 
-def post(body: bytes, timeout: float = 1.0) -> dict[str, Any] | None:
+def post(body: bytes, timeout: float = 1.0, app: str = APP) -> dict[str, Any] | None:
     """One write to records-app through the VIP: its answer, None when it failed."""
-    request = urllib.request.Request(f"{APP}/records", data=body, method="POST")
+    request = urllib.request.Request(f"{app}/records", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             if answer.status != 201:
@@ -169,8 +169,8 @@ def post(body: bytes, timeout: float = 1.0) -> dict[str, Any] | None:
         return None
 
 
-def records_on(host: str) -> set[str]:
-    proc = ssh(host, f"ls -1 {APP_DIR} 2>/dev/null || true")
+def records_on(host: str, directory: str = APP_DIR) -> set[str]:
+    proc = ssh(host, f"ls -1 {directory} 2>/dev/null || true")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
 
 
@@ -547,7 +547,7 @@ def test_planned_promotion_of_the_dr_copy(reset: None) -> None:
         if answer:
             acked.add(answer["id"])
     start = time.time()
-    proc = mirrorkit("promote", str(INVENTORY), "--host", DR)
+    proc = mirrorkit("promote", str(INVENTORY), "--mirror", MIRROR, "--host", DR)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "switching over to" in proc.stdout, proc.stdout
     eventually(lambda: is_writable_primary(DR), f"{DR} is the primary")
@@ -562,9 +562,9 @@ def test_forced_promotion_of_the_dr_copy(reset: None) -> None:
     and promotes it, reporting the gap."""
     mirrorkit("maintenance", "on", str(INVENTORY), "--mirror", MIRROR)
     lab("stop", NODE1)
-    refused = mirrorkit("promote", str(INVENTORY), "--host", DR)
+    refused = mirrorkit("promote", str(INVENTORY), "--mirror", MIRROR, "--host", DR)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    forced = mirrorkit("promote", str(INVENTORY), "--host", DR, "--force")
+    forced = mirrorkit("promote", str(INVENTORY), "--mirror", MIRROR, "--host", DR, "--force")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "WARNING" in forced.stderr, forced.stderr
     eventually(lambda: is_writable_primary(DR), f"{DR} is the primary")

@@ -30,9 +30,12 @@ The contract of :class:`~mirrorkit.agent.capture.base.Capture` holds; every
 start's batch ends with ``MARK scan-complete``.
 
 Bounds: when the log has not taken a batch for ``stall_limit`` seconds (a
-full or failing disk), no lease is granted until it does: the mount turns
-read-only when the current one runs out, and an fsync waiting on the stalled
-change fails with EIO instead of hanging.
+full or failing disk), or logged batches wait for an acknowledgement that
+has not moved for that long (sync mode: no backup and no leave from the
+arbiter to run without it),
+no lease is granted until it is: the mount turns read-only when the current
+one runs out, and an fsync waiting on the stalled change fails with EIO
+instead of hanging.
 """
 
 from __future__ import annotations
@@ -106,9 +109,12 @@ class MountCapture:
         self._fenced_at: asyncio.Future[int] | None = None
         self._emit_since: float | None = None  # clock.now() when the pending emit began
         self._stalled = False
-        # (LSN of a batch's last record, the last mountd change in it), oldest
-        # first: what an acknowledged LSN means in mountd's numbering.
-        self._ack_map: collections.deque[tuple[int, int]] = collections.deque()
+        # (LSN of a batch's last record, the last mountd change in it, clock.now()
+        # when it was logged), oldest first: what an acknowledged LSN means in
+        # mountd's numbering, and how long the oldest unacknowledged batch waits.
+        self._ack_map: collections.deque[tuple[int, int, float]] = collections.deque()
+        self._ack_stalled_told = False
+        self._ack_moved_at = 0.0  # clock.now() when acknowledgements last covered a batch
         self._acked_seq = 0
         self.session = ""
         self.emitted_seq = 0
@@ -221,7 +227,7 @@ class MountCapture:
             # may still wait for them (mountd keeps its ACKED across agent
             # connections, and this capture has not told it anything yet).
             if isinstance(start_lsn, int):
-                self._ack_map.append((start_lsn, after))
+                self._ack_map.append((start_lsn, after, clock.now()))
         self.emitted_seq = after
         self._acked_seq = 0
         if self.acked_lsn is not None:
@@ -257,7 +263,7 @@ class MountCapture:
         writable_sent = False
         while not self._stopping.is_set():
             left = self.lease_left()
-            if left > 0 and self._emit_stalled():
+            if left > 0 and (self._emit_stalled() or self._ack_stalled()):
                 left = 0.0
             if left > 0:
                 await self._send(wire.mode(True, clock.now() + left))
@@ -280,6 +286,33 @@ class MountCapture:
             else:
                 log.warning("mount capture: the mirror log takes changes again: the mount's "
                             "write lease resumes")
+        return stalled
+
+    def _ack_stalled(self) -> bool:
+        """A logged batch waits for its acknowledgement (sync mode: the active
+        backup, or the arbiter's leave to run without it) and none has moved
+        for longer than ``stall_limit``. Sync mode pauses commits up to the
+        QoS timeout and then either runs without the backup or, when the
+        arbiter does not allow that (it may have told the backup the primary is gone), would
+        pause for ever while this primary keeps its lease: past the limit the
+        mount turns read-only and the waiting fsyncs fail with EIO (never
+        acknowledged), until the acknowledgements move again."""
+        # Waiting since the oldest batch was logged or, if later, since the
+        # acknowledgements last moved: a backup that is slow but moving is
+        # waited for (fsync is slow then, not failed).
+        waiting = max(self._ack_map[0][2], self._ack_moved_at) \
+            if self._ack_map and self.acked_lsn is not None else None
+        stalled = waiting is not None and clock.now() - waiting > self.stall_limit
+        if stalled != self._ack_stalled_told:
+            self._ack_stalled_told = stalled
+            if stalled:
+                log.error("mount capture: changes logged %.0f s ago are still not acknowledged "
+                          "(sync mode: neither the backup nor the arbiter's leave to run "
+                          "without it): no more write lease until they are; the mount turns "
+                          "read-only and waiting fsyncs fail with EIO", self.stall_limit)
+            else:
+                log.warning("mount capture: acknowledgements move again: the mount's write "
+                            "lease resumes")
         return stalled
 
     async def _stream(self, reader: asyncio.StreamReader, emit: Emit) -> None:
@@ -313,7 +346,7 @@ class MountCapture:
         if isinstance(lsn, int):
             if len(self._ack_map) >= _MAX_ACK_MAP:
                 self._ack_map.popleft()  # bounded; an older entry only delays an ACKED
-            self._ack_map.append((lsn, last_seq))
+            self._ack_map.append((lsn, last_seq, clock.now()))
         await self._send(wire.seq_frame(wire.Kind.DURABLE, last_seq))
         if self.acked_lsn is not None:
             # The acknowledger may already be past this batch (listeners fire
@@ -325,8 +358,13 @@ class MountCapture:
         ``lsn``: tell mountd which of its changes that covers (a sync fsync
         waits for it). Called on the loop; never blocks."""
         seq = self._acked_seq
+        covered = bool(self._ack_map) and self._ack_map[0][0] <= lsn
         while self._ack_map and self._ack_map[0][0] <= lsn:
             seq = max(seq, self._ack_map.popleft()[1])
+        if covered:
+            self._ack_moved_at = clock.now()
+        if not self._ack_map and self._ack_stalled_told:
+            self._ack_stalled()  # says the lease resumes; the next renewal grants it
         if seq > self._acked_seq and self._writer is not None and not self._stopped.is_set():
             self._acked_seq = seq
             with contextlib.suppress(Exception):
