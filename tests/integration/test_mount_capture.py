@@ -326,6 +326,8 @@ def test_an_acknowledgement_that_never_comes_closes_the_mount_and_fails_the_fsyn
         result, t = write_and_fsync_in_a_thread(mountd.mnt / "db")
         assert not t.is_alive(), "the fsync hung on an acknowledgement that never came"
         assert result == {"errno": errno.EIO}
+        assert h.capture is not None  # what /status shows as capture.write_lease_withheld
+        assert "waited over 0.5 s for an acknowledgement" in (h.capture.lease_withheld() or "")
         with pytest.raises(OSError) as err:
             (mountd.mnt / "more").write_bytes(b"m")
         assert err.value.errno == errno.EROFS
@@ -333,6 +335,7 @@ def test_an_acknowledgement_that_never_comes_closes_the_mount_and_fails_the_fsyn
         assert h.capture is not None
         h.loop.call_soon_threadsafe(h.capture.on_acked, 10**9)
         h.wait_writable()
+        assert h.capture.lease_withheld() is None
         h.barrier()
         assert (h.replica / "db").read_bytes() == b"a row"
 

@@ -728,6 +728,11 @@ class PrimaryMirror(MirrorWorker):
 
     # -- status -------------------------------------------------------------
 
+    def _lease_withheld(self) -> str | None:
+        withheld = getattr(self._capture, "lease_withheld", None)
+        reason = withheld() if callable(withheld) else None
+        return reason if isinstance(reason, str) else None
+
     def status(self) -> dict[str, Any]:
         out = super().status()
         peers = {name: self._peer_status(p) for name, p in self.peers.items()}
@@ -737,7 +742,10 @@ class PrimaryMirror(MirrorWorker):
             "log_first_lsn": self.log.first_lsn, "log_bytes": self.log.size,
             "lag_bytes": 0, "lag_records": 0, "lag_seconds": 0.0, "connected": True,
             "capture": {**self.capture.as_dict(),
-                        "unmirrorable": self.unmirrorable.as_dict()},
+                        "unmirrorable": self.unmirrorable.as_dict(),
+                        # mount capture: the mount is read-only although we may
+                        # write, and why (capture/mount/capture.py); else null
+                        "write_lease_withheld": self._lease_withheld()},
             "append_times": len(self._times),
             "peers": peers,
             "sync_acked_lsn": self.sync_acked_lsn(),

@@ -288,6 +288,18 @@ class MountCapture:
                             "write lease resumes")
         return stalled
 
+    def lease_withheld(self) -> str | None:
+        """Why no write lease is granted although the member may write (the
+        mount is read-only for that reason), or None. For ``/status``."""
+        if self._stalled:
+            return (f"the mirror log has not taken the mount's changes for over "
+                    f"{self.stall_limit:g} s")
+        if self._ack_stalled_told:
+            return (f"logged changes have waited over {self.stall_limit:g} s for an "
+                    "acknowledgement (sync mode: the backup, or the arbiter's leave to "
+                    "run without it)")
+        return None
+
     def _ack_stalled(self) -> bool:
         """A logged batch waits for its acknowledgement (sync mode: the active
         backup, or the arbiter's leave to run without it) and none has moved
