@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from mirrorkit.agent.capture.mount.capture import MountCapture
-from mirrorkit.agent.capture.mount.marks import LoggedMark, MountMark, find_last_mark, parse_mark
+from mirrorkit.agent.capture.mount.marks import (
+    LoggedMark,
+    MountMark,
+    UnreadableMark,
+    find_last_mark,
+    parse_mark,
+)
 from mirrorkit.agent.log.records import Op, OpKind
 from mirrorkit.agent.log.segments import MirrorLog
 
@@ -125,3 +131,20 @@ def test_acknowledged_lsns_map_to_the_mountd_changes_they_cover() -> None:
     c.on_acked(25)  # no news, no frame
     c.on_acked(30)
     assert w.frames[-1] == wire.seq_frame(wire.Kind.ACKED, 15) and len(w.frames) == 2
+
+
+def test_an_unreadable_newest_mark_is_said_only_when_asked(tmp_path: Path) -> None:
+    """strict (the capture's start): the newest MARK with a mount prefix that
+    this version cannot read raises UnreadableMark rather than falling back to
+    an older mark or to "no mark"; a readable mark after it wins."""
+    log = MirrorLog(tmp_path / "log")
+    log.append_ops([MountMark("node1", "s", 1, 1).op(), _write("a")], 1)
+    log.append_ops([Op(OpKind.MARK, 0, "", target="mount node1 s2 7"), _write("b")], 1)
+    older = find_last_mark(log)
+    assert older is not None and older.mark.session == "s"  # lenient: the older one
+    with pytest.raises(UnreadableMark, match="not one this version reads"):
+        find_last_mark(log, strict=True)
+    log.append_ops([MountMark("node1", "s3", 1, 1).op(), _write("c")], 1)
+    newest = find_last_mark(log, strict=True)
+    assert newest is not None and newest.mark.session == "s3"
+    log.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -369,7 +370,7 @@ class PrimaryMirror(MirrorWorker):
         return max(0.0, lease.remaining())
 
     async def _last_mount_mark(self) -> LoggedMark | None:
-        return await asyncio.to_thread(find_last_mark, self.log)
+        return await asyncio.to_thread(functools.partial(find_last_mark, self.log, strict=True))
 
     async def _capture_emit(self, ops: list[Op]) -> int:
         lsn = await self.emit(ops)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from mirrorkit.agent.capture.base import Emit, scan_full
 from mirrorkit.agent.capture.mount import wire
-from mirrorkit.agent.capture.mount.marks import LoggedMark, MountMark
+from mirrorkit.agent.capture.mount.marks import LoggedMark, MountMark, UnreadableMark
 from mirrorkit.agent.capture.reconcile import CaptureError
 from mirrorkit.agent.log.records import Op, OpKind, RecordCorrupt
 from mirrorkit.agent.log.segments import decode_all
@@ -198,8 +198,16 @@ class MountCapture:
             raise wire.WireError(f"expected HELLO from mountd, got {kind.name}")
         session, first_held, next_seq = wire.parse_hello(payload)
         self.session = session
-        last = await self.last_mark()
-        how, after, why = self._decide(last, session, first_held, next_seq)
+        try:
+            last = await self.last_mark()
+        except UnreadableMark as exc:
+            # Not a first start (that would only send files whole): what the
+            # log says of the mount cannot be read, so the peers are compared
+            # with the backing store itself.
+            last, decided = None, ("lost", 0, f"{exc}: cannot tell what the log holds")
+        else:
+            decided = self._decide(last, session, first_held, next_seq)
+        how, after, why = decided
         self.how = how
         (log.info if how == "resume" else log.warning)(
             "mount capture: mountd session %s, newest mark %s: %s%s", session,

@@ -25,8 +25,8 @@ from typing import Protocol
 
 from mirrorkit.agent.log.records import Op, OpKind, Record
 
-__all__ = ["FENCED_PREFIX", "MARK_PREFIX", "LoggedMark", "MountMark", "find_last_mark",
-           "parse_mark"]
+__all__ = ["FENCED_PREFIX", "MARK_PREFIX", "LoggedMark", "MountMark", "UnreadableMark",
+           "find_last_mark", "parse_mark"]
 
 MARK_PREFIX = "mount "
 FENCED_PREFIX = "mount-fenced "
@@ -54,8 +54,9 @@ class MountMark:
 
 def parse_mark(target: str) -> MountMark | None:
     """The mount mark a MARK record's target holds, or None (not one, or
-    malformed: a mark this version cannot read is treated as absent, which
-    makes the capture rescan — never resume from a guess)."""
+    malformed). Never resume from a guess: the capture's start asks
+    :func:`find_last_mark` with ``strict``, so a newest mark this version
+    cannot read is a "lost" start (the peers are resynced)."""
     fenced = target.startswith(FENCED_PREFIX)
     if fenced:
         parts = target[len(FENCED_PREFIX):].split(" ")
@@ -103,14 +104,25 @@ class _Log(Protocol):
     def read(self, from_lsn: int, max_bytes: int = ...) -> list[Record]: ...
 
 
-def find_last_mark(log: _Log, window: int = 8192) -> LoggedMark | None:
+class UnreadableMark(Exception):
+    """The newest mount mark in the log is one this version cannot read."""
+
+
+def find_last_mark(log: _Log, window: int = 8192, *,
+                   strict: bool = False) -> LoggedMark | None:
     """The newest mount mark in the retained ``log`` (windows of ``window``
     records read backwards from its end: the last batch normally holds it).
-    Blocking: call it in a worker thread."""
+    ``strict``: when the newest MARK that looks like a mount mark (its
+    prefix) cannot be read (another version's format, damage), raise
+    :class:`UnreadableMark` instead of looking further back: the capture
+    then cannot vouch for the log, which is a "lost" start (a checksum
+    resync of the peers), not a first one. Blocking: call it in a worker
+    thread."""
     end = log.last_lsn
     while end >= log.first_lsn:
         start = max(log.first_lsn, end - window + 1)
         found: tuple[MountMark, int] | None = None
+        unreadable: tuple[str, int] | None = None
         lsn = start
         while lsn <= end:
             records = log.read(lsn, 4 << 20)
@@ -123,7 +135,12 @@ def find_last_mark(log: _Log, window: int = 8192) -> LoggedMark | None:
                     mark = parse_mark(record.op.target)
                     if mark is not None:
                         found = (mark, record.lsn)
+                    elif record.op.target.startswith((MARK_PREFIX, FENCED_PREFIX)):
+                        unreadable = (record.op.target, record.lsn)
             lsn = records[-1].lsn + 1
+        if strict and unreadable is not None and (found is None or unreadable[1] > found[1]):
+            raise UnreadableMark(f"the newest mount mark in the log (LSN {unreadable[1]}, "
+                                 f"{unreadable[0][:80]!r}) is not one this version reads")
         if found is not None:
             mark, at = found
             return LoggedMark.at(mark, at, log.last_lsn - at)
