@@ -119,9 +119,11 @@ class Harness:
         while not self.gate.is_set():
             await asyncio.sleep(0.01)
         first = len(self.log) + 1
-        self.log.extend(ops)
         records = [Record(first + i, 1, op) for i, op in enumerate(ops)]
         await asyncio.to_thread(self.applier.apply_batch, records)
+        # Logged once applied: a test that sees an op in ``log`` (barrier())
+        # finds it on the replica too (appending first raced the apply).
+        self.log.extend(ops)
         return len(self.log)
 
     def _acked_lsn(self) -> int:
