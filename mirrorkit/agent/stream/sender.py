@@ -730,9 +730,9 @@ class PrimaryMirror(MirrorWorker):
     # -- status -------------------------------------------------------------
 
     def _lease_withheld(self) -> str | None:
+        # Only the mount capture has one (as with fence_now and on_acked).
         withheld = getattr(self._capture, "lease_withheld", None)
-        reason = withheld() if callable(withheld) else None
-        return reason if isinstance(reason, str) else None
+        return None if withheld is None else withheld()
 
     def status(self) -> dict[str, Any]:
         out = super().status()

@@ -70,6 +70,26 @@ _MAX_ACK_MAP = 65536
 LastMark = Callable[[], Awaitable[LoggedMark | None]]
 
 
+class _Stall:
+    """One bound that withholds the write lease: whether it holds now, the
+    reason ``/status`` gives, and one log line per change (not per renewal)."""
+
+    def __init__(self, reason: str, resumed: str) -> None:
+        self.reason = reason
+        self.resumed = resumed
+        self.on = False
+
+    def update(self, stalled: bool) -> bool:
+        if stalled != self.on:
+            self.on = stalled
+            if stalled:
+                log.error("mount capture: %s: no more write lease until it moves; the mount "
+                          "turns read-only and waiting fsyncs fail with EIO", self.reason)
+            else:
+                log.warning("%s", self.resumed)
+        return stalled
+
+
 class MountCapture:
     """Capture of one mirror tree served by ``mirrorkit-mountd`` on ``socket_path``.
 
@@ -108,12 +128,19 @@ class MountCapture:
         self._stopped = asyncio.Event()
         self._fenced_at: asyncio.Future[int] | None = None
         self._emit_since: float | None = None  # clock.now() when the pending emit began
-        self._stalled = False
+        # The two bounds that withhold the write lease (module docstring).
+        self._log_stall = _Stall(
+            f"the mirror log has not taken the mount's changes for over {stall_limit:g} s",
+            "mount capture: the mirror log takes changes again: the mount's write lease "
+            "resumes")
+        self._ack_stall = _Stall(
+            f"logged changes have waited over {stall_limit:g} s for an acknowledgement "
+            "(sync mode: the backup, or the arbiter's leave to run without it)",
+            "mount capture: acknowledgements move again: the mount's write lease resumes")
         # (LSN of a batch's last record, the last mountd change in it, clock.now()
         # when it was logged), oldest first: what an acknowledged LSN means in
         # mountd's numbering, and how long the oldest unacknowledged batch waits.
         self._ack_map: collections.deque[tuple[int, int, float]] = collections.deque()
-        self._ack_stalled_told = False
         self._ack_moved_at = 0.0  # clock.now() when acknowledgements last covered a batch
         self._acked_seq = 0
         self.session = ""
@@ -283,57 +310,30 @@ class MountCapture:
 
     def _emit_stalled(self) -> bool:
         since = self._emit_since
-        stalled = since is not None and clock.now() - since > self.stall_limit
-        if stalled != self._stalled:
-            self._stalled = stalled
-            if stalled:
-                log.error("mount capture: the mirror log has not taken the mount's changes "
-                          "for %.0f s (stall limit): no more write lease until it does; the "
-                          "mount turns read-only and waiting fsyncs fail with EIO",
-                          self.stall_limit)
-            else:
-                log.warning("mount capture: the mirror log takes changes again: the mount's "
-                            "write lease resumes")
-        return stalled
+        return self._log_stall.update(since is not None
+                                      and clock.now() - since > self.stall_limit)
 
     def lease_withheld(self) -> str | None:
         """Why no write lease is granted although the member may write (the
         mount is read-only for that reason), or None. For ``/status``."""
-        if self._stalled:
-            return (f"the mirror log has not taken the mount's changes for over "
-                    f"{self.stall_limit:g} s")
-        if self._ack_stalled_told:
-            return (f"logged changes have waited over {self.stall_limit:g} s for an "
-                    "acknowledgement (sync mode: the backup, or the arbiter's leave to "
-                    "run without it)")
-        return None
+        return next((s.reason for s in (self._log_stall, self._ack_stall) if s.on), None)
 
     def _ack_stalled(self) -> bool:
         """A logged batch waits for its acknowledgement (sync mode: the active
         backup, or the arbiter's leave to run without it) and none has moved
         for longer than ``stall_limit``. Sync mode pauses commits up to the
         QoS timeout and then either runs without the backup or, when the
-        arbiter does not allow that (it may have told the backup the primary is gone), would
-        pause for ever while this primary keeps its lease: past the limit the
-        mount turns read-only and the waiting fsyncs fail with EIO (never
-        acknowledged), until the acknowledgements move again."""
+        arbiter does not allow that (it may have told the backup the primary
+        is gone), would pause for ever while this primary keeps its lease:
+        past the limit the mount turns read-only and the waiting fsyncs fail
+        with EIO (never acknowledged), until the acknowledgements move again."""
         # Waiting since the oldest batch was logged or, if later, since the
         # acknowledgements last moved: a backup that is slow but moving is
         # waited for (fsync is slow then, not failed).
         waiting = max(self._ack_map[0][2], self._ack_moved_at) \
             if self._ack_map and self.acked_lsn is not None else None
-        stalled = waiting is not None and clock.now() - waiting > self.stall_limit
-        if stalled != self._ack_stalled_told:
-            self._ack_stalled_told = stalled
-            if stalled:
-                log.error("mount capture: changes logged %.0f s ago are still not acknowledged "
-                          "(sync mode: neither the backup nor the arbiter's leave to run "
-                          "without it): no more write lease until they are; the mount turns "
-                          "read-only and waiting fsyncs fail with EIO", self.stall_limit)
-            else:
-                log.warning("mount capture: acknowledgements move again: the mount's write "
-                            "lease resumes")
-        return stalled
+        return self._ack_stall.update(waiting is not None
+                                      and clock.now() - waiting > self.stall_limit)
 
     async def _stream(self, reader: asyncio.StreamReader, emit: Emit) -> None:
         while True:
@@ -383,7 +383,7 @@ class MountCapture:
             seq = max(seq, self._ack_map.popleft()[1])
         if covered:
             self._ack_moved_at = clock.now()
-        if not self._ack_map and self._ack_stalled_told:
+        if not self._ack_map and self._ack_stall.on:
             self._ack_stalled()  # says the lease resumes; the next renewal grants it
         if seq > self._acked_seq and self._writer is not None and not self._stopped.is_set():
             self._acked_seq = seq
