@@ -20,7 +20,7 @@ import pytest
 
 from mirrorkit.agent.apply.applier import Applier
 from mirrorkit.agent.capture.mount.capture import MountCapture
-from mirrorkit.agent.capture.mount.marks import LoggedMark, parse_mark
+from mirrorkit.agent.capture.mount.marks import LoggedMark, find_last_mark
 from mirrorkit.agent.log.records import Op, OpKind, Record
 
 __all__ = ["Harness", "Mountd", "needs_fuse"]
@@ -86,6 +86,25 @@ class Mountd:
                            timeout=30)
 
 
+class ListLog:
+    """A list of ops as a log for find_last_mark (LSN = position + 1)."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    @property
+    def first_lsn(self) -> int:
+        return 1
+
+    @property
+    def last_lsn(self) -> int:
+        return len(self.ops)
+
+    def read(self, from_lsn: int, max_bytes: int = 0) -> list[Record]:
+        return [Record(i + 1, 1, op) for i, op in enumerate(self.ops[from_lsn - 1:],
+                                                          start=from_lsn - 1)]
+
+
 class Harness:
     """A MountCapture in a thread of its own (its own event loop), emitting
     into ``log`` and applying to ``replica``; ``writable`` drives the lease."""
@@ -130,11 +149,8 @@ class Harness:
         return len(self.log) if self.acked_upto is None else min(len(self.log), self.acked_upto)
 
     async def _last_mark(self) -> LoggedMark | None:
-        for i in range(len(self.log) - 1, -1, -1):
-            op = self.log[i]
-            if op.kind is OpKind.MARK and (mark := parse_mark(op.target)) is not None:
-                return LoggedMark.at(mark, i + 1, len(self.log) - (i + 1))
-        return None
+        # As the primary's worker asks it (stream/sender.py): strict.
+        return find_last_mark(ListLog(self.log), strict=True)
 
     def start(self) -> None:
         self.error = None
