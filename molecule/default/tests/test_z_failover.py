@@ -98,7 +98,7 @@ def lab(*argv: str) -> None:
     assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
 
 
-def agent_status(host: str) -> dict[str, Any] | None:
+def agent_status(host: str, mirror: str = MIRROR) -> dict[str, Any] | None:
     """The mirror's entry of the agent's /status on HOST; None when it does not answer."""
     script = ("import urllib.request,sys\n"
               f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{API_PORT}/status',"
@@ -110,16 +110,16 @@ def agent_status(host: str) -> dict[str, Any] | None:
     if proc.returncode != 0:
         return None
     try:
-        mirror: dict[str, Any] = json.loads(proc.stdout)["mirrors"][MIRROR]
+        entry: dict[str, Any] = json.loads(proc.stdout)["mirrors"][mirror]
     except (ValueError, KeyError):
         return None
-    return mirror
+    return entry
 
 
-def events(host: str) -> list[dict[str, Any]]:
+def events(host: str, mirror: str = MIRROR) -> list[dict[str, Any]]:
     script = ("import urllib.request,sys\n"
               f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{API_PORT}/events"
-              f"?mirror={MIRROR}&limit=1000',timeout=3).read().decode())")
+              f"?mirror={mirror}&limit=1000',timeout=3).read().decode())")
     proc = ssh(host, f"python3 -c {shlex.quote(script)}")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -127,8 +127,8 @@ def events(host: str) -> list[dict[str, Any]]:
     return found
 
 
-def is_writable_primary(host: str) -> bool:
-    s = agent_status(host)
+def is_writable_primary(host: str, mirror: str = MIRROR) -> bool:
+    s = agent_status(host, mirror)
     return bool(s and s.get("role") == "primary" and not s.get("fenced")
                 and not s.get("starting"))
 
@@ -138,9 +138,9 @@ def role(host: str) -> str | None:
     return None if s is None else s.get("role")
 
 
-def holds_vip(host: str) -> bool:
+def holds_vip(host: str, vip: str = VIP) -> bool:
     proc = ssh(host, "ip -o -4 addr show")
-    return proc.returncode == 0 and f" {VIP}/" in proc.stdout
+    return proc.returncode == 0 and f" {vip}/" in proc.stdout
 
 
 def app_running(host: str) -> bool:

@@ -42,7 +42,6 @@ import test_z_failover as failover
 from test_z_failover import (
     _INV,
     ADDRESS,
-    API_PORT,
     ARB,
     DR,
     INVENTORY,
@@ -119,23 +118,11 @@ def sh(host: str, command: str, timeout: float = 60) -> subprocess.CompletedProc
 
 
 def ledger_status(host: str) -> dict[str, Any] | None:
-    script = ("import urllib.request,sys\n"
-              f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{API_PORT}/status',"
-              "timeout=3).read().decode())")
-    proc = sh(host, f"python3 -c {shlex.quote(script)}", timeout=15)
-    if proc.returncode != 0:
-        return None
-    try:
-        mirror: dict[str, Any] = json.loads(proc.stdout)["mirrors"][MIRROR]
-    except (ValueError, KeyError):
-        return None
-    return mirror
+    return failover.agent_status(host, MIRROR)
 
 
 def writable_primary(host: str) -> bool:
-    s = ledger_status(host)
-    return bool(s and s.get("role") == "primary" and not s.get("fenced")
-                and not s.get("starting"))
+    return failover.is_writable_primary(host, MIRROR)
 
 
 def active_backup(host: str) -> bool:
@@ -144,8 +131,7 @@ def active_backup(host: str) -> bool:
 
 
 def holds_vip(host: str) -> bool:
-    proc = sh(host, "ip -o -4 addr show")
-    return proc.returncode == 0 and f" {VIP}/" in proc.stdout
+    return failover.holds_vip(host, VIP)
 
 
 def mounted(host: str) -> str:
@@ -388,7 +374,7 @@ def test_failover_in_sync_mode_loses_no_acknowledged_write(ledger: None) -> None
     assert acked_app and acked_rows
     assert not acked_app - on_new, f"acknowledged, missing: {sorted(acked_app - on_new)[:5]}"
     assert not acked_rows - set(found["numbers"]), sorted(acked_rows - set(found["numbers"]))[:5]
-    ev = events(NODE2)
+    ev = failover.events(NODE2, MIRROR)
     assert any(e.get("kind") == "decision" and e.get("situation") == "promote" for e in ev), ev
 
 
@@ -403,14 +389,3 @@ def test_the_old_primary_rejoins_the_ledger_as_backup(ledger: None) -> None:
     files = write_files(NODE2, "rejoined-", 5)
     eventually(lambda: digests(NODE1, list(files)).get(f"{MNT}/rejoined-4")
                == files["rejoined-4"], f"{NODE2}'s writes reach {NODE1}", DEADLINE)
-
-
-def events(host: str) -> list[dict[str, Any]]:
-    script = ("import urllib.request,sys\n"
-              f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{API_PORT}/events"
-              f"?mirror={MIRROR}&limit=1000',timeout=3).read().decode())")
-    proc = sh(host, f"python3 -c {shlex.quote(script)}")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    found: list[dict[str, Any]] = data["events"] if isinstance(data, dict) else data
-    return found
